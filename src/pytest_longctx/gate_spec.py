@@ -1,0 +1,252 @@
+"""The gate YAML file: parsed and validated into frozen, typed specs, or a GateError naming file, key and fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+KvScale = Literal["token_head", "tensor"]
+MemorySource = Literal["auto", "kv_bytes", "peak_bytes"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class GateError(ValueError):
+    """A gate file that cannot be used; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    ref: str = DEFAULT_MODEL
+    dtype: ModelDtype = "auto"
+    device: Device = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    kv_cache_dtype: KvCacheDtype = "auto"
+    kv_scale: KvScale = "token_head"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    lengths: tuple[int, ...]
+    depths: tuple[float, ...]
+    seeds: tuple[int, ...] = (0,)
+    middle: tuple[float, float] = (0.25, 0.75)
+    max_new_tokens: int = 24
+    tasks: tuple[str, ...] = ("niah",)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    middle_recall_min_delta: float = 0.0
+    p95_latency_ratio_max: float = 1.10
+    memory_ratio_max: float = 1.05
+    memory_source: MemorySource = "auto"
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    name: str
+    path: Path | None
+    model: ModelSpec
+    baseline: VariantSpec
+    candidate: VariantSpec
+    sweep: SweepSpec
+    thresholds: Thresholds
+    report: Path | None = None
+    results: Path | None = None
+    sha256: str | None = None
+
+    @property
+    def variants(self) -> tuple[VariantSpec, VariantSpec]:
+        return (self.baseline, self.candidate)
+
+    def with_model(self, ref: str) -> GateSpec:
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, ref=ref))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved settings, as recorded in results JSON."""
+        data = dataclasses.asdict(self)
+        for key in ("path", "report", "results"):
+            data[key] = None if data[key] is None else str(data[key])
+        return data
+
+
+TASKS = ("niah",)
+
+
+class _Reader:
+    """Walks the parsed YAML, so every error can name the file and the dotted key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str, fix: str) -> GateError:
+        where = f"key '{key}'" if key else "top level"
+        return GateError(f"{self.source}: {where}: {problem}. Fix: {fix}.")
+
+    def mapping(self, value: Any, key: str, allowed: dict[str, str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__}", f"write {key or 'the file'} as `key: value` lines")
+        for name in value:
+            if name not in allowed:
+                known = ", ".join(allowed)
+                raise self.fail(f"{key}.{name}" if key else str(name), "unknown key", f"use one of: {known}")
+        return value
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"expected a non-empty string, got {value!r}", "give a name in quotes if needed")
+        return value
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}", "write true or false")
+        return value
+
+    def number(self, value: Any, key: str, *, low: float | None = None, high: float | None = None) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, f"expected a number, got {value!r}", "write a plain number such as 1.05")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self.fail(key, f"{value} is out of range", f"use a value in [{low}, {high}]")
+        return float(value)
+
+    def integer(self, value: Any, key: str, *, low: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected an integer, got {value!r}", "write a whole number")
+        if value < low:
+            raise self.fail(key, f"{value} is below {low}", f"use an integer >= {low}")
+        return value
+
+    def choice(self, value: Any, key: str, options: tuple[str, ...]) -> str:
+        if value not in options:
+            raise self.fail(key, f"{value!r} is not supported", f"use one of: {', '.join(options)}")
+        return str(value)
+
+    def listing(self, value: Any, key: str) -> list[Any]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, f"expected a non-empty list, got {value!r}", f"write {key}: [a, b, ...]")
+        if len(set(map(repr, value))) != len(value):
+            raise self.fail(key, "contains duplicates", "list each value once")
+        return value
+
+
+def _model(r: _Reader, raw: Any) -> ModelSpec:
+    if raw is None:
+        return ModelSpec()
+    if isinstance(raw, str):
+        return ModelSpec(ref=r.string(raw, "model"))
+    m = r.mapping(raw, "model", {"ref": "", "dtype": "", "device": "", "trust_remote_code": ""})
+    return ModelSpec(
+        ref=r.string(m.get("ref", DEFAULT_MODEL), "model.ref"),
+        dtype=r.choice(m.get("dtype", "auto"), "model.dtype", get_args(ModelDtype)),  # type: ignore[arg-type]
+        device=r.choice(m.get("device", "auto"), "model.device", get_args(Device)),  # type: ignore[arg-type]
+        trust_remote_code=r.boolean(m.get("trust_remote_code", False), "model.trust_remote_code"),
+    )
+
+
+def _variant(r: _Reader, raw: Any, name: str) -> VariantSpec:
+    v = r.mapping(raw if raw is not None else {}, name, {"kv_cache_dtype": "", "kv_scale": ""})
+    return VariantSpec(
+        name=name,
+        kv_cache_dtype=r.choice(v.get("kv_cache_dtype", "auto"), f"{name}.kv_cache_dtype", get_args(KvCacheDtype)),  # type: ignore[arg-type]
+        kv_scale=r.choice(v.get("kv_scale", "token_head"), f"{name}.kv_scale", get_args(KvScale)),  # type: ignore[arg-type]
+    )
+
+
+def _sweep(r: _Reader, raw: Any) -> SweepSpec:
+    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks")}
+    s = r.mapping(raw, "sweep", allowed)
+    if "lengths" not in s or "depths" not in s:
+        raise r.fail("sweep", "needs both lengths and depths", "add sweep.lengths: [1024, ...] and sweep.depths: [0.0, ..., 1.0]")
+    lengths = tuple(r.integer(x, "sweep.lengths", low=64) for x in r.listing(s["lengths"], "sweep.lengths"))
+    depths = tuple(r.number(x, "sweep.depths", low=0.0, high=1.0) for x in r.listing(s["depths"], "sweep.depths"))
+    seeds = tuple(r.integer(x, "sweep.seeds") for x in r.listing(s.get("seeds", [0]), "sweep.seeds"))
+    middle_raw = s.get("middle", [0.25, 0.75])
+    if not isinstance(middle_raw, list) or len(middle_raw) != 2:
+        raise r.fail("sweep.middle", f"expected [low, high], got {middle_raw!r}", "write sweep.middle: [0.25, 0.75]")
+    lo, hi = (r.number(x, "sweep.middle", low=0.0, high=1.0) for x in middle_raw)
+    if lo > hi:
+        raise r.fail("sweep.middle", f"low {lo} is above high {hi}", "write the band as [low, high]")
+    if not any(lo <= d <= hi for d in depths):
+        raise r.fail("sweep.depths", f"no depth falls inside the middle band [{lo}, {hi}]", "add a middle depth such as 0.5")
+    tasks = tuple(r.choice(t, "sweep.tasks", TASKS) for t in r.listing(s.get("tasks", ["niah"]), "sweep.tasks"))
+    return SweepSpec(
+        lengths=lengths,
+        depths=depths,
+        seeds=seeds,
+        middle=(lo, hi),
+        max_new_tokens=r.integer(s.get("max_new_tokens", 24), "sweep.max_new_tokens", low=1),
+        tasks=tasks,
+    )
+
+
+def _thresholds(r: _Reader, raw: Any) -> Thresholds:
+    t = r.mapping(raw if raw is not None else {}, "thresholds", {"middle_recall": "", "p95_latency_ratio": "", "memory_ratio": ""})
+    mr = r.mapping(t.get("middle_recall", {}), "thresholds.middle_recall", {"min_delta": ""})
+    lat = r.mapping(t.get("p95_latency_ratio", {}), "thresholds.p95_latency_ratio", {"max": ""})
+    mem = r.mapping(t.get("memory_ratio", {}), "thresholds.memory_ratio", {"max": "", "source": ""})
+    return Thresholds(
+        middle_recall_min_delta=r.number(mr.get("min_delta", 0.0), "thresholds.middle_recall.min_delta", low=-1.0, high=1.0),
+        p95_latency_ratio_max=r.number(lat.get("max", 1.10), "thresholds.p95_latency_ratio.max", low=0.0),
+        memory_ratio_max=r.number(mem.get("max", 1.05), "thresholds.memory_ratio.max", low=0.0),
+        memory_source=r.choice(mem.get("source", "auto"), "thresholds.memory_ratio.source", get_args(MemorySource)),  # type: ignore[arg-type]
+    )
+
+
+TOP_LEVEL = ("name", "model", "baseline", "candidate", "sweep", "thresholds", "report", "results")
+
+
+def parse_gate(data: Any, *, source: str = "<gate>", base_dir: Path | None = None, sha256: str | None = None) -> GateSpec:
+    """Validate parsed YAML into a GateSpec; relative output paths resolve against `base_dir`."""
+    r = _Reader(source)
+    top = r.mapping(data, "", {k: "" for k in TOP_LEVEL})
+    for required in ("name", "baseline", "candidate", "sweep"):
+        if required not in top:
+            raise r.fail(required, "is missing", f"add `{required}:` (see gates/fp8.yaml for the full shape)")
+    name = r.string(top["name"], "name")
+
+    def out_path(key: str) -> Path | None:
+        if top.get(key) is None:
+            return None
+        p = Path(r.string(top[key], key))
+        return p if p.is_absolute() or base_dir is None else base_dir / p
+
+    return GateSpec(
+        name=name,
+        path=Path(source) if source != "<gate>" else None,
+        model=_model(r, top.get("model")),
+        baseline=_variant(r, top["baseline"], "baseline"),
+        candidate=_variant(r, top["candidate"], "candidate"),
+        sweep=_sweep(r, top["sweep"]),
+        thresholds=_thresholds(r, top.get("thresholds")),
+        report=out_path("report"),
+        results=out_path("results"),
+        sha256=sha256,
+    )
+
+
+def load_gate(path: str | Path, *, base_dir: Path | None = None) -> GateSpec:
+    """Read and validate a gate file. Output paths in it are relative to `base_dir` (default: the cwd)."""
+    import yaml
+
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise GateError(f"{p}: cannot read the gate file ({exc.strerror}). Fix: pass an existing YAML file to --longctx-gate.") from exc
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise GateError(f"{p}: not valid YAML ({exc}). Fix: check indentation and quoting.") from exc
+    return parse_gate(data, source=str(p), base_dir=base_dir or Path.cwd(), sha256=hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,182 @@
+"""Typed records of what a gate measured: one per cell, and the whole run, with their JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+
+Verdict = Literal["approve", "reject", "incomplete"]
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One cell of one variant: a prompt of `length` tokens with the needle at `depth`.
+
+    A miss (`found=False`) is data; `error` is set only when the cell could not be measured,
+    and such a cell never counts towards an approval.
+    """
+
+    variant: str
+    task: str
+    length: int
+    tokens: int
+    depth: float
+    seed: int
+    found: bool
+    answer: str
+    expected: str
+    prefill_s: float | None
+    decode_s_per_token: float | None
+    total_s: float | None
+    new_tokens: int
+    kv_bytes: int | None
+    kv_bytes_analytic: int | None
+    kv_tokens: int | None
+    peak_bytes: int | None
+    prompt_sha256: str
+    needle_start: int | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int, float, int]:
+        """What pairs a baseline cell with its candidate twin."""
+        return (self.task, self.length, round(self.depth, 6), self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Check:
+    """One threshold of the approval rule, evaluated."""
+
+    name: str
+    value: float | None
+    threshold: float
+    comparison: Literal[">=", "<="]
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def approved(self) -> bool:
+        return self.verdict == "approve"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "checks": [dataclasses.asdict(c) for c in self.checks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decision:
+        return cls(
+            verdict=data["verdict"],
+            reasons=tuple(data["reasons"]),
+            checks=tuple(Check(**c) for c in data.get("checks", [])),
+        )
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The numbers the approval rule reads, each computed over paired, error-free cells."""
+
+    middle_recall: dict[str, float | None]
+    recall: dict[str, float | None]
+    p95_latency_s: dict[str, float | None]
+    p95_latency_ratio: float | None
+    memory_bytes: dict[str, float | None]
+    memory_ratio: float | None
+    memory_source: Literal["kv_bytes", "peak_bytes"]
+    paired_cells: int
+    middle_cells: int
+    expected_cells: int
+    errored_cells: int
+    missing_cells: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Metrics:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class GateResults:
+    """Everything one gate run produced; the report and summaries are pure functions of this."""
+
+    gate: dict[str, Any]
+    decision: Decision
+    metrics: Metrics
+    cells: tuple[CellResult, ...]
+    environment: dict[str, Any] = field(default_factory=dict)
+    wall_s: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "gate": self.gate,
+            "decision": self.decision.to_dict(),
+            "metrics": self.metrics.to_dict(),
+            "cells": [c.to_dict() for c in self.cells],
+            "environment": self.environment,
+            "wall_s": self.wall_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateResults:
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"results schema_version {data.get('schema_version')!r} is not supported "
+                f"(this pytest-longctx reads version {SCHEMA_VERSION})"
+            )
+        return cls(
+            gate=data["gate"],
+            decision=Decision.from_dict(data["decision"]),
+            metrics=Metrics.from_dict(data["metrics"]),
+            cells=tuple(CellResult.from_dict(c) for c in data["cells"]),
+            environment=data.get("environment", {}),
+            wall_s=data.get("wall_s"),
+        )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_results(results: GateResults, path: Path) -> None:
+    write_atomic(path, json.dumps(results.to_dict(), indent=2, sort_keys=False) + "\n")
+
+
+def load_results(path: Path) -> GateResults:
+    return GateResults.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
