@@ -11,3 +11,42 @@ def smollm_tokenizer():
     from pytest_longctx.model_loading import load_tokenizer
 
     return load_tokenizer("embedded:smollm2-135m-instruct")
+
+
+class CharTokenizer:
+    """A byte-level tokenizer for the tiny random models: enough to decode what they generate."""
+
+    eos_token_id = 0
+    chat_template = None
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return "".join(chr(32 + (i % 90)) for i in ids if not (skip_special_tokens and i == self.eos_token_id))
+
+
+def tiny_llama_config(**overrides):
+    from transformers import LlamaConfig
+
+    settings = dict(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=0, bos_token_id=1, pad_token_id=0,
+    )
+    settings.update(overrides)
+    return LlamaConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A 2-layer random Llama (GQA 4/2 heads, head_dim 16) built in memory; seeded, so runs are repeatable."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config()).eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_llama):
+    from pytest_longctx.backend import TransformersBackend
+
+    return TransformersBackend(tiny_llama, CharTokenizer(), fingerprint="tiny")

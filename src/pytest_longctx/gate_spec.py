@@ -81,6 +81,29 @@ class GateSpec:
             data[key] = None if data[key] is None else str(data[key])
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateSpec:
+        """Inverse of `to_dict`: rebuild the spec recorded in a results file, to recompute its decision."""
+        sweep = dict(data["sweep"])
+        for key in ("lengths", "depths", "seeds", "middle", "tasks"):
+            sweep[key] = tuple(sweep[key])
+
+        def path(key: str) -> Path | None:
+            return None if data.get(key) is None else Path(data[key])
+
+        return cls(
+            name=data["name"],
+            path=path("path"),
+            model=ModelSpec(**data["model"]),
+            baseline=VariantSpec(**data["baseline"]),
+            candidate=VariantSpec(**data["candidate"]),
+            sweep=SweepSpec(**sweep),
+            thresholds=Thresholds(**data["thresholds"]),
+            report=path("report"),
+            results=path("results"),
+            sha256=data.get("sha256"),
+        )
+
 
 TASKS = ("niah",)
 

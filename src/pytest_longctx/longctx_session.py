@@ -1,0 +1,98 @@
+"""The plugin's state for one pytest run: the gate runs, their items, outputs, summary and exit status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .gate_spec import GateError, GateSpec, load_gate
+from .results import CellResult, GateResults
+
+
+@dataclass
+class LongctxSession:
+    gates: list[GateSpec]
+    report: Path | None = None
+    json_path: Path | None = None
+    runs: dict[str, Any] = field(default_factory=dict)
+    finished: list[tuple[GateResults, list[Path]]] = field(default_factory=list)
+
+    @classmethod
+    def from_options(cls, paths: list[str], *, report: str | None, json_path: str | None, model: str | None, base_dir: Path) -> LongctxSession:
+        gates = [load_gate(base_dir / p, base_dir=base_dir) for p in paths]
+        if model:
+            gates = [g.with_model(model) for g in gates]
+        names = [g.name for g in gates]
+        if len(set(names)) != len(names):
+            raise GateError(f"two gates share a name ({', '.join(names)}); Fix: give each gate file a distinct `name:`")
+        for gate in gates:
+            _check_model_reference(gate)
+        resolve = lambda p: None if p is None else (base_dir / p)  # noqa: E731
+        return cls(gates, report=resolve(report), json_path=resolve(json_path))
+
+    def output_paths(self, gate: GateSpec) -> tuple[Path, Path]:
+        """Command-line paths win over the gate's; with several gates each file gets the gate's name."""
+        def pick(cli: Path | None, own: Path | None, suffix: str) -> Path:
+            if cli is not None:
+                return cli if len(self.gates) == 1 else cli.with_name(f"{cli.stem}-{gate.name}{cli.suffix}")
+            if own is not None:
+                return own
+            return Path("reports") / f"{gate.name}{suffix}"
+
+        report = pick(self.report, gate.report, ".html")
+        json_default = gate.results if gate.results is not None or self.json_path is not None else report.with_suffix(".json")
+        return report, pick(self.json_path, json_default, ".json")
+
+    def items(self, session: Any) -> list[Any]:
+        from .nodes import make_gate_items
+        from .session import GateRun
+
+        items = []
+        for gate in self.gates:
+            run = self.runs.setdefault(gate.name, GateRun(gate))
+            items.extend(make_gate_items(session, run))
+        return items
+
+    def record(self, nodeid: str, user_properties: list[tuple[str, Any]]) -> None:
+        from .nodes import CELL_PROPERTY
+
+        gate_name = nodeid.split("::", 1)[0]
+        for name, value in user_properties:
+            if name == CELL_PROPERTY and gate_name in self.runs:
+                self.runs[gate_name].record(CellResult.from_dict(value))
+
+    def finish(self) -> int:
+        """Decide every gate, write its outputs; return 0 when all approve, else 1."""
+        from .session import write_outputs
+
+        status = 0
+        for gate in self.gates:
+            run = self.runs.get(gate.name)
+            if run is None:
+                continue
+            results = run.results()
+            report, json_path = self.output_paths(gate)
+            self.finished.append((results, write_outputs(results, report=report, json_path=json_path)))
+            status |= 0 if results.decision.approved else 1
+        return status
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for results, written in self.finished:
+            d, m = results.decision, results.metrics
+            lines.append(f"gate {results.gate['name']}: {d.verdict.upper()} ({m.paired_cells}/{m.expected_cells} cells paired)")
+            lines.extend(f"  {reason}" for reason in d.reasons)
+            lines.extend(f"  wrote {p}" for p in written)
+        return lines
+
+
+def _check_model_reference(gate: GateSpec) -> None:
+    """Fail at start-up, not in every cell, when the model cannot even be located."""
+    from .model_loading import ModelLoadError, resolve
+
+    try:
+        resolve(gate.model.ref)
+    except ModelLoadError as exc:
+        where = gate.path or "--longctx-model"
+        raise GateError(f"{where}: key 'model': {exc}") from exc

@@ -1,0 +1,68 @@
+"""pytest nodes for a gate: one collector per gate and variant, one item per cell of each variant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .gate_spec import VariantSpec
+from .sweep import Cell, interleaved
+
+if TYPE_CHECKING:
+    from .session import GateRun
+
+CELL_PROPERTY = "longctx_cell"
+
+
+class GateNode(pytest.Collector):
+    """The gate itself; its node id is the gate's name, so cell ids read `fp8-kv-cache::candidate::niah[...]`."""
+
+    run: GateRun
+
+    def collect(self) -> Iterator[pytest.Item]:
+        variants = {v.name: VariantNode.from_parent(self, name=v.name) for v in self.run.gate.variants}
+        for variant, cell in interleaved(self.run.gate):
+            yield CellItem.from_parent(variants[variant.name], name=cell.id, run=self.run, variant=variant, cell=cell)
+
+
+class VariantNode(pytest.Collector):
+    def collect(self) -> Iterator[pytest.Item]:
+        return iter(())  # the gate node creates the items, interleaved across variants
+
+
+class CellItem(pytest.Item):
+    """One measurement. A miss is data; the item fails only when the cell could not be measured."""
+
+    def __init__(self, *, run: GateRun, variant: VariantSpec, cell: Cell, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run = run
+        self.variant = variant
+        self.cell = cell
+
+    def runtest(self) -> None:
+        result = self.run.measure(self.variant, self.cell)
+        # Results travel on the report, so a controller (e.g. under xdist) sees every worker's cells.
+        self.user_properties.append((CELL_PROPERTY, result.to_dict()))
+        if result.error is not None:
+            raise CellFailed(result.error)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CellFailed):
+            return f"cell {self.nodeid} could not be measured: {excinfo.value}"
+        return str(super().repr_failure(excinfo, style=style))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.cell.id}"
+
+
+class CellFailed(Exception):
+    """Raised by a cell item whose measurement errored."""
+
+
+def make_gate_items(session: pytest.Session, run: GateRun) -> list[pytest.Item]:
+    gate = run.gate
+    node = GateNode.from_parent(session, name=gate.name, nodeid=gate.name, path=gate.path or session.path)
+    node.run = run
+    return list(node.collect())

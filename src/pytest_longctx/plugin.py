@@ -1,0 +1,81 @@
+"""pytest wiring for pytest-longctx: options, the gate's items, the decision in the summary and the exit status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .longctx_session import LongctxSession
+
+SESSION_KEY = pytest.StashKey[LongctxSession]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("longctx", "long-context regression gate (pytest-longctx)")
+    group.addoption("--longctx-gate", action="append", dest="longctx_gates", default=[], metavar="PATH",
+                    help="run the gate described by this YAML file (repeatable)")
+    group.addoption("--longctx-report", dest="longctx_report", metavar="PATH",
+                    help="write the HTML report here (default: the gate's `report:`, else reports/<gate>.html)")
+    group.addoption("--longctx-json", dest="longctx_json", metavar="PATH",
+                    help="write the results JSON here (default: the gate's `results:`, else beside the report)")
+    group.addoption("--longctx-model", dest="longctx_model", metavar="REF",
+                    help="override the gate's model: embedded:NAME, a directory, a .gguf file or a cached hub id")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    paths = config.getoption("longctx_gates")
+    if not paths:
+        return
+    from .gate_spec import GateError
+
+    try:
+        config.stash[SESSION_KEY] = LongctxSession.from_options(
+            paths,
+            report=config.getoption("longctx_report"),
+            json_path=config.getoption("longctx_json"),
+            model=config.getoption("longctx_model"),
+            base_dir=Path(config.invocation_params.dir),
+        )
+    except GateError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.pluginmanager.register(_CellRecorder(config.stash[SESSION_KEY]), "longctx-recorder")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # `pytest --longctx-gate g.yaml` runs the gate alone; test files run beside it only when named explicitly.
+    if SESSION_KEY in config.stash and config.args_source != pytest.Config.ArgsSource.ARGS:
+        return True
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k/-m deselection, so those select cells too
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SESSION_KEY in config.stash:
+        items.extend(config.stash[SESSION_KEY].items(session))
+
+
+class _CellRecorder:
+    """Collects cell results from test reports; registered only when a gate runs (`logreport` gets no config)."""
+
+    def __init__(self, session: LongctxSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.session.record(report.nodeid, report.user_properties)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if SESSION_KEY not in session.config.stash or hasattr(session.config, "workerinput"):
+        return
+    status = session.config.stash[SESSION_KEY].finish()
+    if status and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if SESSION_KEY in config.stash:
+        terminalreporter.section("longctx gate")
+        for line in config.stash[SESSION_KEY].summary_lines():
+            terminalreporter.write_line(line)

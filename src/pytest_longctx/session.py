@@ -1,0 +1,129 @@
+"""One gate run, independent of pytest: lazy model, shared prompts, recorded cells, the decision and its outputs."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .gate_spec import GateSpec, VariantSpec
+from .results import CellResult, GateResults, save_results
+from .sweep import Cell, build_prompt, errored_cell, run_cell
+
+if TYPE_CHECKING:
+    from .backend import Backend
+
+
+class CellError(RuntimeError):
+    """A cell that could not be measured; its item fails and the gate cannot approve."""
+
+
+def _default_backend(gate: GateSpec) -> Backend:
+    from .backend import TransformersBackend
+
+    return TransformersBackend.load(gate.model)
+
+
+class GateRun:
+    """Measures the cells of one gate (in any order, any subset) and turns what was recorded into results."""
+
+    def __init__(self, gate: GateSpec, *, backend_factory: Callable[[GateSpec], Backend] = _default_backend) -> None:
+        self.gate = gate
+        self._backend_factory = backend_factory
+        self._backend: Backend | None = None
+        self._load_error: BaseException | None = None
+        self._prompts: dict[Cell, Any] = {}
+        self.cells: list[CellResult] = []
+        self._started = time.perf_counter()
+
+    def backend(self) -> Backend:
+        """Load the model once (a failed load is remembered, not retried per cell) and warm it up untimed."""
+        if self._load_error is not None:
+            raise CellError(f"model {self.gate.model.ref} failed to load: {self._load_error}")
+        if self._backend is None:
+            try:
+                backend = self._backend_factory(self.gate)
+                warm = backend.tokenizer.encode("Warm-up: the first forward pass pays one-off costs.") if hasattr(backend.tokenizer, "encode") else [1, 2, 3]
+                for variant in self.gate.variants:
+                    backend.generate(warm, variant=variant, max_new_tokens=2)
+            except Exception as exc:
+                self._load_error = exc
+                raise
+            self._backend = backend
+        return self._backend
+
+    def prompt(self, cell: Cell) -> Any:
+        """Both variants get the very same token ids for a cell; build them once."""
+        if cell not in self._prompts:
+            self._prompts[cell] = build_prompt(self.backend(), cell)
+        return self._prompts[cell]
+
+    def measure(self, variant: VariantSpec, cell: Cell) -> CellResult:
+        """Run one cell; on failure return an errored record (the caller reports it and fails the item)."""
+        prompt = None
+        try:
+            prompt = self.prompt(cell)
+            return run_cell(self.backend(), variant, cell, prompt, max_new_tokens=self.gate.sweep.max_new_tokens)
+        except Exception as exc:  # noqa: BLE001 - any failure of a cell is recorded, never swallowed
+            return errored_cell(variant, cell, f"{type(exc).__name__}: {exc}", prompt)
+
+    def record(self, cell: CellResult) -> None:
+        self.cells.append(cell)
+
+    def results(self) -> GateResults:
+        from .decision import evaluate
+
+        metrics, decision = evaluate(self.gate, self.cells)
+        return GateResults(
+            gate=self.gate.to_dict(),
+            decision=decision,
+            metrics=metrics,
+            cells=tuple(sorted(self.cells, key=lambda c: (c.task, c.length, c.depth, c.seed, c.variant))),
+            environment=self.environment(),
+            wall_s=time.perf_counter() - self._started,
+        )
+
+    def environment(self) -> dict[str, Any]:
+        env: dict[str, Any] = {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "model": self.gate.model.ref,
+            "gate_sha256": self.gate.sha256,
+            "git_commit": _git_commit(),
+        }
+        try:
+            import torch
+            import transformers
+
+            env.update(torch=torch.__version__, transformers=transformers.__version__)
+            env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+        except ImportError:
+            pass
+        if self._backend is not None:
+            env["model_fingerprint"] = self._backend.fingerprint
+        return env
+
+
+def write_outputs(results: GateResults, *, report: Path | None, json_path: Path | None) -> list[Path]:
+    """Write the HTML report and the results JSON (each atomically); return what was written."""
+    written = []
+    if json_path is not None:
+        save_results(results, json_path)
+        written.append(json_path)
+    if report is not None:
+        from .report import write_html
+
+        write_html(results, report)
+        written.append(report)
+    return written
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

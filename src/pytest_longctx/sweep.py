@@ -1,0 +1,85 @@
+"""The sweep: which cells a gate runs, in which interleaved order, and how one cell is measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .gate_spec import GateSpec, SweepSpec, VariantSpec
+from .results import CellResult
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .haystack import Haystack
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the sweep, shared by both variants (they see the same prompt)."""
+
+    task: str
+    length: int
+    depth: float
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}[{self.length}-d{self.depth:.2f}-s{self.seed}]"
+
+
+def plan_cells(sweep: SweepSpec) -> list[Cell]:
+    return [Cell(t, n, d, s) for t in sweep.tasks for n in sweep.lengths for d in sweep.depths for s in sweep.seeds]
+
+
+def interleaved(gate: GateSpec) -> list[tuple[VariantSpec, Cell]]:
+    """Baseline and candidate cell by cell, alternating which goes first (ABBA), so drift hits both sides."""
+    order: list[tuple[VariantSpec, Cell]] = []
+    for i, cell in enumerate(plan_cells(gate.sweep)):
+        pair = gate.variants if i % 2 == 0 else gate.variants[::-1]
+        order.extend((variant, cell) for variant in pair)
+    return order
+
+
+def build_prompt(backend: Backend, cell: Cell) -> Haystack:
+    from .haystack import build_haystack
+
+    if cell.task != "niah":
+        raise ValueError(f"unknown task {cell.task!r}")
+    return build_haystack(backend.tokenizer, length=cell.length, depth=cell.depth, seed=cell.seed)
+
+
+def run_cell(backend: Backend, variant: VariantSpec, cell: Cell, prompt: Haystack, *, max_new_tokens: int) -> CellResult:
+    """Generate greedily for one prompt and score it: found iff the needle's value appears in the answer."""
+    gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens)
+    return CellResult(
+        variant=variant.name,
+        task=cell.task,
+        length=cell.length,
+        tokens=prompt.tokens,
+        depth=cell.depth,
+        seed=cell.seed,
+        found=prompt.answer in gen.answer,
+        answer=gen.answer,
+        expected=prompt.answer,
+        prefill_s=gen.prefill_s,
+        decode_s_per_token=gen.decode_s_per_token,
+        total_s=gen.total_s,
+        new_tokens=gen.new_tokens,
+        kv_bytes=gen.kv_bytes,
+        kv_bytes_analytic=gen.kv_bytes_analytic,
+        kv_tokens=gen.kv_tokens,
+        peak_bytes=gen.peak_bytes,
+        prompt_sha256=prompt.prompt_sha256,
+        needle_start=prompt.needle_span[0],
+    )
+
+
+def errored_cell(variant: VariantSpec, cell: Cell, error: str, prompt: Any = None) -> CellResult:
+    """The record of a cell that could not be measured: it blocks approval instead of vanishing."""
+    return CellResult(
+        variant=variant.name, task=cell.task, length=cell.length, tokens=getattr(prompt, "tokens", 0),
+        depth=cell.depth, seed=cell.seed, found=False, answer="", expected=getattr(prompt, "answer", ""),
+        prefill_s=None, decode_s_per_token=None, total_s=None, new_tokens=0, kv_bytes=None,
+        kv_bytes_analytic=None, kv_tokens=None, peak_bytes=None,
+        prompt_sha256=getattr(prompt, "prompt_sha256", ""), error=error,
+    )

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pytest_longctx.decision import evaluate
+from pytest_longctx.gate_spec import parse_gate
+from pytest_longctx.results import CellResult
+
+GATE = parse_gate(
+    {
+        "name": "g",
+        "baseline": {"kv_cache_dtype": "auto"},
+        "candidate": {"kv_cache_dtype": "fp8"},
+        "sweep": {"lengths": [512, 1024], "depths": [0.0, 0.5, 1.0], "seeds": [0, 1], "middle": [0.25, 0.75]},
+    }
+)
+
+
+def cell(variant, length, depth, seed, *, found=True, total_s=1.0, kv_bytes=1000, peak=None, error=None):
+    return CellResult(
+        variant=variant, task="niah", length=length, tokens=length, depth=depth, seed=seed, found=found,
+        answer="x", expected="x", prefill_s=total_s / 2, decode_s_per_token=0.01, total_s=total_s, new_tokens=3,
+        kv_bytes=kv_bytes, kv_bytes_analytic=kv_bytes, kv_tokens=length, peak_bytes=peak, prompt_sha256="h", error=error,
+    )
+
+
+def full(variant, **kw):
+    return [cell(variant, n, d, s, **kw) for n in (512, 1024) for d in (0.0, 0.5, 1.0) for s in (0, 1)]
+
+
+def replace(cells, match, **changes):
+    return [dataclasses.replace(c, **changes) if match(c) else c for c in cells]
+
+
+def test_identical_sides_approve():
+    metrics, decision = evaluate(GATE, full("baseline") + full("candidate"))
+    assert decision.verdict == "approve"
+    assert metrics.paired_cells == 12 and metrics.middle_cells == 4
+    assert metrics.p95_latency_ratio == pytest.approx(1.0) and metrics.memory_ratio == pytest.approx(1.0)
+    assert all(r.startswith("PASS") for r in decision.reasons)
+
+
+def test_one_middle_miss_rejects_but_an_edge_miss_does_not():
+    base = full("baseline")
+    edge_miss = replace(full("candidate"), lambda c: c.depth == 0.0 and c.seed == 0 and c.length == 512, found=False)
+    assert evaluate(GATE, base + edge_miss)[1].verdict == "approve"
+    mid_miss = replace(full("candidate"), lambda c: c.depth == 0.5 and c.seed == 0 and c.length == 512, found=False)
+    metrics, decision = evaluate(GATE, base + mid_miss)
+    assert decision.verdict == "reject"
+    assert metrics.middle_recall == {"baseline": 1.0, "candidate": 0.75}
+    assert any(r.startswith("FAIL middle-depth recall") for r in decision.reasons)
+
+
+def test_equal_recall_passes_exactly_at_the_boundary():
+    base = replace(full("baseline"), lambda c: c.depth == 0.5 and c.seed == 1, found=False)
+    cand = replace(full("candidate"), lambda c: c.depth == 0.5 and c.seed == 0, found=False)
+    assert evaluate(GATE, base + cand)[1].verdict == "approve"
+
+
+@pytest.mark.parametrize("total_s,verdict", [(1.10, "approve"), (1.11, "reject")])
+def test_p95_latency_ratio_threshold_is_inclusive(total_s, verdict):
+    metrics, decision = evaluate(GATE, full("baseline") + full("candidate", total_s=total_s))
+    assert metrics.p95_latency_ratio == pytest.approx(total_s)
+    assert decision.verdict == verdict
+
+
+def test_p95_is_read_from_the_slow_tail():
+    slow_base = replace(full("baseline"), lambda c: c.length == 1024, total_s=10.0)
+    slow_cand = replace(full("candidate"), lambda c: c.length == 1024, total_s=12.0)
+    metrics, _ = evaluate(GATE, slow_base + slow_cand)
+    assert metrics.p95_latency_s == {"baseline": 10.0, "candidate": 12.0}
+
+
+def test_memory_ratio_uses_cuda_peak_when_every_cell_has_it():
+    metrics, decision = evaluate(GATE, full("baseline", kv_bytes=1000, peak=100) + full("candidate", kv_bytes=300, peak=110))
+    assert metrics.memory_source == "peak_bytes" and metrics.memory_ratio == pytest.approx(1.1)
+    assert decision.verdict == "reject"
+    metrics, decision = evaluate(GATE, full("baseline", kv_bytes=1000) + full("candidate", kv_bytes=300))
+    assert metrics.memory_source == "kv_bytes" and metrics.memory_ratio == pytest.approx(0.3)
+
+
+def test_errored_or_missing_cells_never_approve():
+    errored = replace(full("candidate"), lambda c: c.length == 1024 and c.depth == 1.0 and c.seed == 0, error="OOM")
+    metrics, decision = evaluate(GATE, full("baseline") + errored)
+    assert decision.verdict == "incomplete" and metrics.errored_cells == 1 and metrics.paired_cells == 11
+    assert "1 cells errored" in decision.reasons[0]
+    metrics, decision = evaluate(GATE, full("baseline") + full("candidate")[:-1])
+    assert decision.verdict == "incomplete" and metrics.missing_cells == 1
+    assert evaluate(GATE, [])[1].verdict == "incomplete"
+
+
+def test_cells_of_other_variants_or_extra_keys_are_ignored():
+    stray = [cell("other", 512, 0.5, 0, found=False), cell("candidate", 4096, 0.5, 0, found=False)]
+    assert evaluate(GATE, full("baseline") + full("candidate") + stray)[1].verdict == "approve"

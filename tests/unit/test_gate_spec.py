@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pytest_longctx.gate_spec import GateError, GateSpec, load_gate, parse_gate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def minimal(**overrides):
+    data = {
+        "name": "g",
+        "baseline": {"kv_cache_dtype": "auto"},
+        "candidate": {"kv_cache_dtype": "fp8"},
+        "sweep": {"lengths": [256], "depths": [0.0, 0.5, 1.0]},
+    }
+    data.update(overrides)
+    return data
+
+
+def test_shipped_fp8_gate_loads_with_the_documented_settings():
+    gate = load_gate(ROOT / "gates" / "fp8.yaml", base_dir=ROOT)
+    assert gate.name == "fp8-kv-cache"
+    assert gate.model.ref == "embedded:smollm2-135m-instruct" and gate.model.trust_remote_code is False
+    assert gate.candidate.kv_cache_dtype == "fp8_e4m3" and gate.baseline.kv_cache_dtype == "auto"
+    assert gate.sweep.lengths == (1024, 2048, 4096) and gate.sweep.seeds == (0, 1)
+    assert gate.sweep.middle == (0.25, 0.75) and gate.sweep.max_new_tokens == 24
+    assert (gate.thresholds.middle_recall_min_delta, gate.thresholds.p95_latency_ratio_max, gate.thresholds.memory_ratio_max) == (0.0, 1.10, 1.05)
+    assert gate.report == ROOT / "reports" / "fp8.html"
+    assert len(gate.sha256 or "") == 64
+
+
+def test_defaults_fill_what_the_gate_leaves_out():
+    gate = parse_gate(minimal())
+    assert gate.model.ref == "embedded:smollm2-135m-instruct"
+    assert gate.sweep.seeds == (0,) and gate.sweep.tasks == ("niah",)
+    assert gate.thresholds.p95_latency_ratio_max == 1.10
+
+
+def test_to_dict_round_trips_through_from_dict():
+    gate = parse_gate(minimal(model={"ref": "/m", "dtype": "bfloat16"}, report="r/x.html"), base_dir=Path("/tmp"))
+    assert GateSpec.from_dict(gate.to_dict()) == gate
+
+
+@pytest.mark.parametrize(
+    "data,key,fix",
+    [
+        (minimal(sweeep={}), "key 'sweeep'", "use one of"),
+        (minimal(sweep={"lengths": [256], "depths": [0.5], "lenghts": 1}), "key 'sweep.lenghts'", "use one of"),
+        (minimal(candidate={"kv_cache_dtype": "fp4"}), "key 'candidate.kv_cache_dtype'", "auto, fp8, fp8_e4m3, fp8_e5m2"),
+        (minimal(sweep={"lengths": "1024", "depths": [0.5]}), "key 'sweep.lengths'", "write sweep.lengths"),
+        (minimal(sweep={"lengths": [256], "depths": [1.5]}), "key 'sweep.depths'", "[0.0, 1.0]"),
+        (minimal(sweep={"lengths": [256], "depths": [0.0, 1.0]}), "key 'sweep.depths'", "middle depth"),
+        (minimal(sweep={"lengths": [256, 256], "depths": [0.5]}), "key 'sweep.lengths'", "list each value once"),
+        (minimal(sweep={"lengths": [True], "depths": [0.5]}), "key 'sweep.lengths'", "whole number"),
+        (minimal(thresholds={"memory_ratio": {"max": "1.05"}}), "key 'thresholds.memory_ratio.max'", "plain number"),
+        (minimal(model={"ref": "x", "trust_remote_code": "yes"}), "key 'model.trust_remote_code'", "true or false"),
+        ({"name": "g"}, "key 'baseline'", "add `baseline:`"),
+        ([1, 2], "top level", "key: value"),
+    ],
+)
+def test_bad_gates_name_the_file_key_and_fix(data, key, fix):
+    with pytest.raises(GateError) as err:
+        parse_gate(data, source="gates/bad.yaml")
+    message = str(err.value)
+    assert message.startswith("gates/bad.yaml: ") and key in message and fix in message
+
+
+def test_unreadable_and_invalid_yaml_files(tmp_path):
+    with pytest.raises(GateError, match="cannot read the gate file"):
+        load_gate(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(GateError, match=r"bad.yaml: not valid YAML"):
+        load_gate(bad)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(yaml.safe_dump(minimal(report="out/r.html")))
+    assert load_gate(ok, base_dir=tmp_path).report == tmp_path / "out" / "r.html"

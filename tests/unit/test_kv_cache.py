@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytest_longctx.backend import cache_keyword
+from pytest_longctx.kv_cache import Fp8Layer, cache_nbytes, make_cache
+from pytest_longctx.kv_math import KvShape
+
+
+def _prefill_logits(model, ids, kv_cache_dtype, kv_scale="token_head"):
+    cache = make_cache(kv_cache_dtype, model.config, kv_scale=kv_scale)
+    with torch.inference_mode():
+        return model(input_ids=ids, use_cache=True, **{cache_keyword(model): cache}).logits, cache
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "fp8_e4m3", "fp8_e5m2"])
+@pytest.mark.parametrize("kv_scale", ["token_head", "tensor"])
+def test_fp8_cache_changes_what_prefill_attention_sees(tiny_llama, dtype, kv_scale):
+    ids = torch.randint(2, 96, (1, 64), generator=torch.Generator().manual_seed(1))
+    exact, _ = _prefill_logits(tiny_llama, ids, "auto")
+    quant, _ = _prefill_logits(tiny_llama, ids, dtype, kv_scale)
+    rel = ((quant - exact).norm() / exact.norm()).item()
+    # Non-zero: the FP8 error reaches prefill. Small: the cache still holds the same K/V to within FP8 precision.
+    assert 1e-5 < rel < 0.2
+
+
+def test_fp8_round_trip_error_is_within_format_precision():
+    layer = Fp8Layer(torch.float8_e4m3fn, "token_head")
+    k = torch.randn(1, 2, 10, 16) * 5
+    v = torch.randn(1, 2, 10, 16)
+    k_back, v_back = layer.update(k, v)
+    # e4m3 keeps 3 mantissa bits: relative rounding error at most 2**-4 of the per-row maximum.
+    assert ((k_back - k).abs() <= k.abs().amax(-1, keepdim=True) * 2**-4 + 1e-6).all()
+    assert not torch.equal(k_back, k)
+    assert layer.qkeys.dtype == torch.float8_e4m3fn and layer.get_seq_length() == 10
+
+
+def test_frozen_tensor_scale_saturates_instead_of_nan():
+    layer = Fp8Layer(torch.float8_e4m3fn, "tensor")
+    layer.update(torch.ones(1, 1, 4, 8), torch.ones(1, 1, 4, 8))
+    k_back, _ = layer.update(torch.full((1, 1, 1, 8), 1000.0), torch.ones(1, 1, 1, 8))
+    assert torch.isfinite(k_back).all()
+    assert k_back[0, 0, -1].max().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("dtype,kv_scale", [("auto", None), ("fp8_e4m3", "token_head"), ("fp8_e5m2", "tensor")])
+def test_measured_kv_bytes_match_the_formula(tiny_llama, dtype, kv_scale):
+    ids = torch.randint(2, 96, (1, 300))
+    _, cache = _prefill_logits(tiny_llama, ids, dtype, kv_scale or "token_head")
+    shape = KvShape.from_config(tiny_llama.config)
+    elem = 4 if dtype == "auto" else 1
+    expected = shape.sequence_bytes(300, elem, scale=kv_scale)
+    assert abs(cache_nbytes(cache) - expected) / expected < 0.01
+
+
+def test_fp8_cache_crop_drops_the_last_tokens():
+    layer = Fp8Layer(torch.float8_e4m3fn)
+    layer.update(torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16))
+    layer.crop(-3)
+    assert layer.get_seq_length() == 5 and layer.kscale.shape[-2] == 5
+
+
+def test_unknown_dtype_is_rejected(tiny_llama):
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        make_cache("int3", tiny_llama.config)

@@ -1,0 +1,278 @@
+"""The HTML report: banner, metrics, recall heatmaps, escaping of model output, self-containment."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+from pytest_longctx.report import (
+    diverging_colour,
+    fmt_bytes,
+    heatmap_panels,
+    recall_grid,
+    render_html,
+    sequential_colour,
+    write_html,
+)
+from pytest_longctx.results import CellResult, Check, Decision, GateResults, Metrics
+
+LENGTHS = (1024, 2048)
+DEPTHS = (0.0, 0.5, 1.0)
+SEEDS = (0, 1)
+INJECTION = "<script>alert(1)</script>"
+BACKEND_ERROR = "CUDA out of memory <tried to allocate 2.00 GiB> & gave up"
+REASONS = (
+    "middle-band recall delta -0.250 is below the minimum 0.00",
+    "p95 latency ratio 1.32 exceeds the maximum 1.10 & must not",
+)
+
+
+def _found(variant: str, length: int, depth: float, seed: int) -> bool:
+    if variant == "baseline":
+        return not (length == 2048 and depth == 0.5 and seed == 1)  # 1 of 2 found at (2048, 0.5)
+    if length == 2048 and depth == 1.0:
+        return False  # 0 of 2
+    return not (length == 1024 and depth == 0.5 and seed == 0)  # 1 of 2 found at (1024, 0.5)
+
+
+def _errored(variant: str, length: int, depth: float, seed: int) -> bool:
+    return variant == "candidate" and length == 1024 and depth == 0.0  # every seed errored
+
+
+def make_cells() -> tuple[CellResult, ...]:
+    """2 variants x 2 lengths x 3 depths x 2 seeds, with misses, one injected answer and one errored cell."""
+    cells = []
+    for variant in ("baseline", "candidate"):
+        for length in LENGTHS:
+            for depth in DEPTHS:
+                for seed in SEEDS:
+                    errored = _errored(variant, length, depth, seed)
+                    found = not errored and _found(variant, length, depth, seed)
+                    answer = "The code is 4821." if found else "I could not find it."
+                    if variant == "candidate" and length == 2048 and depth == 1.0 and seed == 0:
+                        answer = INJECTION
+                    cells.append(
+                        CellResult(
+                            variant=variant,
+                            task="niah",
+                            length=length,
+                            tokens=length - 3,
+                            depth=depth,
+                            seed=seed,
+                            found=found,
+                            answer="" if errored else answer,
+                            expected="4821",
+                            prefill_s=None if errored else 0.05 * length / 1024,
+                            decode_s_per_token=None if errored else 0.012,
+                            total_s=None if errored else 0.4,
+                            new_tokens=0 if errored else 8,
+                            kv_bytes=None if errored else length * (1 if variant == "candidate" else 2) * 4096,
+                            kv_bytes_analytic=length * (1 if variant == "candidate" else 2) * 4096,
+                            kv_tokens=None if errored else length,
+                            peak_bytes=None,
+                            prompt_sha256="0" * 64,
+                            error=BACKEND_ERROR if errored else None,
+                        )
+                    )
+    return tuple(cells)
+
+
+def make_results(*, verdict: str = "reject", cells: tuple[CellResult, ...] | None = None) -> GateResults:
+    gate = {
+        "name": "fp8-kv",
+        "path": "gates/fp8.yaml",
+        "model": {"ref": "embedded:smollm2-135m-instruct", "dtype": "auto", "device": "auto", "trust_remote_code": False},
+        "baseline": {"name": "baseline", "kv_cache_dtype": "auto", "kv_scale": "token_head"},
+        "candidate": {"name": "candidate", "kv_cache_dtype": "fp8", "kv_scale": "token_head"},
+        "sweep": {
+            "lengths": list(LENGTHS),
+            "depths": list(DEPTHS),
+            "seeds": list(SEEDS),
+            "middle": [0.25, 0.75],
+            "max_new_tokens": 24,
+            "tasks": ["niah"],
+        },
+        "thresholds": {"middle_recall_min_delta": 0.0, "p95_latency_ratio_max": 1.10, "memory_ratio_max": 1.05, "memory_source": "auto"},
+        "report": None,
+        "results": None,
+        "sha256": "ab" * 32,
+    }
+    checks = (
+        Check("middle_recall_delta", -0.25, 0.0, ">=", False, "candidate 0.50 vs baseline 0.75"),
+        Check("p95_latency_ratio", 1.32, 1.10, "<=", False, "0.528 s vs 0.400 s"),
+        Check("memory_ratio", None, 1.05, "<=", False, "no memory measured"),
+    )
+    metrics = Metrics(
+        middle_recall={"baseline": 0.75, "candidate": 0.5},
+        recall={"baseline": 0.9, "candidate": 0.6},
+        p95_latency_s={"baseline": 0.4, "candidate": 0.528},
+        p95_latency_ratio=1.32,
+        memory_bytes={"baseline": None, "candidate": None},
+        memory_ratio=None,
+        memory_source="kv_bytes",
+        paired_cells=10,
+        middle_cells=4,
+        expected_cells=12,
+        errored_cells=2,
+        missing_cells=0,
+    )
+    return GateResults(
+        gate=gate,
+        decision=Decision(verdict=verdict, reasons=REASONS, checks=checks),  # type: ignore[arg-type]
+        metrics=metrics,
+        cells=make_cells() if cells is None else cells,
+        environment={"python": "3.12.1", "torch": "2.5.0", "cuda": None, "devices": ["cpu"]},
+        wall_s=12.5,
+    )
+
+
+def _section(page: str, section_id: str) -> str:
+    match = re.search(rf'<section id="{section_id}".*?</section>', page, re.S)
+    assert match, f"no section {section_id}"
+    return match.group(0)
+
+
+def _text(fragment: str) -> str:
+    """Visible text of an HTML fragment, entities decoded, whitespace collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+
+def _heat_cell(page: str, title: str) -> str:
+    """The labels drawn in the heatmap cell whose tooltip starts with `title`."""
+    match = re.search(rf"<g class=\"cell\">\s*<title>{re.escape(html.escape(title))}[^<]*</title>(.*?)</g>", page, re.S)
+    assert match, f"no heatmap cell titled {title!r}"
+    return _text(match.group(1))
+
+
+def test_banner_shows_verdict_gate_model_and_every_reason() -> None:
+    banner = _text(_section(render_html(make_results()), "decision"))
+
+    assert banner.startswith("reject ")
+    assert "fp8-kv" in banner
+    assert "embedded:smollm2-135m-instruct" in banner
+    for reason in REASONS:
+        assert reason in banner
+
+
+def test_banner_colour_follows_the_verdict() -> None:
+    approve = _section(render_html(make_results(verdict="approve")), "decision")
+    incomplete = _section(render_html(make_results(verdict="incomplete")), "decision")
+
+    assert "#0072b2" in approve and _text(approve).startswith("approve ")
+    assert "#6b6b6b" in incomplete and _text(incomplete).startswith("incomplete ")
+
+
+def test_model_answer_is_escaped_and_page_has_no_script() -> None:
+    page = render_html(make_results())
+
+    assert html.escape(INJECTION, quote=False) in page  # &lt;script&gt;alert(1)&lt;/script&gt;
+    assert "&lt;script&gt;" in page
+    assert "<script" not in page.lower()
+
+
+def test_metrics_table_shows_both_variants_thresholds_and_na() -> None:
+    rows = re.findall(r"<tr>(.*?)</tr>", _section(render_html(make_results()), "metrics"), re.S)
+    by_metric = {_text(r).split(" ", 1)[0]: _text(r) for r in rows[1:]}
+
+    recall = next(t for t in by_metric.values() if t.startswith("middle-band recall"))
+    assert recall.startswith("middle-band recall 0.750 0.500 -0.250 (delta) >= 0.00 ✗ fail")
+    latency = next(t for t in by_metric.values() if t.startswith("p95 latency"))
+    assert "0.400 0.528 1.320 (ratio) <= 1.10 ✗ fail" in latency
+    memory = next(t for t in by_metric.values() if t.startswith("memory (kv_bytes)"))
+    assert memory.startswith("memory (kv_bytes) n/a n/a n/a <= 1.05 ✗ fail")
+
+
+def test_heatmap_shows_fraction_found_over_seeds() -> None:
+    page = render_html(make_results())
+
+    assert _heat_cell(page, "baseline · length 2048 · depth 0.50:") == "0.50 1/2"
+    assert _heat_cell(page, "baseline · length 1024 · depth 0.50:") == "1.00 2/2"
+    assert _heat_cell(page, "candidate · length 1024 · depth 0.50:") == "0.50 1/2"
+    assert _heat_cell(page, "candidate · length 2048 · depth 1.00:") == "0.00 0/2"
+    assert _heat_cell(page, "difference · length 2048 · depth 1.00:") == "-1.00"
+    assert _heat_cell(page, "difference · length 2048 · depth 0.50:") == "+0.50"
+    assert _heat_cell(page, "difference · length 1024 · depth 1.00:") == "0.00"
+
+
+def test_all_errored_cell_shows_err_and_its_escaped_error() -> None:
+    page = render_html(make_results())
+
+    assert _heat_cell(page, "candidate · length 1024 · depth 0.00:") == "err"
+    assert _heat_cell(page, "difference · length 1024 · depth 0.00:") == "err"
+    assert _heat_cell(page, "baseline · length 1024 · depth 0.00:") == "1.00 2/2"
+    assert html.escape(BACKEND_ERROR, quote=False) in _section(page, "cells")
+    assert "<tried" not in page
+
+
+def test_recall_grid_counts_only_error_free_cells() -> None:
+    cells = make_cells()
+
+    grid = recall_grid(cells, "candidate", "niah")
+
+    assert grid[(1024, 0.0)].measured == 0 and grid[(1024, 0.0)].errored == 2
+    assert grid[(1024, 0.0)].recall is None and grid[(1024, 0.0)].all_errored
+    assert (grid[(1024, 0.5)].found, grid[(1024, 0.5)].measured) == (1, 2)
+    assert grid[(2048, 0.5)].recall == 1.0
+
+
+def test_heatmap_rows_are_sorted_depths_and_mark_the_middle_band() -> None:
+    shuffled = tuple(reversed(make_cells()))
+
+    (panel,) = heatmap_panels(make_results(cells=shuffled))
+
+    baseline, candidate, difference = panel.grids
+    assert [r.text for r in baseline.rows] == ["0.00", "0.50", "1.00"]
+    assert [r.middle for r in baseline.rows] == [False, True, False]
+    assert [c.text for c in difference.cols] == ["1024", "2048"]
+    assert difference.kind == "difference" and candidate.kind == "recall"
+
+
+def test_memory_section_reports_mean_kv_bytes_per_length_and_variant() -> None:
+    memory = _text(_section(render_html(make_results()), "memory"))
+
+    # baseline at 1024 tokens: 1024 * 2 * 4096 bytes = 8 MiB, candidate half of it
+    assert "1024 baseline 8.00 MiB 8.00 MiB n/a 6" in memory
+    assert "1024 candidate 4.00 MiB 4.00 MiB n/a 6" in memory
+    assert "2048 baseline 16.00 MiB 16.00 MiB n/a 6" in memory
+
+
+def test_environment_and_gate_hash_are_listed() -> None:
+    env = _text(_section(render_html(make_results()), "environment"))
+
+    assert "gate sha256 " + "ab" * 32 in env
+    assert "wall time (s) 12.5" in env
+    assert "torch 2.5.0" in env
+    assert 'devices ["cpu"]' in env
+    assert "cuda null" in env
+
+
+def test_page_is_self_contained() -> None:
+    page = render_html(make_results())
+
+    assert not re.search(r"https?://", page)
+    assert "<link" not in page and "@import" not in page and "url(" not in page
+    assert not re.search(r"\ssrc=", page)
+
+
+def test_render_is_pure() -> None:
+    results = make_results()
+
+    assert render_html(results) == render_html(results)
+
+
+def test_colour_scales_and_byte_format() -> None:
+    assert sequential_colour(0.0) == "#440154" and sequential_colour(1.0) == "#fde725"
+    assert diverging_colour(-1.0) == "#b35806" and diverging_colour(1.0) == "#2166ac"
+    assert diverging_colour(0.0) == "#f7f7f7"
+    assert fmt_bytes(None) == "n/a" and fmt_bytes(512) == "512 B" and fmt_bytes(3 * 1024**2) == "3.00 MiB"
+
+
+def test_write_html_writes_the_rendered_page(tmp_path: Path) -> None:
+    results = make_results()
+    target = tmp_path / "out" / "report.html"
+
+    write_html(results, target)
+
+    assert target.read_text(encoding="utf-8") == render_html(results)
+    assert list(target.parent.iterdir()) == [target]  # no temporary file left behind
