@@ -1,0 +1,105 @@
+"""`--longctx-gate`, `--longctx-report`, `--longctx-json`, `--longctx-model` driven through pytester on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_longctx.decision import evaluate
+from pytest_longctx.gate_spec import GateSpec
+from pytest_longctx.results import CellResult, load_results
+
+
+def run_gate(pytester, gate, model_dir, *extra):
+    return pytester.runpytest("--longctx-gate", str(gate), "--longctx-model", str(model_dir), "-p", "no:cacheprovider", *extra)
+
+
+def test_without_a_gate_the_plugin_stays_out_of_the_way(pytester):
+    pytester.makepyfile("def test_plain():\n    assert True\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    assert "longctx gate" not in result.stdout.str()
+    help_text = pytester.runpytest("--help").stdout.str()
+    for option in ("--longctx-gate", "--longctx-report", "--longctx-json", "--longctx-model"):
+        assert option in help_text
+
+
+def test_approve_writes_report_and_json_and_exits_zero(pytester, write_gate, tiny_model_dir):
+    gate = write_gate()
+    pytester.makepyfile("def test_not_collected():\n    assert False\n")  # gate runs alone unless tests are named
+    result = run_gate(pytester, gate, tiny_model_dir, "--longctx-json", "out/r.json", "--longctx-report", "out/r.html", "-v")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=12)
+    result.stdout.fnmatch_lines(["*tiny::baseline::niah?256-d0.50-s0? PASSED*", "*tiny::candidate::niah?384-d1.00-s0? PASSED*", "*gate tiny: APPROVE*"])
+    data = json.loads((pytester.path / "out" / "r.json").read_text())
+    assert data["schema_version"] == 1 and data["decision"]["verdict"] == "approve"
+    assert set(data["metrics"]["middle_recall"]) == {"baseline", "candidate"}
+    assert len(data["cells"]) == 12
+    first = data["cells"][0]
+    for key in ("variant", "task", "length", "tokens", "depth", "seed", "found", "answer", "prefill_s",
+                "decode_s_per_token", "total_s", "kv_bytes", "peak_bytes", "prompt_sha256"):
+        assert key in first
+    # Both variants saw the same prompt in every cell.
+    by_key = {}
+    for c in data["cells"]:
+        by_key.setdefault((c["length"], c["depth"]), set()).add(c["prompt_sha256"])
+    assert all(len(hashes) == 1 for hashes in by_key.values())
+    # The decision is recomputable from the cells alone.
+    metrics, decision = evaluate(GateSpec.from_dict(data["gate"]), [CellResult.from_dict(c) for c in data["cells"]])
+    assert decision.to_dict() == data["decision"]
+    html = (pytester.path / "out" / "r.html").read_text()
+    assert "approve" in html.lower() and "tiny" in html
+
+
+def test_reject_exits_one_and_names_the_failing_threshold(pytester, write_gate, tiny_model_dir):
+    # An FP8 baseline against a full-precision candidate: the candidate stores 4-byte floats, the baseline 1 byte plus a 4-byte scale per 16-wide head row: 3.2x.
+    gate = write_gate(baseline={"kv_cache_dtype": "fp8"}, candidate={"kv_cache_dtype": "auto"}, report="reports/tiny.html")
+    result = run_gate(pytester, gate, tiny_model_dir)
+    assert result.ret == 1
+    result.assert_outcomes(passed=12)  # misses and regressions are data: no item fails
+    result.stdout.fnmatch_lines(["*gate tiny: REJECT*", "*FAIL memory (kv_bytes)*ratio 3.200*"])
+    assert load_results(pytester.path / "reports" / "tiny.json").decision.verdict == "reject"
+    assert (pytester.path / "reports" / "tiny.html").is_file()
+
+
+def test_deselected_cells_make_the_gate_incomplete(pytester, write_gate, tiny_model_dir):
+    gate = write_gate()
+    result = run_gate(pytester, gate, tiny_model_dir, "-k", "not 384")
+    assert result.ret == 1
+    result.assert_outcomes(passed=6, deselected=6)
+    result.stdout.fnmatch_lines(["*gate tiny: INCOMPLETE*", "*cannot approve: 6 of 12 cells were not run*"])
+
+
+def test_an_errored_cell_fails_its_item_and_blocks_approval(pytester, write_gate, tiny_model_dir):
+    # 64 tokens cannot hold the chat template, needle and question: those cells error, the others run.
+    gate = write_gate(sweep={"lengths": [64, 256], "depths": [0.5], "seeds": [0], "max_new_tokens": 2})
+    result = run_gate(pytester, gate, tiny_model_dir)
+    assert result.ret == 1
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*could not be measured: ValueError*", "*gate tiny: INCOMPLETE*", "*cannot approve: 2 cells errored*"])
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        ("name: g\nbaseline: {}\ncandidate: {kv_cache_dtype: fp16}\nsweep: {lengths: [256], depths: [0.5]}\n",
+         "*gate.yaml: key 'candidate.kv_cache_dtype': 'fp16' is not supported. Fix: use one of: auto, fp8*"),
+        ("name: g\nbaseline: {}\ncandidate: {}\nsweep: {lengths: [256], depths: [0.5], sed: [1]}\n",
+         "*gate.yaml: key 'sweep.sed': unknown key. Fix: use one of: lengths, depths, seeds*"),
+    ],
+)
+def test_bad_gate_is_a_usage_error_naming_file_and_key(pytester, content, expected):
+    (pytester.path / "gate.yaml").write_text(content)
+    result = pytester.runpytest("--longctx-gate", "gate.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([expected])
+
+
+def test_unknown_model_reference_is_a_usage_error(pytester, write_gate):
+    gate = write_gate()
+    result = pytester.runpytest("--longctx-gate", str(gate), "--longctx-model", "embedded:gpt-zero")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*key 'model': unknown embedded model 'gpt-zero'; known: embedded:smollm2-135m-instruct*"])
+    result = pytester.runpytest("--longctx-gate", str(gate), "--longctx-model", "missing/model.gguf")
+    result.stderr.fnmatch_lines(["*GGUF file missing/model.gguf does not exist*"])
