@@ -65,4 +65,5 @@ def make_gate_items(session: pytest.Session, run: GateRun) -> list[pytest.Item]:
     gate = run.gate
     node = GateNode.from_parent(session, name=gate.name, nodeid=gate.name, path=gate.path or session.path)
     node.run = run
-    return list(node.collect())
+    # genitems fires the collection hooks, so pytest counts and reports these items like collected tests.
+    return list(session.genitems(node))
