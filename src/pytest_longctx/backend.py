@@ -24,6 +24,7 @@ class Generation:
     kv_bytes_analytic: int
     kv_tokens: int
     peak_bytes: int | None
+    hit_limit: bool = False  # stopped by max_new_tokens rather than EOS
 
 
 class Backend(Protocol):
@@ -130,4 +131,5 @@ class TransformersBackend:
             kv_bytes_analytic=shape.sequence_bytes(kv_tokens, elem, scale=scale),
             kv_tokens=kv_tokens,
             peak_bytes=int(torch.cuda.max_memory_allocated(self.device)) if on_cuda else None,
+            hit_limit=generated[-1] not in self._eos,
         )

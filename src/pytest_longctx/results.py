@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 SCHEMA_VERSION = 1
 
-Verdict = Literal["approve", "reject", "incomplete"]
+Verdict = Literal["approve", "reject", "incomplete", "invalid"]
+Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "error"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class CellResult:
     prompt_sha256: str
     needle_start: int | None = None
     error: str | None = None
+    failure: Failure | None = None
+    excerpt: str = ""
 
     @property
     def key(self) -> tuple[str, int, float, int]:
@@ -68,6 +71,9 @@ class Check:
     comparison: Literal[">=", "<="]
     passed: bool
     detail: str
+    ci_low: float | None = None
+    ci_high: float | None = None
+    policy: str = "strict"
 
 
 @dataclass(frozen=True)

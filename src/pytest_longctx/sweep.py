@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .gate_spec import GateSpec, SweepSpec, VariantSpec
-from .results import CellResult
+from .results import CellResult, Failure
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -48,6 +49,32 @@ def build_prompt(backend: Backend, cell: Cell) -> Haystack:
     return build_haystack(backend.tokenizer, length=cell.length, depth=cell.depth, seed=cell.seed)
 
 
+def classify_miss(answer: str, expected: str, *, hit_limit: bool) -> Failure | None:
+    """Why a cell missed: `partial` (some of the value's parts), `truncated` (cut off while producing the value, or
+    before reaching it), `missing` (answered without it), `refusal/other` (no answer at all); None when found."""
+    if expected in answer:
+        return None
+    if not answer.strip():
+        return "refusal/other"
+    parts = [p for p in re.split(r"[^0-9A-Za-z]+", expected) if p]
+    present = [p for p in parts if p in answer]
+    if hit_limit and any(answer.rstrip().endswith(expected[:i]) for i in range(1, len(expected))):
+        return "truncated"
+    if present:
+        return "partial"
+    return "truncated" if hit_limit else "missing"
+
+
+def excerpt(prompt: Haystack, context_chars: int = 240) -> str:
+    """The needle's line with some prompt text either side, for the report's drill-down."""
+    text, needle = prompt.prompt_text, prompt.needle.text
+    at = text.find(needle)
+    if at < 0:
+        return ""
+    start, end = max(0, at - context_chars), min(len(text), at + len(needle) + context_chars)
+    return ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+
+
 def run_cell(backend: Backend, variant: VariantSpec, cell: Cell, prompt: Haystack, *, max_new_tokens: int) -> CellResult:
     """Generate greedily for one prompt and score it: found iff the needle's value appears in the answer."""
     gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens)
@@ -59,6 +86,8 @@ def run_cell(backend: Backend, variant: VariantSpec, cell: Cell, prompt: Haystac
         depth=cell.depth,
         seed=cell.seed,
         found=prompt.answer in gen.answer,
+        failure=classify_miss(gen.answer, prompt.answer, hit_limit=gen.hit_limit),
+        excerpt=excerpt(prompt),
         answer=gen.answer,
         expected=prompt.answer,
         prefill_s=gen.prefill_s,
@@ -81,5 +110,5 @@ def errored_cell(variant: VariantSpec, cell: Cell, error: str, prompt: Any = Non
         depth=cell.depth, seed=cell.seed, found=False, answer="", expected=getattr(prompt, "answer", ""),
         prefill_s=None, decode_s_per_token=None, total_s=None, new_tokens=0, kv_bytes=None,
         kv_bytes_analytic=None, kv_tokens=None, peak_bytes=None,
-        prompt_sha256=getattr(prompt, "prompt_sha256", ""), error=error,
+        prompt_sha256=getattr(prompt, "prompt_sha256", ""), error=error, failure="error",
     )
