@@ -84,17 +84,27 @@ class TransformersBackend:
 
             torch.cuda.synchronize(self.device)
 
-    def _forward(self, ids: Any, cache: Any, *, last_only: bool) -> Any:
-        kwargs = {self._cache_kw: cache, "use_cache": True}
+    def _forward(self, ids: Any, cache: Any, *, last_only: bool, position: int | None = None) -> Any:
+        kwargs: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
         if last_only:
             kwargs["logits_to_keep"] = 1  # the prompt's other logits are never read; skipping them saves memory
+        if position is not None:
+            # Absolute positions, so RoPE stays right even when a window has evicted part of the cache.
+            import torch
+
+            kwargs["position_ids"] = torch.tensor([[position]], dtype=torch.long, device=self.device)
         return self.model(input_ids=ids, **kwargs).logits[0, -1]
 
-    def generate(self, token_ids: Sequence[int], *, variant: VariantSpec, max_new_tokens: int) -> Generation:
-        """Greedy-decode up to `max_new_tokens` (stopping at EOS) with the variant's KV cache."""
+    def generate(
+        self, token_ids: Sequence[int], *, variant: VariantSpec, max_new_tokens: int, timeout_s: float | None = None
+    ) -> Generation:
+        """Greedy-decode up to `max_new_tokens` (stopping at EOS) with the variant's KV cache.
+
+        Raises CellTimeout once `timeout_s` has passed (checked after prefill and after each decode step).
+        """
         import torch
 
-        from .kv_cache import bytes_per_element, cache_nbytes, make_cache
+        from .kv_cache import bytes_per_element, cache_nbytes, cache_tensors, keep_last, make_cache
 
         cache = make_cache(variant.kv_cache_dtype, self.model.config, kv_scale=variant.kv_scale)
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
@@ -105,16 +115,29 @@ class TransformersBackend:
         with torch.inference_mode():
             self._sync()
             start = time.perf_counter()
+            deadline = None if timeout_s is None else start + timeout_s
             token = int(self._forward(ids, cache, last_only=True).argmax())
+            if variant.planted_window is not None:
+                keep_last(cache, variant.planted_window)
             self._sync()
             first = time.perf_counter()
             generated.append(token)
             while token not in self._eos and len(generated) < max_new_tokens:
+                step_start = time.perf_counter()
+                if deadline is not None and step_start > deadline:
+                    raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g} after {len(generated)} new tokens")
                 step = torch.tensor([[token]], dtype=torch.long, device=self.device)
-                token = int(self._forward(step, cache, last_only=False).argmax())
+                token = int(self._forward(step, cache, last_only=False, position=len(token_ids) + len(generated) - 1).argmax())
                 generated.append(token)
+                if variant.planted_decode_delay:
+                    self._sync()
+                    time.sleep(variant.planted_decode_delay * (time.perf_counter() - step_start))
             self._sync()
             end = time.perf_counter()
+            # A planted memory regression holds real extra copies of the cache while it is measured.
+            shadow = [t.clone() for _ in range(variant.planted_kv_copies - 1) for t in cache_tensors(cache)]
+        if deadline is not None and end > deadline:
+            raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g}")
         decode_steps = len(generated) - 1
         kv_tokens = cache.get_seq_length()
         shape = self.kv_shape
@@ -127,9 +150,13 @@ class TransformersBackend:
             prefill_s=first - start,
             decode_s_per_token=(end - first) / decode_steps if decode_steps else None,
             total_s=end - start,
-            kv_bytes=cache_nbytes(cache),
-            kv_bytes_analytic=shape.sequence_bytes(kv_tokens, elem, scale=scale),
+            kv_bytes=cache_nbytes(cache) + sum(t.nbytes for t in shadow),
+            kv_bytes_analytic=shape.sequence_bytes(kv_tokens, elem, scale=scale) * variant.planted_kv_copies,
             kv_tokens=kv_tokens,
             peak_bytes=int(torch.cuda.max_memory_allocated(self.device)) if on_cuda else None,
             hit_limit=generated[-1] not in self._eos,
         )
+
+
+class CellTimeout(TimeoutError):
+    """A generation that ran past the gate's `cell_timeout_s`."""

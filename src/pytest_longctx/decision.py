@@ -1,16 +1,18 @@
-"""The approval rule: metrics over paired cells, thresholds checked, and a Decision with reasons in plain words."""
+"""The approval rule: paired metrics and statistics over the cells, thresholds checked, a Decision with reasons."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .gate_spec import GateSpec
 from .results import CellResult, Check, Decision, Metrics
 
 EPS = 1e-9  # recall fractions are ratios of small integers; compare them without float noise
+BOOTSTRAP_RESAMPLES = 2000
+Key = tuple[str, int, float, int]
 
 
-def expected_keys(gate: GateSpec) -> list[tuple[str, int, float, int]]:
+def expected_keys(gate: GateSpec) -> list[Key]:
     s = gate.sweep
     return [(t, n, round(d, 6), seed) for t in s.tasks for n in s.lengths for d in s.depths for seed in s.seeds]
 
@@ -32,45 +34,122 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or den is None or den == 0 else num / den
 
 
-def compute_metrics(gate: GateSpec, cells: Sequence[CellResult]) -> Metrics:
-    """Metrics over the cells both variants measured without error; missing and errored cells are counted."""
+def paired_difference_ci(baseline_only: int, candidate_only: int, n: int, confidence: float) -> tuple[float, float] | None:
+    """Exact CI of the paired recall difference (candidate - baseline) over `n` cells.
+
+    Conditional on the discordant cells, the share the candidate wins is binomial; its Clopper-Pearson
+    interval maps to the difference as (2p - 1) x discordant / n. No discordant cell: the difference is 0.
+    """
+    if n == 0:
+        return None
+    discordant = baseline_only + candidate_only
+    if discordant == 0:
+        return (0.0, 0.0)
+    from scipy.stats import binomtest
+
+    ci = binomtest(candidate_only, discordant, 0.5).proportion_ci(confidence_level=confidence, method="exact")
+    scale = discordant / n
+    return ((2 * ci.low - 1) * scale, (2 * ci.high - 1) * scale)
+
+
+def mcnemar_exact_p(baseline_only: int, candidate_only: int) -> float:
+    """Two-sided exact McNemar test: are the discordant cells split unevenly between the variants?"""
+    discordant = baseline_only + candidate_only
+    if discordant == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(candidate_only, discordant, 0.5).pvalue)
+
+
+def p95_ratio_ci(base: Sequence[float], cand: Sequence[float], confidence: float) -> tuple[float, float] | None:
+    """Paired bootstrap CI of p95(candidate) / p95(baseline), resampling cells (seeded: same data, same CI)."""
+    if len(base) < 3 or len(base) != len(cand):
+        return None
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    def statistic(b: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.percentile(c, 95, axis=axis) / np.percentile(b, 95, axis=axis)
+
+    res = bootstrap(
+        (np.asarray(base, dtype=float), np.asarray(cand, dtype=float)), statistic, paired=True, vectorized=True,
+        n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=confidence, method="percentile", rng=np.random.default_rng(0),
+    )
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return None if np.isnan(low) or np.isnan(high) else (low, high)
+
+
+def compute_metrics(gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_mismatches: Sequence[str] = ()) -> Metrics:
+    """Metrics over the cells both variants measured without error; missing, errored and mismatched cells are counted."""
     names = (gate.baseline.name, gate.candidate.name)
-    by_variant: dict[str, dict[tuple[str, int, float, int], CellResult]] = {n: {} for n in names}
+    base_name, cand_name = names
+    by_variant: dict[str, dict[Key, CellResult]] = {n: {} for n in names}
     for cell in cells:
         if cell.variant in by_variant:
             by_variant[cell.variant][cell.key] = cell
     keys = expected_keys(gate)
     missing = sum(1 for n in names for k in keys if k not in by_variant[n])
-    errored = sum(1 for n in names for c in by_variant[n].values() if c.error is not None)
+    errored = sum(1 for n in names for k in keys if k in by_variant[n] and by_variant[n][k].error is not None)
     paired = [k for k in keys if all(k in by_variant[n] and by_variant[n][k].error is None for n in names)]
+    mismatched = sum(1 for k in paired if by_variant[base_name][k].prompt_sha256 != by_variant[cand_name][k].prompt_sha256)
     lo, hi = gate.sweep.middle
     middle = [k for k in paired if lo - EPS <= k[2] <= hi + EPS]
 
-    def side(name: str, subset: list[tuple[str, int, float, int]]) -> list[CellResult]:
+    def side(name: str, subset: list[Key]) -> list[CellResult]:
         return [by_variant[name][k] for k in subset]
+
+    def timing(field: str) -> tuple[list[float], list[float]]:
+        pairs = [(getattr(b, field), getattr(c, field)) for b, c in zip(side(base_name, paired), side(cand_name, paired))]
+        pairs = [(b, c) for b, c in pairs if b is not None and c is not None]
+        return [b for b, _ in pairs], [c for _, c in pairs]
+
+    confidence = gate.thresholds.latency_confidence
+    latency: dict[str, tuple[dict[str, float | None], float | None, tuple[float, float] | None]] = {}
+    for field in ("total_s", "prefill_s", "decode_s_per_token"):
+        b, c = timing(field)
+        p95s = {"baseline": _p95(b), "candidate": _p95(c)}
+        latency[field] = (p95s, _ratio(p95s["candidate"], p95s["baseline"]), p95_ratio_ci(b, c, confidence))
 
     source = gate.thresholds.memory_source
     if source == "auto":
-        has_peak = paired and all(c.peak_bytes is not None for n in names for c in side(n, paired))
+        has_peak = bool(paired) and all(c.peak_bytes is not None for n in names for c in side(n, paired))
         source = "peak_bytes" if has_peak else "kv_bytes"
-    recall = {n: _mean(float(c.found) for c in side(n, paired)) for n in names}
-    middle_recall = {n: _mean(float(c.found) for c in side(n, middle)) for n in names}
-    p95 = {n: _p95([c.total_s for c in side(n, paired) if c.total_s is not None]) for n in names}
     memory = {n: _mean(float(getattr(c, source)) for c in side(n, paired) if getattr(c, source) is not None) for n in names}
-    base, cand = names
+
+    base_mid, cand_mid = side(base_name, middle), side(cand_name, middle)
+    baseline_only = sum(1 for b, c in zip(base_mid, cand_mid) if b.found and not c.found)
+    candidate_only = sum(1 for b, c in zip(base_mid, cand_mid) if c.found and not b.found)
+    middle_recall = {"baseline": _mean(float(c.found) for c in base_mid), "candidate": _mean(float(c.found) for c in cand_mid)}
+    delta = None if middle_recall["baseline"] is None or middle_recall["candidate"] is None else middle_recall["candidate"] - middle_recall["baseline"]
+    total, prefill, decode = latency["total_s"], latency["prefill_s"], latency["decode_s_per_token"]
     return Metrics(
-        middle_recall={"baseline": middle_recall[base], "candidate": middle_recall[cand]},
-        recall={"baseline": recall[base], "candidate": recall[cand]},
-        p95_latency_s={"baseline": p95[base], "candidate": p95[cand]},
-        p95_latency_ratio=_ratio(p95[cand], p95[base]),
-        memory_bytes={"baseline": memory[base], "candidate": memory[cand]},
-        memory_ratio=_ratio(memory[cand], memory[base]),
+        middle_recall=middle_recall,
+        recall={"baseline": _mean(float(c.found) for c in side(base_name, paired)), "candidate": _mean(float(c.found) for c in side(cand_name, paired))},
+        p95_latency_s=total[0],
+        p95_latency_ratio=total[1],
+        memory_bytes={"baseline": memory[base_name], "candidate": memory[cand_name]},
+        memory_ratio=_ratio(memory[cand_name], memory[base_name]),
         memory_source=source,  # type: ignore[arg-type]
         paired_cells=len(paired),
         middle_cells=len(middle),
         expected_cells=len(keys),
         errored_cells=errored,
         missing_cells=missing,
+        middle_recall_delta=delta,
+        middle_recall_delta_ci=paired_difference_ci(baseline_only, candidate_only, len(middle), 1 - gate.thresholds.middle_recall_alpha),
+        discordant={"baseline_only": baseline_only, "candidate_only": candidate_only},
+        mcnemar_p=mcnemar_exact_p(baseline_only, candidate_only) if middle else None,
+        p95_latency_ratio_ci=total[2],
+        p95_prefill_s=prefill[0],
+        p95_prefill_ratio=prefill[1],
+        p95_prefill_ratio_ci=prefill[2],
+        p95_decode_s=decode[0],
+        p95_decode_ratio=decode[1],
+        p95_decode_ratio_ci=decode[2],
+        latency_compared=gate.captured_baseline is None,
+        prompt_mismatches=mismatched,
+        fingerprint_mismatches=tuple(fingerprint_mismatches),
     )
 
 
@@ -78,48 +157,93 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def decide(gate: GateSpec, metrics: Metrics) -> Decision:
-    """Apply the approval rule. Missing or errored cells make the verdict `incomplete`: a gate fails closed."""
+def _fmt_ci(ci: tuple[float, float] | None, digits: int = 3) -> str:
+    return "" if ci is None else f" (CI {ci[0]:.{digits}f}..{ci[1]:.{digits}f})"
+
+
+def _recall_check(gate: GateSpec, m: Metrics) -> Check:
     t = gate.thresholds
-    mr = metrics.middle_recall
-    delta = None if mr["baseline"] is None or mr["candidate"] is None else mr["candidate"] - mr["baseline"]
-    checks = (
-        Check(
-            "middle_recall_delta", delta, t.middle_recall_min_delta, ">=",
-            delta is not None and delta >= t.middle_recall_min_delta - EPS,
-            f"middle-depth recall {_fmt(mr['candidate'], 2)} (candidate) vs {_fmt(mr['baseline'], 2)} (baseline) "
-            f"over {metrics.middle_cells} paired cells: delta {_fmt(delta, 2)}, required >= {t.middle_recall_min_delta:.2f}",
-        ),
-        Check(
-            "p95_latency_ratio", metrics.p95_latency_ratio, t.p95_latency_ratio_max, "<=",
-            metrics.p95_latency_ratio is not None and metrics.p95_latency_ratio <= t.p95_latency_ratio_max,
-            f"p95 end-to-end latency {_fmt(metrics.p95_latency_s['candidate'])} s vs {_fmt(metrics.p95_latency_s['baseline'])} s: "
-            f"ratio {_fmt(metrics.p95_latency_ratio)}, allowed <= {t.p95_latency_ratio_max:.2f}",
-        ),
-        Check(
-            "memory_ratio", metrics.memory_ratio, t.memory_ratio_max, "<=",
-            metrics.memory_ratio is not None and metrics.memory_ratio <= t.memory_ratio_max,
-            f"memory ({metrics.memory_source}) {_fmt(_mib(metrics.memory_bytes['candidate']), 1)} MiB vs "
-            f"{_fmt(_mib(metrics.memory_bytes['baseline']), 1)} MiB: ratio {_fmt(metrics.memory_ratio)}, "
-            f"allowed <= {t.memory_ratio_max:.2f}",
-        ),
+    mr, ci, delta = m.middle_recall, m.middle_recall_delta_ci, m.middle_recall_delta
+    head = (
+        f"middle-depth recall {_fmt(mr['candidate'], 2)} (candidate) vs {_fmt(mr['baseline'], 2)} (baseline) over "
+        f"{m.middle_cells} paired cells: delta {_fmt(delta, 2)}{_fmt_ci(ci, 2)}, McNemar p={_fmt(m.mcnemar_p, 3)}"
     )
-    reasons = [("PASS " if c.passed else "FAIL ") + c.detail for c in checks]
+    lo, hi = ci if ci is not None else (None, None)
+    if t.middle_recall_policy == "noninferiority":
+        passed = hi is not None and hi >= -t.middle_recall_margin - EPS
+        detail = f"{head}; non-inferior unless the CI's upper end is below -{t.middle_recall_margin:.2f}"
+        return Check("middle_recall_delta", delta, -t.middle_recall_margin, ">=", passed, detail, lo, hi, "noninferiority")
+    passed = delta is not None and delta >= t.middle_recall_min_delta - EPS
+    return Check("middle_recall_delta", delta, t.middle_recall_min_delta, ">=", passed,
+                 f"{head}; required >= {t.middle_recall_min_delta:.2f}", lo, hi, "strict")
+
+
+def _latency_check(name: str, label: str, ratio: float | None, ci: tuple[float, float] | None,
+                   p95: dict[str, float | None], bound: float, policy: str, compared: bool, unit: Callable[[float | None], str]) -> Check:
+    lo, hi = ci if ci is not None else (None, None)
+    if not compared:
+        return Check(name, ratio, bound, "<=", True,
+                     f"{label}: not compared, the baseline was captured in an earlier run (timings do not transfer)", lo, hi, "skipped")
+    judged = hi if policy == "bound" else ratio
+    passed = judged is not None and judged <= bound + EPS
+    what = "upper CI bound" if policy == "bound" else "ratio"
+    return Check(name, ratio, bound, "<=", passed,
+                 f"{label} {unit(p95['candidate'])} vs {unit(p95['baseline'])}: ratio {_fmt(ratio)}{_fmt_ci(ci)}, "
+                 f"{what} allowed <= {bound:.2f}", lo, hi, policy)
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f} s"
+
+
+def _millis(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:.1f} ms/token"
+
+
+def decide(gate: GateSpec, metrics: Metrics) -> Decision:
+    """Apply the approval rule. Fail closed: mismatched data is `invalid`, missing or errored cells `incomplete`."""
+    t, m = gate.thresholds, metrics
+    checks = [
+        _recall_check(gate, m),
+        _latency_check("p95_latency_ratio", "p95 end-to-end latency", m.p95_latency_ratio, m.p95_latency_ratio_ci,
+                       m.p95_latency_s, t.p95_latency_ratio_max, t.p95_latency_policy, m.latency_compared, _seconds),
+    ]
+    if t.p95_prefill_ratio_max is not None:
+        checks.append(_latency_check("p95_prefill_ratio", "p95 prefill (time to first token)", m.p95_prefill_ratio, m.p95_prefill_ratio_ci,
+                                     m.p95_prefill_s, t.p95_prefill_ratio_max, t.p95_prefill_policy, m.latency_compared, _seconds))
+    if t.p95_decode_ratio_max is not None:
+        checks.append(_latency_check("p95_decode_ratio", "p95 decode time per token", m.p95_decode_ratio, m.p95_decode_ratio_ci,
+                                     m.p95_decode_s, t.p95_decode_ratio_max, t.p95_decode_policy, m.latency_compared, _millis))
+    checks.append(Check(
+        "memory_ratio", m.memory_ratio, t.memory_ratio_max, "<=",
+        m.memory_ratio is not None and m.memory_ratio <= t.memory_ratio_max + EPS,
+        f"memory ({m.memory_source}) {_fmt(_mib(m.memory_bytes['candidate']), 1)} MiB vs "
+        f"{_fmt(_mib(m.memory_bytes['baseline']), 1)} MiB: ratio {_fmt(m.memory_ratio)}, allowed <= {t.memory_ratio_max:.2f}",
+    ))
+    reasons = [("PASS " if c.passed else "FAIL ") + c.detail for c in checks if c.policy != "skipped"]
+    reasons += ["NOTE " + c.detail for c in checks if c.policy == "skipped"]
+    problems = []
+    if m.fingerprint_mismatches:
+        problems.append("the captured baseline does not match this run: " + "; ".join(m.fingerprint_mismatches))
+    if m.prompt_mismatches:
+        problems.append(f"{m.prompt_mismatches} paired cells gave the two variants different prompts (prompt_sha256 differs)")
+    if problems:
+        return Decision("invalid", tuple([f"cannot compare: {p}" for p in problems] + reasons), tuple(checks))
     gaps = []
-    if metrics.missing_cells:
-        gaps.append(f"{metrics.missing_cells} of {2 * metrics.expected_cells} cells were not run (deselected, interrupted or skipped)")
-    if metrics.errored_cells:
-        gaps.append(f"{metrics.errored_cells} cells errored")
+    if m.missing_cells:
+        gaps.append(f"{m.missing_cells} of {2 * m.expected_cells} cells were not run (deselected, interrupted or skipped)")
+    if m.errored_cells:
+        gaps.append(f"{m.errored_cells} cells errored")
     if gaps:
-        return Decision("incomplete", tuple(["cannot approve: " + "; ".join(gaps)] + reasons), checks)
+        return Decision("incomplete", tuple(["cannot approve: " + "; ".join(gaps)] + reasons), tuple(checks))
     verdict = "approve" if all(c.passed for c in checks) else "reject"
-    return Decision(verdict, tuple(reasons), checks)
+    return Decision(verdict, tuple(reasons), tuple(checks))
 
 
 def _mib(value: float | None) -> float | None:
     return None if value is None else value / 2**20
 
 
-def evaluate(gate: GateSpec, cells: Sequence[CellResult]) -> tuple[Metrics, Decision]:
-    metrics = compute_metrics(gate, cells)
+def evaluate(gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_mismatches: Sequence[str] = ()) -> tuple[Metrics, Decision]:
+    metrics = compute_metrics(gate, cells, fingerprint_mismatches=fingerprint_mismatches)
     return metrics, decide(gate, metrics)

@@ -11,6 +11,8 @@ from typing import Any, Literal, get_args
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
 KvScale = Literal["token_head", "tensor"]
 MemorySource = Literal["auto", "kv_bytes", "peak_bytes"]
+RecallPolicy = Literal["strict", "noninferiority"]
+LatencyPolicy = Literal["point", "bound"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -34,6 +36,10 @@ class VariantSpec:
     name: str
     kv_cache_dtype: KvCacheDtype = "auto"
     kv_scale: KvScale = "token_head"
+    # Planted regressions, for self-check gates that prove a gate catches what it should:
+    planted_decode_delay: float = 0.0  # extra wall time per decode step, as a fraction of the step's own time
+    planted_kv_copies: int = 1  # hold this many copies of the KV cache (real memory)
+    planted_window: int | None = None  # after prefill, keep only the last N tokens' K/V
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class SweepSpec:
     middle: tuple[float, float] = (0.25, 0.75)
     max_new_tokens: int = 24
     tasks: tuple[str, ...] = ("niah",)
+    repeats: int = 1  # timed, full runs of each prompt; latency uses their median
+    cell_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,15 @@ class Thresholds:
     p95_latency_ratio_max: float = 1.10
     memory_ratio_max: float = 1.05
     memory_source: MemorySource = "auto"
+    middle_recall_policy: RecallPolicy = "strict"
+    middle_recall_margin: float = 0.0
+    middle_recall_alpha: float = 0.05
+    p95_latency_policy: LatencyPolicy = "point"
+    p95_prefill_ratio_max: float | None = None
+    p95_prefill_policy: LatencyPolicy = "point"
+    p95_decode_ratio_max: float | None = None
+    p95_decode_policy: LatencyPolicy = "point"
+    latency_confidence: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,7 @@ class GateSpec:
     report: Path | None = None
     results: Path | None = None
     sha256: str | None = None
+    captured_baseline: Path | None = None
 
     @property
     def variants(self) -> tuple[VariantSpec, VariantSpec]:
@@ -77,7 +95,7 @@ class GateSpec:
     def to_dict(self) -> dict[str, Any]:
         """The resolved settings, as recorded in results JSON."""
         data = dataclasses.asdict(self)
-        for key in ("path", "report", "results"):
+        for key in ("path", "report", "results", "captured_baseline"):
             data[key] = None if data[key] is None else str(data[key])
         return data
 
@@ -102,6 +120,7 @@ class GateSpec:
             report=path("report"),
             results=path("results"),
             sha256=data.get("sha256"),
+            captured_baseline=path("captured_baseline"),
         )
 
 
@@ -179,16 +198,21 @@ def _model(r: _Reader, raw: Any) -> ModelSpec:
 
 
 def _variant(r: _Reader, raw: Any, name: str) -> VariantSpec:
-    v = r.mapping(raw if raw is not None else {}, name, {"kv_cache_dtype": "", "kv_scale": ""})
+    v = r.mapping(raw if raw is not None else {}, name, {"kv_cache_dtype": "", "kv_scale": "", "planted": ""})
+    planted = r.mapping(v.get("planted", {}), f"{name}.planted", {"decode_delay": "", "kv_copies": "", "window": ""})
+    window = planted.get("window")
     return VariantSpec(
         name=name,
         kv_cache_dtype=r.choice(v.get("kv_cache_dtype", "auto"), f"{name}.kv_cache_dtype", get_args(KvCacheDtype)),  # type: ignore[arg-type]
         kv_scale=r.choice(v.get("kv_scale", "token_head"), f"{name}.kv_scale", get_args(KvScale)),  # type: ignore[arg-type]
+        planted_decode_delay=r.number(planted.get("decode_delay", 0.0), f"{name}.planted.decode_delay", low=0.0, high=100.0),
+        planted_kv_copies=r.integer(planted.get("kv_copies", 1), f"{name}.planted.kv_copies", low=1),
+        planted_window=None if window is None else r.integer(window, f"{name}.planted.window", low=1),
     )
 
 
 def _sweep(r: _Reader, raw: Any) -> SweepSpec:
-    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks")}
+    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "cell_timeout_s")}
     s = r.mapping(raw, "sweep", allowed)
     if "lengths" not in s or "depths" not in s:
         raise r.fail("sweep", "needs both lengths and depths", "add sweep.lengths: [1024, ...] and sweep.depths: [0.0, ..., 1.0]")
@@ -211,23 +235,49 @@ def _sweep(r: _Reader, raw: Any) -> SweepSpec:
         middle=(lo, hi),
         max_new_tokens=r.integer(s.get("max_new_tokens", 24), "sweep.max_new_tokens", low=1),
         tasks=tasks,
+        repeats=r.integer(s.get("repeats", 1), "sweep.repeats", low=1),
+        cell_timeout_s=None if s.get("cell_timeout_s") is None else r.number(s["cell_timeout_s"], "sweep.cell_timeout_s", low=0.001),
     )
 
 
 def _thresholds(r: _Reader, raw: Any) -> Thresholds:
-    t = r.mapping(raw if raw is not None else {}, "thresholds", {"middle_recall": "", "p95_latency_ratio": "", "memory_ratio": ""})
-    mr = r.mapping(t.get("middle_recall", {}), "thresholds.middle_recall", {"min_delta": ""})
-    lat = r.mapping(t.get("p95_latency_ratio", {}), "thresholds.p95_latency_ratio", {"max": ""})
+    keys = {"middle_recall": "", "p95_latency_ratio": "", "p95_prefill_ratio": "", "p95_decode_ratio": "", "memory_ratio": ""}
+    t = r.mapping(raw if raw is not None else {}, "thresholds", keys)
+    mr = r.mapping(t.get("middle_recall", {}), "thresholds.middle_recall", {"min_delta": "", "policy": "", "margin": "", "alpha": ""})
     mem = r.mapping(t.get("memory_ratio", {}), "thresholds.memory_ratio", {"max": "", "source": ""})
+    latency: dict[str, tuple[float | None, str, float]] = {}
+    for name, default in (("p95_latency_ratio", 1.10), ("p95_prefill_ratio", None), ("p95_decode_ratio", None)):
+        key = f"thresholds.{name}"
+        # One confidence level serves every latency interval; it is set on the end-to-end threshold.
+        allowed = {"max": "", "policy": "", "confidence": ""} if name == "p95_latency_ratio" else {"max": "", "policy": ""}
+        lat = r.mapping(t.get(name, {}), key, allowed)
+        bound = lat.get("max", default)
+        latency[name] = (
+            None if bound is None else r.number(bound, f"{key}.max", low=0.0),
+            r.choice(lat.get("policy", "point"), f"{key}.policy", get_args(LatencyPolicy)),
+            r.number(lat.get("confidence", 0.95), f"{key}.confidence", low=0.5, high=0.999),
+        )
+    policy = r.choice(mr.get("policy", "strict"), "thresholds.middle_recall.policy", get_args(RecallPolicy))
+    if policy == "noninferiority" and "margin" not in mr:
+        raise r.fail("thresholds.middle_recall.margin", "is required by policy noninferiority", "add margin: 0.05 (the recall loss you accept)")
     return Thresholds(
         middle_recall_min_delta=r.number(mr.get("min_delta", 0.0), "thresholds.middle_recall.min_delta", low=-1.0, high=1.0),
-        p95_latency_ratio_max=r.number(lat.get("max", 1.10), "thresholds.p95_latency_ratio.max", low=0.0),
+        p95_latency_ratio_max=latency["p95_latency_ratio"][0],  # type: ignore[arg-type]
         memory_ratio_max=r.number(mem.get("max", 1.05), "thresholds.memory_ratio.max", low=0.0),
         memory_source=r.choice(mem.get("source", "auto"), "thresholds.memory_ratio.source", get_args(MemorySource)),  # type: ignore[arg-type]
+        middle_recall_policy=policy,  # type: ignore[arg-type]
+        middle_recall_margin=r.number(mr.get("margin", 0.0), "thresholds.middle_recall.margin", low=0.0, high=1.0),
+        middle_recall_alpha=r.number(mr.get("alpha", 0.05), "thresholds.middle_recall.alpha", low=0.001, high=0.5),
+        p95_latency_policy=latency["p95_latency_ratio"][1],  # type: ignore[arg-type]
+        p95_prefill_ratio_max=latency["p95_prefill_ratio"][0],
+        p95_prefill_policy=latency["p95_prefill_ratio"][1],  # type: ignore[arg-type]
+        p95_decode_ratio_max=latency["p95_decode_ratio"][0],
+        p95_decode_policy=latency["p95_decode_ratio"][1],  # type: ignore[arg-type]
+        latency_confidence=latency["p95_latency_ratio"][2],
     )
 
 
-TOP_LEVEL = ("name", "model", "baseline", "candidate", "sweep", "thresholds", "report", "results")
+TOP_LEVEL = ("name", "model", "baseline", "candidate", "sweep", "thresholds", "report", "results", "captured_baseline")
 
 
 def parse_gate(data: Any, *, source: str = "<gate>", base_dir: Path | None = None, sha256: str | None = None) -> GateSpec:
@@ -256,7 +306,16 @@ def parse_gate(data: Any, *, source: str = "<gate>", base_dir: Path | None = Non
         report=out_path("report"),
         results=out_path("results"),
         sha256=sha256,
+        captured_baseline=_captured_path(r, top, source),
     )
+
+
+def _captured_path(r: _Reader, top: dict[str, Any], source: str) -> Path | None:
+    """A captured baseline lives next to its gate: a relative path resolves against the gate file's folder."""
+    if top.get("captured_baseline") is None:
+        return None
+    p = Path(r.string(top["captured_baseline"], "captured_baseline"))
+    return p if p.is_absolute() or source == "<gate>" else Path(source).parent / p
 
 
 def load_gate(path: str | Path, *, base_dir: Path | None = None) -> GateSpec:

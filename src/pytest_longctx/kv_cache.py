@@ -102,11 +102,6 @@ class Fp8Layer(DynamicLayer):
         self.qkeys = self.qvalues = self.kscale = self.vscale = None
         self.is_initialized = False
 
-    def stored_nbytes(self) -> int:
-        tensors = (self.qkeys, self.qvalues, self.kscale, self.vscale)
-        return sum(t.nbytes for t in tensors if t is not None)
-
-
 def make_cache(kv_cache_dtype: str, config: Any, *, kv_scale: str = "token_head") -> Cache:
     """A fresh cache for one sequence: the model's dynamic cache for `auto`, else an FP8 cache."""
     if kv_cache_dtype == "auto":
@@ -118,15 +113,35 @@ def make_cache(kv_cache_dtype: str, config: Any, *, kv_scale: str = "token_head"
     return Cache(layers=layers)
 
 
-def cache_nbytes(cache: Cache) -> int:
-    """Bytes the cache holds for K and V, measured from its own tensors (quantization scales included)."""
-    total = 0
+def cache_tensors(cache: Cache) -> list[torch.Tensor]:
+    """Every tensor the cache stores for K and V (quantized data and scales included)."""
+    tensors: list[torch.Tensor] = []
     for layer in cache.layers:
         if isinstance(layer, Fp8Layer):
-            total += layer.stored_nbytes()
+            tensors.extend(t for t in (layer.qkeys, layer.qvalues, layer.kscale, layer.vscale) if t is not None)
         elif getattr(layer, "keys", None) is not None:
-            total += layer.keys.nbytes + layer.values.nbytes
-    return total
+            tensors.extend((layer.keys, layer.values))
+    return tensors
+
+
+def cache_nbytes(cache: Cache) -> int:
+    """Bytes the cache holds for K and V, measured from its own tensors (quantization scales included)."""
+    return sum(t.nbytes for t in cache_tensors(cache))
+
+
+def keep_last(cache: Cache, tokens: int) -> None:
+    """Evict all but the last `tokens` positions from every layer (callers pass absolute positions afterwards)."""
+    for layer in cache.layers:
+        excess = layer.get_seq_length() - tokens
+        if excess <= 0:
+            continue
+        if isinstance(layer, Fp8Layer):
+            assert layer.qkeys is not None and layer.qvalues is not None and layer.kscale is not None and layer.vscale is not None
+            layer.qkeys, layer.qvalues = layer.qkeys[..., excess:, :], layer.qvalues[..., excess:, :]
+            if layer.granularity == "token_head":
+                layer.kscale, layer.vscale = layer.kscale[..., excess:, :], layer.vscale[..., excess:, :]
+        else:
+            layer.keys, layer.values = layer.keys[..., excess:, :], layer.values[..., excess:, :]
 
 
 def bytes_per_element(kv_cache_dtype: str, model_dtype: torch.dtype) -> int:

@@ -46,6 +46,7 @@ class CellResult:
     error: str | None = None
     failure: Failure | None = None
     excerpt: str = ""
+    repeats: int = 1
 
     @property
     def key(self) -> tuple[str, int, float, int]:
@@ -118,13 +119,33 @@ class Metrics:
     expected_cells: int
     errored_cells: int
     missing_cells: int
+    # Paired statistics (issue: a decision you can trust)
+    middle_recall_delta: float | None = None
+    middle_recall_delta_ci: tuple[float, float] | None = None
+    discordant: dict[str, int] = field(default_factory=dict)  # baseline_only / candidate_only found, middle band
+    mcnemar_p: float | None = None
+    p95_latency_ratio_ci: tuple[float, float] | None = None
+    p95_prefill_s: dict[str, float | None] = field(default_factory=dict)
+    p95_prefill_ratio: float | None = None
+    p95_prefill_ratio_ci: tuple[float, float] | None = None
+    p95_decode_s: dict[str, float | None] = field(default_factory=dict)
+    p95_decode_ratio: float | None = None
+    p95_decode_ratio_ci: tuple[float, float] | None = None
+    latency_compared: bool = True  # False when the baseline was captured earlier: its timings are not comparable
+    prompt_mismatches: int = 0
+    fingerprint_mismatches: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Metrics:
-        return cls(**data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        for key in ("middle_recall_delta_ci", "p95_latency_ratio_ci", "p95_prefill_ratio_ci", "p95_decode_ratio_ci", "fingerprint_mismatches"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
 @dataclass(frozen=True)

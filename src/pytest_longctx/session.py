@@ -66,7 +66,11 @@ class GateRun:
         prompt = None
         try:
             prompt = self.prompt(cell)
-            return run_cell(self.backend(), variant, cell, prompt, max_new_tokens=self.gate.sweep.max_new_tokens)
+            sweep = self.gate.sweep
+            return run_cell(
+                self.backend(), variant, cell, prompt,
+                max_new_tokens=sweep.max_new_tokens, repeats=sweep.repeats, timeout_s=sweep.cell_timeout_s,
+            )
         except Exception as exc:  # noqa: BLE001 - any failure of a cell is recorded, never swallowed
             return errored_cell(variant, cell, f"{type(exc).__name__}: {exc}", prompt)
 

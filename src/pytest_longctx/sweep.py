@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,9 +76,23 @@ def excerpt(prompt: Haystack, context_chars: int = 240) -> str:
     return ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
 
 
-def run_cell(backend: Backend, variant: VariantSpec, cell: Cell, prompt: Haystack, *, max_new_tokens: int) -> CellResult:
-    """Generate greedily for one prompt and score it: found iff the needle's value appears in the answer."""
-    gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens)
+def run_cell(
+    backend: Backend, variant: VariantSpec, cell: Cell, prompt: Haystack, *, max_new_tokens: int,
+    repeats: int = 1, timeout_s: float | None = None,
+) -> CellResult:
+    """Generate greedily for one prompt and score it: found iff the needle's value appears in the answer.
+
+    With `repeats` > 1 the prompt is run that many times in full; timings are their medians, and the
+    answers must agree (greedy decoding is deterministic, so a disagreement is an error, not noise).
+    """
+    runs = [
+        backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
+        for _ in range(repeats)
+    ]
+    gen = runs[0]
+    if any(r.answer != gen.answer for r in runs[1:]):
+        raise RuntimeError(f"repeated greedy runs disagree: {[r.answer for r in runs]!r}")
+    decode = [r.decode_s_per_token for r in runs if r.decode_s_per_token is not None]
     return CellResult(
         variant=variant.name,
         task=cell.task,
@@ -90,16 +105,17 @@ def run_cell(backend: Backend, variant: VariantSpec, cell: Cell, prompt: Haystac
         excerpt=excerpt(prompt),
         answer=gen.answer,
         expected=prompt.answer,
-        prefill_s=gen.prefill_s,
-        decode_s_per_token=gen.decode_s_per_token,
-        total_s=gen.total_s,
+        prefill_s=statistics.median(r.prefill_s for r in runs),
+        decode_s_per_token=statistics.median(decode) if decode else None,
+        total_s=statistics.median(r.total_s for r in runs),
         new_tokens=gen.new_tokens,
         kv_bytes=gen.kv_bytes,
         kv_bytes_analytic=gen.kv_bytes_analytic,
         kv_tokens=gen.kv_tokens,
-        peak_bytes=gen.peak_bytes,
+        peak_bytes=max((r.peak_bytes for r in runs if r.peak_bytes is not None), default=None),
         prompt_sha256=prompt.prompt_sha256,
         needle_start=prompt.needle_span[0],
+        repeats=repeats,
     )
 
 

@@ -94,3 +94,70 @@ def test_errored_or_missing_cells_never_approve():
 def test_cells_of_other_variants_or_extra_keys_are_ignored():
     stray = [cell("other", 512, 0.5, 0, found=False), cell("candidate", 4096, 0.5, 0, found=False)]
     assert evaluate(GATE, full("baseline") + full("candidate") + stray)[1].verdict == "approve"
+
+
+def gate_with(**thresholds):
+    return parse_gate({
+        "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
+        "sweep": {"lengths": [512, 1024], "depths": [0.0, 0.5, 1.0], "seeds": [0, 1], "middle": [0.25, 0.75]},
+        "thresholds": thresholds,
+    })
+
+
+def test_mcnemar_and_exact_ci_on_discordant_middle_cells():
+    base = full("baseline")
+    cand = replace(full("candidate"), lambda c: c.depth == 0.5 and c.length == 512, found=False)
+    metrics, _ = evaluate(GATE, base + cand)
+    assert metrics.discordant == {"baseline_only": 2, "candidate_only": 0}
+    assert metrics.mcnemar_p == pytest.approx(0.5)  # 2 of 2 discordant one way: exact two-sided p = 2 * 0.5**2
+    lo, hi = metrics.middle_recall_delta_ci
+    assert lo <= metrics.middle_recall_delta == -0.5 < hi <= 0.0
+
+
+def test_noninferiority_rejects_only_what_the_data_show():
+    noisy_loss = replace(full("candidate"), lambda c: c.depth == 0.5 and c.length == 512 and c.seed == 0, found=False)
+    strict = evaluate(GATE, full("baseline") + noisy_loss)[1]
+    lenient = evaluate(gate_with(middle_recall={"policy": "noninferiority", "margin": 0.1}), full("baseline") + noisy_loss)[1]
+    assert strict.verdict == "reject" and lenient.verdict == "approve"
+    assert lenient.checks[0].policy == "noninferiority" and lenient.checks[0].ci_high >= -0.1
+
+
+def test_noninferiority_needs_a_margin():
+    with pytest.raises(Exception, match="thresholds.middle_recall.margin"):
+        gate_with(middle_recall={"policy": "noninferiority"})
+
+
+def test_decode_threshold_catches_a_decode_regression_hidden_in_end_to_end():
+    base = [dataclasses.replace(c, prefill_s=9.0, decode_s_per_token=0.1, total_s=10.0) for c in full("baseline")]
+    cand = [dataclasses.replace(c, prefill_s=9.0, decode_s_per_token=0.125, total_s=10.25) for c in full("candidate")]
+    metrics, decision = evaluate(gate_with(p95_decode_ratio={"max": 1.10}), base + cand)
+    assert metrics.p95_latency_ratio == pytest.approx(1.025) and metrics.p95_decode_ratio == pytest.approx(1.25)
+    assert decision.verdict == "reject"
+    assert [c.name for c in decision.checks if not c.passed] == ["p95_decode_ratio"]
+
+
+def test_bound_policy_judges_the_upper_end_of_the_bootstrap_interval():
+    import random
+
+    rnd = random.Random(1)
+    base = [dataclasses.replace(c, total_s=1.0 + rnd.random()) for c in full("baseline")]
+    cand = [dataclasses.replace(c, total_s=1.0 + rnd.random()) for c in full("candidate")]
+    point = evaluate(gate_with(p95_latency_ratio={"max": 1.5}), base + cand)
+    bound = evaluate(gate_with(p95_latency_ratio={"max": 1.5, "policy": "bound"}), base + cand)
+    lo, hi = point[0].p95_latency_ratio_ci
+    assert lo <= point[0].p95_latency_ratio <= hi
+    check = [c for c in bound[1].checks if c.name == "p95_latency_ratio"][0]
+    assert check.passed == (hi <= 1.5) and check.policy == "bound"
+    assert evaluate(gate_with(p95_latency_ratio={"max": 1.5}), base + cand)[0] == point[0]  # seeded: repeatable
+
+
+def test_different_prompts_on_the_two_sides_make_the_gate_invalid():
+    cand = replace(full("candidate"), lambda c: c.length == 512 and c.depth == 0.0 and c.seed == 0, prompt_sha256="other")
+    metrics, decision = evaluate(GATE, full("baseline") + cand)
+    assert metrics.prompt_mismatches == 1 and decision.verdict == "invalid"
+    assert "different prompts" in decision.reasons[0]
+
+
+def test_fingerprint_mismatch_is_invalid_and_named():
+    _, decision = evaluate(GATE, full("baseline") + full("candidate"), fingerprint_mismatches=["chat_template: abc != def"])
+    assert decision.verdict == "invalid" and "chat_template: abc != def" in decision.reasons[0]
