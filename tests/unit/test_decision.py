@@ -111,7 +111,7 @@ def test_mcnemar_and_exact_ci_on_discordant_middle_cells():
     assert metrics.discordant == {"baseline_only": 2, "candidate_only": 0}
     assert metrics.mcnemar_p == pytest.approx(0.5)  # 2 of 2 discordant one way: exact two-sided p = 2 * 0.5**2
     lo, hi = metrics.middle_recall_delta_ci
-    assert lo <= metrics.middle_recall_delta == -0.5 < hi <= 0.0
+    assert lo <= metrics.middle_recall_delta == -0.5 < 0.0 < hi  # 2 discordant cells cannot rule out no loss
 
 
 def test_noninferiority_rejects_only_what_the_data_show():
