@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from .decision import evaluate
     from .gate_spec import GateSpec
 
-    _, decision = evaluate(GateSpec.from_dict(results.gate), results.cells)
+    gate = GateSpec.from_dict(results.gate)
+    _, decision = evaluate(gate, results.cells, fingerprint_mismatches=results.metrics.fingerprint_mismatches)
     print(json.dumps(decision.to_dict(), indent=2))
     if decision.to_dict() != results.decision.to_dict():
         print(f"longctx: the recorded verdict {results.decision.verdict!r} does not match the cells", file=sys.stderr)

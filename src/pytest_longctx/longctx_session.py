@@ -17,9 +17,15 @@ class LongctxSession:
     json_path: Path | None = None
     runs: dict[str, Any] = field(default_factory=dict)
     finished: list[tuple[GateResults, list[Path]]] = field(default_factory=list)
+    capture: bool = False
+    overwrite_baseline: bool = False
+    captures: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_options(cls, paths: list[str], *, report: str | None, json_path: str | None, model: str | None, base_dir: Path) -> LongctxSession:
+    def from_options(
+        cls, paths: list[str], *, report: str | None, json_path: str | None, model: str | None, base_dir: Path,
+        capture: bool = False, overwrite_baseline: bool = False,
+    ) -> LongctxSession:
         gates = [load_gate(base_dir / p, base_dir=base_dir) for p in paths]
         if model:
             gates = [g.with_model(model) for g in gates]
@@ -28,8 +34,9 @@ class LongctxSession:
             raise GateError(f"two gates share a name ({', '.join(names)}); Fix: give each gate file a distinct `name:`")
         for gate in gates:
             _check_model_reference(gate)
+            _check_capture(gate, capture=capture, overwrite=overwrite_baseline)
         resolve = lambda p: None if p is None else (base_dir / p)  # noqa: E731
-        return cls(gates, report=resolve(report), json_path=resolve(json_path))
+        return cls(gates, report=resolve(report), json_path=resolve(json_path), capture=capture, overwrite_baseline=overwrite_baseline)
 
     def output_paths(self, gate: GateSpec) -> tuple[Path, Path]:
         """Command-line paths win over the gate's; with several gates each file gets the gate's name."""
@@ -50,7 +57,7 @@ class LongctxSession:
 
         items = []
         for gate in self.gates:
-            run = self.runs.setdefault(gate.name, GateRun(gate))
+            run = self.runs.setdefault(gate.name, GateRun(gate, capture=self.capture))
             items.extend(make_gate_items(session, run))
         return items
 
@@ -71,20 +78,52 @@ class LongctxSession:
             run = self.runs.get(gate.name)
             if run is None:
                 continue
+            if self.capture:
+                status |= self._write_capture(run)
+                continue
             results = run.results()
             report, json_path = self.output_paths(gate)
             self.finished.append((results, write_outputs(results, report=report, json_path=json_path)))
             status |= 0 if results.decision.approved else 1
         return status
 
+    def _write_capture(self, run: Any) -> int:
+        from .baseline_capture import CaptureError, capture_path, write_capture
+
+        path = capture_path(run.gate)
+        try:
+            write_capture(run.captured(), path, overwrite=self.overwrite_baseline)
+        except CaptureError as exc:
+            self.captures.append(f"gate {run.gate.name}: baseline NOT captured: {exc}")
+            return 1
+        self.captures.append(f"gate {run.gate.name}: captured baseline written to {path}")
+        return 0
+
     def summary_lines(self) -> list[str]:
-        lines = []
+        lines = list(self.captures)
         for results, written in self.finished:
             d, m = results.decision, results.metrics
             lines.append(f"gate {results.gate['name']}: {d.verdict.upper()} ({m.paired_cells}/{m.expected_cells} cells paired)")
             lines.extend(f"  {reason}" for reason in d.reasons)
             lines.extend(f"  wrote {p}" for p in written)
         return lines
+
+
+def _check_capture(gate: GateSpec, *, capture: bool, overwrite: bool) -> None:
+    """Capture conflicts surface before minutes of sweeping, not after."""
+    from .baseline_capture import CaptureError, capture_path
+
+    try:
+        path = capture_path(gate)
+    except CaptureError as exc:
+        raise GateError(f"{gate.path}: {exc}") from None
+    if capture and path.exists() and not overwrite:
+        raise GateError(f"{gate.path}: captured baseline {path} exists. Fix: pass --longctx-overwrite-baseline to replace it")
+    if not capture and gate.captured_baseline is not None and not path.exists():
+        raise GateError(
+            f"{gate.path}: key 'captured_baseline': {path} does not exist. "
+            f"Fix: run pytest --longctx-gate {gate.path} --longctx-capture first"
+        )
 
 
 def _check_model_reference(gate: GateSpec) -> None:

@@ -22,9 +22,10 @@ class GateNode(pytest.Collector):
     run: GateRun
 
     def collect(self) -> Iterator[pytest.Item]:
-        variants = {v.name: VariantNode.from_parent(self, name=v.name) for v in self.run.gate.variants}
+        variants = {v.name: VariantNode.from_parent(self, name=v.name) for v in self.run.variants}
         for variant, cell in interleaved(self.run.gate):
-            yield CellItem.from_parent(variants[variant.name], name=cell.id, run=self.run, variant=variant, cell=cell)
+            if variant.name in variants:
+                    yield CellItem.from_parent(variants[variant.name], name=cell.id, run=self.run, variant=variant, cell=cell)
 
 
 class VariantNode(pytest.Collector):

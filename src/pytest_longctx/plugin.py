@@ -21,6 +21,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write the results JSON here (default: the gate's `results:`, else beside the report)")
     group.addoption("--longctx-model", dest="longctx_model", metavar="REF",
                     help="override the gate's model: embedded:NAME, a directory, a .gguf file or a cached hub id")
+    group.addoption("--longctx-capture", action="store_true", dest="longctx_capture", default=False,
+                    help="run the baseline side alone and write it as the gate's captured baseline (atomically)")
+    group.addoption("--longctx-overwrite-baseline", action="store_true", dest="longctx_overwrite_baseline", default=False,
+                    help="let --longctx-capture replace an existing captured baseline")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,6 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
             json_path=config.getoption("longctx_json"),
             model=config.getoption("longctx_model"),
             base_dir=Path(config.invocation_params.dir),
+            capture=config.getoption("longctx_capture"),
+            overwrite_baseline=config.getoption("longctx_overwrite_baseline"),
         )
     except GateError as exc:
         raise pytest.UsageError(str(exc)) from None

@@ -30,14 +30,26 @@ def _default_backend(gate: GateSpec) -> Backend:
 class GateRun:
     """Measures the cells of one gate (in any order, any subset) and turns what was recorded into results."""
 
-    def __init__(self, gate: GateSpec, *, backend_factory: Callable[[GateSpec], Backend] = _default_backend) -> None:
+    def __init__(
+        self, gate: GateSpec, *, backend_factory: Callable[[GateSpec], Backend] = _default_backend, capture: bool = False
+    ) -> None:
         self.gate = gate
+        self.capture = capture
         self._backend_factory = backend_factory
         self._backend: Backend | None = None
         self._load_error: BaseException | None = None
         self._prompts: dict[Cell, Any] = {}
         self.cells: list[CellResult] = []
         self._started = time.perf_counter()
+
+    @property
+    def variants(self) -> tuple[VariantSpec, ...]:
+        """The sides this run measures: the baseline alone when capturing, the candidate alone against a capture."""
+        if self.capture:
+            return (self.gate.baseline,)
+        if self.gate.captured_baseline is not None:
+            return (self.gate.candidate,)
+        return self.gate.variants
 
     def backend(self) -> Backend:
         """Load the model once (a failed load is remembered, not retried per cell) and warm it up untimed."""
@@ -47,7 +59,7 @@ class GateRun:
             try:
                 backend = self._backend_factory(self.gate)
                 warm = backend.tokenizer.encode("Warm-up: the first forward pass pays one-off costs.") if hasattr(backend.tokenizer, "encode") else [1, 2, 3]
-                for variant in self.gate.variants:
+                for variant in self.variants:
                     backend.generate(warm, variant=variant, max_new_tokens=2)
             except Exception as exc:
                 self._load_error = exc
@@ -71,21 +83,44 @@ class GateRun:
                 self.backend(), variant, cell, prompt,
                 max_new_tokens=sweep.max_new_tokens, repeats=sweep.repeats, timeout_s=sweep.cell_timeout_s,
             )
-        except Exception as exc:  # noqa: BLE001 - any failure of a cell is recorded, never swallowed
+        except Exception as exc:  # noqa: BLE001 - any failure of a cell (OOM and timeouts too) is recorded
+            _release_device_memory()
             return errored_cell(variant, cell, f"{type(exc).__name__}: {exc}", prompt)
 
     def record(self, cell: CellResult) -> None:
         self.cells.append(cell)
 
+    def fingerprint(self) -> dict[str, str]:
+        from .baseline_capture import fingerprint
+
+        return fingerprint(self.backend())
+
+    def captured(self) -> Any:
+        """Write this run's baseline side as the gate's captured baseline (complete runs only)."""
+        from .baseline_capture import build_capture
+
+        return build_capture(self.gate, self.cells, self.fingerprint())
+
     def results(self) -> GateResults:
         from .decision import evaluate
 
-        metrics, decision = evaluate(self.gate, self.cells)
+        cells, problems = list(self.cells), []
+        if self.gate.captured_baseline is not None:
+            from .baseline_capture import CaptureError, load_capture, mismatches
+
+            try:
+                capture = load_capture(self.gate.captured_baseline)
+                cells += [c for c in capture.cells if c.variant == self.gate.baseline.name]
+                current = self.fingerprint() if self._backend is not None or self._load_error is None else {}
+                problems = mismatches(capture, self.gate, current)
+            except (CaptureError, CellError) as exc:
+                problems = [str(exc)]
+        metrics, decision = evaluate(self.gate, cells, fingerprint_mismatches=problems)
         return GateResults(
             gate=self.gate.to_dict(),
             decision=decision,
             metrics=metrics,
-            cells=tuple(sorted(self.cells, key=lambda c: (c.task, c.length, c.depth, c.seed, c.variant))),
+            cells=tuple(sorted(cells, key=lambda c: (c.task, c.length, c.depth, c.seed, c.variant))),
             environment=self.environment(),
             wall_s=time.perf_counter() - self._started,
         )
@@ -109,6 +144,15 @@ class GateRun:
         if self._backend is not None:
             env["model_fingerprint"] = self._backend.fingerprint
         return env
+
+
+def _release_device_memory() -> None:
+    """After a failed cell (an OOM above all), hand cached blocks back so the next cell starts clean."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def write_outputs(results: GateResults, *, report: Path | None, json_path: Path | None) -> list[Path]:
