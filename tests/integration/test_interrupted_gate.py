@@ -1,0 +1,34 @@
+"""Ctrl-C in the middle of a sweep: pytest stops, and the gate still writes a report marked incomplete."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from pytest_longctx.results import load_results
+
+
+def test_interrupted_sweep_writes_an_incomplete_report(pytester, write_gate, tiny_model_dir):
+    # 40 cells slowed by a planted decode delay: long enough to interrupt after the first cells pass.
+    gate = write_gate(
+        sweep={"lengths": [256, 320], "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "seeds": [0, 1], "max_new_tokens": 8},
+        candidate={"kv_cache_dtype": "auto", "planted": {"decode_delay": 20.0}},
+        report="out/r.html",
+    )
+    cmd = [sys.executable, "-m", "pytest", "--longctx-gate", str(gate), "--longctx-model", str(tiny_model_dir), "-v", "-p", "no:cacheprovider"]
+    proc = subprocess.Popen(cmd, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "PASSED" in line and sum("PASSED" in s for s in seen) >= 3:
+            proc.send_signal(signal.SIGINT)
+            break
+    output = "".join(seen) + proc.stdout.read()
+    assert proc.wait(timeout=120) == 2, output  # pytest's "interrupted" status
+    results = load_results(pytester.path / "out" / "r.json")
+    assert results.decision.verdict == "incomplete", output
+    assert results.metrics.missing_cells > 0
+    assert "were not run" in results.decision.reasons[0]
+    assert "incomplete" in (pytester.path / "out" / "r.html").read_text().lower()
