@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_longctx.results import CellResult, Check, GateResults, Metrics, write_atomic
+from .results import CellResult, GateResults, write_atomic
+from .summary import (
+    NA,
+    VERDICT_MEANING,
+    cell_counts,
+    fmt_bytes,
+    fmt_millis,
+    fmt_number,
+    fmt_seconds,
+    fmt_value,
+    gate_name,
+    metric_rows,
+    model_ref,
+    other_metrics,
+    variant_settings,
+)
 
-NA = "n/a"
+__all__ = ["fmt_bytes", "fmt_number", "render_html", "write_html"]
 
-# Okabe-Ito blue and vermillion, and a neutral grey: told apart by colour-blind readers, and always
-# shown next to the word they stand for.
-VERDICT_COLOURS = {"approve": "#0072b2", "reject": "#c04f00", "incomplete": "#6b6b6b"}
+# Okabe-Ito blue and vermillion, a neutral grey and Tol's wine: told apart by colour-blind readers, and
+# always shown next to the word they stand for.
+VERDICT_COLOURS = {"approve": "#0072b2", "reject": "#c04f00", "incomplete": "#6b6b6b", "invalid": "#882255"}
+# Okabe-Ito blue and orange for the two variants in the latency charts, each with its own marker shape too.
+VARIANT_COLOURS = ("#0072b2", "#e69f00")
 
 # Viridis at five stops: perceptually uniform and readable with any colour-vision deficiency.
 _SEQUENTIAL = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")
@@ -29,46 +45,6 @@ CELL_W = 64
 CELL_H = 40
 GRID_LEFT = 64
 GRID_TOP = 40
-
-
-# ----------------------------------------------------------------------------- formatting
-
-
-def fmt_number(value: float | None, digits: int = 3, *, signed: bool = False) -> str:
-    """A float to `digits` decimals, "n/a" for None or NaN."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return NA
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def fmt_bytes(value: float | None) -> str:
-    """Bytes in binary units (B, KiB, MiB, GiB), "n/a" for None."""
-    if value is None:
-        return NA
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def fmt_threshold(check: Check) -> str:
-    """">= 0.00", "<= 1.10"; more decimals only when the threshold has them."""
-    t = check.threshold
-    text = f"{t:.2f}" if round(t, 2) == t else f"{t:g}"
-    return f"{check.comparison} {text}"
-
-
-def fmt_seconds(value: float | None, *, scale: float = 1.0, digits: int = 3) -> str:
-    return NA if value is None else f"{value * scale:.{digits}f}"
-
-
-def fmt_value(value: Any) -> str:
-    """An environment value: strings as they are, anything else as compact JSON."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 # ----------------------------------------------------------------------------- colour scales
@@ -301,66 +277,170 @@ def legend(kind: Literal["recall", "difference"]) -> tuple[tuple[str, str, str],
     return tuple((label, fill, ink_for(fill)) for label, fill in points)
 
 
-# ----------------------------------------------------------------------------- tables
+# ----------------------------------------------------------------------------- latency charts
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile with linear interpolation (numpy's default), None for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    pos = (len(ordered) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _nice_step(span: float, target: int = 5) -> float:
+    raw = span / target
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
 
 
 @dataclass(frozen=True)
-class MetricRow:
-    metric: str
-    baseline: str
-    candidate: str
-    change: str
-    threshold: str
-    status: Literal["pass", "fail", "info"]
-    detail: str
+class Dot:
+    x: float
+    y: float
+    title: str
 
 
-def _check_for(checks: Sequence[Check], *keywords: str) -> Check | None:
-    return next((c for c in checks if all(k in c.name for k in keywords)), None)
+@dataclass(frozen=True)
+class Strip:
+    """One variant's values at one length: dots, the quartile box, the median and the p95 mark."""
+
+    variant: str
+    colour: str
+    shape: Literal["circle", "square"]
+    x: int
+    width: int
+    dots: tuple[Dot, ...]
+    q1_y: float
+    q3_y: float
+    median_y: float
+    p95_y: float
+    p95_title: str
 
 
-def metric_rows(results: GateResults) -> tuple[MetricRow, ...]:
-    """The approval rule's numbers: each metric with both variants, its ratio or delta, and its check."""
-    m: Metrics = results.metrics
-    checks = results.decision.checks
-    baseline, candidate = "baseline", "candidate"
+@dataclass(frozen=True)
+class LatencyChart:
+    title: str
+    unit: str
+    width: int
+    height: int
+    plot_top: int
+    plot_bottom: int
+    plot_left: int
+    plot_right: int
+    ticks: tuple[AxisLabel, ...]
+    groups: tuple[AxisLabel, ...]
+    strips: tuple[Strip, ...]
 
-    def delta(values: dict[str, float | None]) -> float | None:
-        b, c = values.get(baseline), values.get(candidate)
-        return None if b is None or c is None else c - b
 
-    specs: list[tuple[str, dict[str, float | None], Callable[[float | None], str], float | None, Check | None, str]] = [
-        ("middle-band recall", m.middle_recall, fmt_number, delta(m.middle_recall), _check_for(checks, "recall"), "delta"),
-        ("recall, all depths", m.recall, fmt_number, delta(m.recall), None, "delta"),
-        ("p95 latency (s)", m.p95_latency_s, fmt_seconds, m.p95_latency_ratio, _check_for(checks, "latency"), "ratio"),
-        (f"memory ({m.memory_source})", m.memory_bytes, fmt_bytes, m.memory_ratio, _check_for(checks, "memory"), "ratio"),
-    ]
-    rows = []
-    used: set[str] = set()
-    for label, values, fmt, computed, check, how in specs:
-        value = check.value if check is not None else computed
-        change = fmt_number(value, signed=how == "delta")
-        rows.append(
-            MetricRow(
-                metric=label,
-                baseline=fmt(values.get(baseline)),
-                candidate=fmt(values.get(candidate)),
-                change=change if value is None else f"{change} ({how})",
-                threshold=fmt_threshold(check) if check is not None else "—",
-                status="info" if check is None else ("pass" if check.passed else "fail"),
-                detail=check.detail if check is not None else "not part of the rule",
+@dataclass(frozen=True)
+class LatencyRow:
+    length: int
+    variant: str
+    cells: int
+    prefill_median: str
+    prefill_p95: str
+    decode_median: str
+    decode_p95: str
+
+
+STRIP_W = 40
+STRIP_GAP = 8
+GROUP_GAP = 30
+PLOT_LEFT = 58
+PLOT_TOP = 16
+PLOT_H = 170
+
+
+def _timings(results: GateResults, field: str) -> dict[tuple[int, str], list[tuple[float, CellResult]]]:
+    groups: dict[tuple[int, str], list[tuple[float, CellResult]]] = defaultdict(list)
+    for c in results.cells:
+        value = getattr(c, field, None)
+        if c.error is None and value is not None:
+            groups[(c.length, c.variant)].append((float(value), c))
+    return groups
+
+
+def latency_chart(results: GateResults, field: str, title: str, unit: str, scale: float) -> LatencyChart | None:
+    """A strip plot of one timing per length and variant, with quartile box, median and p95; None without data."""
+    groups = _timings(results, field)
+    if not groups:
+        return None
+    variants = variant_names(results)
+    lengths = sorted({n for n, _ in groups})
+    top = max(v for values in groups.values() for v, _ in values) * scale
+    step = _nice_step(top if top > 0 else 1.0)
+    y_max = step * math.ceil((top if top > 0 else 1.0) / step)
+    bottom = PLOT_TOP + PLOT_H
+
+    def y_of(value: float) -> float:
+        return round(bottom - value * scale / y_max * PLOT_H, 1)
+
+    group_w = 2 * STRIP_W + STRIP_GAP
+    strips, labels = [], []
+    for g, length in enumerate(lengths):
+        left = PLOT_LEFT + 14 + g * (group_w + GROUP_GAP)
+        labels.append(AxisLabel(left + group_w // 2, bottom + 16, f"{length}"))
+        for v, name in enumerate(variants):
+            values = sorted(groups.get((length, name), []), key=lambda vc: vc[0])
+            if not values:
+                continue
+            x = left + v * (STRIP_W + STRIP_GAP)
+            raw = [val for val, _ in values]
+            dots = tuple(
+                Dot(x + STRIP_W / 2 + ((i % 5) - 2) * 5, y_of(val),
+                    f"{name} · length {c.length} · depth {c.depth:.2f} · seed {c.seed}: {val * scale:.3f} {unit}")
+                for i, (val, c) in enumerate(values)
             )
+            p95 = percentile(raw, 95)
+            assert p95 is not None
+            strips.append(Strip(
+                variant=name, colour=VARIANT_COLOURS[v], shape="circle" if v == 0 else "square", x=x, width=STRIP_W,
+                dots=dots, q1_y=y_of(percentile(raw, 25) or 0.0), q3_y=y_of(percentile(raw, 75) or 0.0),
+                median_y=y_of(percentile(raw, 50) or 0.0), p95_y=y_of(p95),
+                p95_title=f"{name} · length {length}: p95 {p95 * scale:.3f} {unit} over {len(raw)} cells",
+            ))
+    n_ticks = int(round(y_max / step))
+    ticks = tuple(AxisLabel(PLOT_LEFT - 6, int(y_of(i * step / scale)), f"{i * step:g}") for i in range(n_ticks + 1))
+    right = PLOT_LEFT + 14 + len(lengths) * (group_w + GROUP_GAP) - GROUP_GAP + 14
+    return LatencyChart(title=title, unit=unit, width=right + 30, height=bottom + 30, plot_top=PLOT_TOP,
+                        plot_bottom=bottom, plot_left=PLOT_LEFT, plot_right=right, ticks=ticks,
+                        groups=tuple(labels), strips=tuple(strips))
+
+
+def latency_charts(results: GateResults) -> tuple[LatencyChart, ...]:
+    charts = (
+        latency_chart(results, "prefill_s", "prefill, time to first token", "s", 1.0),
+        latency_chart(results, "decode_s_per_token", "decode, time per token", "ms", 1000.0),
+    )
+    return tuple(c for c in charts if c is not None)
+
+
+def latency_rows(results: GateResults) -> tuple[LatencyRow, ...]:
+    """Per length and variant: median and p95 of prefill seconds and decode milliseconds per token."""
+    order = _variant_order(results)
+    prefill, decode = _timings(results, "prefill_s"), _timings(results, "decode_s_per_token")
+    keys = sorted(set(prefill) | set(decode), key=lambda k: (k[0], order(k[1])))
+
+    def stat(group: list[tuple[float, CellResult]], q: float, fmt: Callable[[float | None], str]) -> str:
+        return fmt(percentile([v for v, _ in group], q))
+
+    return tuple(
+        LatencyRow(
+            length=length, variant=variant, cells=max(len(prefill.get((length, variant), [])), len(decode.get((length, variant), []))),
+            prefill_median=stat(prefill.get((length, variant), []), 50, fmt_seconds),
+            prefill_p95=stat(prefill.get((length, variant), []), 95, fmt_seconds),
+            decode_median=stat(decode.get((length, variant), []), 50, fmt_millis),
+            decode_p95=stat(decode.get((length, variant), []), 95, fmt_millis),
         )
-        if check is not None:
-            used.add(check.name)
-    for check in checks:  # checks this report does not know how to pair with a metric
-        if check.name in used:
-            continue
-        rows.append(
-            MetricRow(check.name, "—", "—", fmt_number(check.value), fmt_threshold(check),
-                      "pass" if check.passed else "fail", check.detail)
-        )
-    return tuple(rows)
+        for length, variant in keys
+    )
+
+
+# ----------------------------------------------------------------------------- tables
 
 
 @dataclass(frozen=True)
@@ -369,32 +449,31 @@ class MemoryRow:
     variant: str
     kv: str
     kv_analytic: str
+    measured_over_analytic: str
     peak: str
     cells: int
 
 
-def _mean(values: Iterable[int | None]) -> float | None:
+def _mean(values: Iterable[int | float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
 
 
 def memory_rows(results: GateResults) -> tuple[MemoryRow, ...]:
-    """Per length and variant: mean measured KV bytes, mean analytic KV bytes, mean peak bytes."""
+    """Per length and variant: mean measured KV bytes, the analytic figure, their ratio, and mean peak bytes."""
     order = _variant_order(results)
     groups: dict[tuple[int, str], list[CellResult]] = defaultdict(list)
     for c in results.cells:
         groups[(c.length, c.variant)].append(c)
-    return tuple(
-        MemoryRow(
-            length=length,
-            variant=variant,
-            kv=fmt_bytes(_mean(c.kv_bytes for c in group)),
-            kv_analytic=fmt_bytes(_mean(c.kv_bytes_analytic for c in group)),
-            peak=fmt_bytes(_mean(c.peak_bytes for c in group)),
-            cells=len(group),
-        )
-        for (length, variant), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order(kv[0][1])))
-    )
+    rows = []
+    for (length, variant), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order(kv[0][1]))):
+        kv, analytic = _mean(c.kv_bytes for c in group), _mean(c.kv_bytes_analytic for c in group)
+        rows.append(MemoryRow(
+            length=length, variant=variant, kv=fmt_bytes(kv), kv_analytic=fmt_bytes(analytic),
+            measured_over_analytic=fmt_number(None if kv is None or not analytic else kv / analytic),
+            peak=fmt_bytes(_mean(c.peak_bytes for c in group)), cells=len(group),
+        ))
+    return tuple(rows)
 
 
 @dataclass(frozen=True)
@@ -405,9 +484,12 @@ class CellRow:
     tokens: int
     depth: str
     seed: int
+    needle_at: str
     found: str
+    failure: str
     expected: str
     answer: str
+    excerpt: tuple[str, str, str]  # text before the expected value, the value, text after it
     prefill_s: str
     decode_ms: str
     total_s: str
@@ -421,8 +503,14 @@ def _variant_order(results: GateResults) -> Callable[[str], tuple[int, str]]:
     return lambda v: (known.index(v), v) if v in known else (len(known), v)
 
 
+def _split_on(text: str, value: str) -> tuple[str, str, str]:
+    """`text` around the first `value` in it, so the template can mark the needle's value; all three stay escaped."""
+    at = text.find(value) if value else -1
+    return (text, "", "") if at < 0 else (text[:at], value, text[at + len(value):])
+
+
 def cell_rows(results: GateResults) -> tuple[CellRow, ...]:
-    """Every cell, baseline first; `answer` and `error` are model/backend output, left for autoescape."""
+    """Every cell, baseline first. `answer`, `excerpt` and `error` are untrusted text, left for autoescape."""
     order = _variant_order(results)
     cells = sorted(results.cells, key=lambda c: (order(c.variant), c.task, c.length, c.depth, c.seed))
     return tuple(
@@ -433,11 +521,14 @@ def cell_rows(results: GateResults) -> tuple[CellRow, ...]:
             tokens=c.tokens,
             depth=f"{c.depth:.2f}",
             seed=c.seed,
+            needle_at=NA if c.needle_start is None else f"token {c.needle_start}",
             found="—" if c.error is not None else ("✓" if c.found else "✗"),
+            failure=str(getattr(c, "failure", None) or ""),
             expected=c.expected,
             answer=c.answer,
+            excerpt=_split_on(str(getattr(c, "excerpt", "") or ""), c.expected),
             prefill_s=fmt_seconds(c.prefill_s),
-            decode_ms=fmt_seconds(c.decode_s_per_token, scale=1000.0, digits=2),
+            decode_ms=fmt_millis(c.decode_s_per_token),
             total_s=fmt_seconds(c.total_s),
             kv_bytes=fmt_bytes(c.kv_bytes),
             error=c.error or "",
@@ -447,27 +538,37 @@ def cell_rows(results: GateResults) -> tuple[CellRow, ...]:
     )
 
 
-def variant_settings(results: GateResults) -> tuple[tuple[str, str], ...]:
-    """(name, "kv_cache_dtype=fp8, kv_scale=token_head") for the baseline and the candidate."""
-    rows = []
-    for role in ("baseline", "candidate"):
-        spec = results.gate.get(role, {})
-        settings = ", ".join(f"{k}={fmt_value(v)}" for k, v in spec.items() if k != "name")
-        rows.append((str(spec.get("name", role)), settings or "defaults"))
-    return tuple(rows)
+def failure_counts(results: GateResults) -> tuple[tuple[str, int, int], ...]:
+    """(failure category, baseline cells, candidate cells) over the cells that record one."""
+    baseline, candidate = variant_names(results)
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for c in results.cells:
+        failure = getattr(c, "failure", None)
+        if failure and c.variant in (baseline, candidate):
+            counts[str(failure)][0 if c.variant == baseline else 1] += 1
+    return tuple((k, v[0], v[1]) for k, v in sorted(counts.items()))
 
 
 def run_rows(results: GateResults) -> tuple[tuple[str, str], ...]:
-    """Gate identity and run totals, then the recorded environment, as key/value pairs."""
-    m = results.metrics
-    rows = [
+    """Gate identity and run totals, as key/value pairs."""
+    return (
         ("gate file", fmt_value(results.gate.get("path")) if results.gate.get("path") else NA),
         ("gate sha256", str(results.gate.get("sha256") or NA)),
         ("wall time (s)", fmt_seconds(results.wall_s, digits=1)),
-        ("cells", f"{m.paired_cells} paired, {m.middle_cells} middle-band, {m.expected_cells} expected, "
-                  f"{m.errored_cells} errored, {m.missing_cells} missing"),
+        ("cells", cell_counts(results)),
         ("schema version", str(results.schema_version)),
-    ]
+    )
+
+
+def environment_rows(environment: Mapping[str, Any], prefix: str = "") -> tuple[tuple[str, str], ...]:
+    """Every recorded environment key, nested mappings flattened to `outer.inner`."""
+    rows: list[tuple[str, str]] = []
+    for key, value in environment.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            rows.extend(environment_rows(value, f"{name}."))
+        else:
+            rows.append((name, fmt_value(value)))
     return tuple(rows)
 
 
@@ -475,26 +576,35 @@ def run_rows(results: GateResults) -> tuple[tuple[str, str], ...]:
 
 
 def _context(results: GateResults) -> dict[str, Any]:
-    gate = results.gate
-    model = gate.get("model", {})
     verdict = results.decision.verdict
-    lo, hi = _middle_band(gate)
+    lo, hi = _middle_band(results.gate)
+    rows = metric_rows(results)
+    failed = sum(1 for r in rows if r.status == "fail")
+    judged = sum(1 for r in rows if r.status in ("pass", "fail"))
     return {
-        "gate_name": str(gate.get("name", "unnamed gate")),
-        "model_ref": str(model.get("ref", NA) if isinstance(model, dict) else model),
+        "gate_name": gate_name(results),
+        "model_ref": model_ref(results),
         "verdict": verdict,
         "verdict_colour": VERDICT_COLOURS.get(verdict, VERDICT_COLOURS["incomplete"]),
+        "meaning": VERDICT_MEANING.get(verdict, verdict),
+        "tally": f"{judged - failed} of {judged} thresholds met" if judged else "no threshold could be evaluated",
         "reasons": results.decision.reasons,
         "variants": variant_settings(results),
-        "metric_rows": metric_rows(results),
+        "metric_rows": rows,
+        "other_metrics": other_metrics(results),
+        "counts": cell_counts(results),
         "panels": heatmap_panels(results),
         "legends": {"recall": legend("recall"), "difference": legend("difference")},
         "middle_band": f"[{lo:.2f}, {hi:.2f}]",
+        "latency_charts": latency_charts(results),
+        "latency_rows": latency_rows(results),
+        "variant_keys": tuple(zip(variant_names(results), VARIANT_COLOURS, ("circle", "square"))),
         "memory_rows": memory_rows(results),
         "cell_rows": cell_rows(results),
+        "failure_counts": failure_counts(results),
         "errored": sum(1 for c in results.cells if c.error is not None),
         "run_rows": run_rows(results),
-        "environment": tuple((str(k), fmt_value(v)) for k, v in results.environment.items()),
+        "environment": environment_rows(results.environment),
         "colours": {"pass": VERDICT_COLOURS["approve"], "fail": VERDICT_COLOURS["reject"], "errored": ERRORED_FILL},
     }
 
@@ -503,10 +613,11 @@ def render_html(results: GateResults) -> str:
     """The report as one self-contained HTML page (inline CSS and SVG, no scripts, no external assets).
 
     Args:
-        results: a finished (or incomplete) gate run.
+        results: a finished (or incomplete) gate run; fields missing from older results files are left out.
 
     Returns:
-        The page's text; every string from the model or the environment is HTML-escaped.
+        The page's text; every string from the model, the prompt or the environment is HTML-escaped, and the
+        page's Content-Security-Policy forbids scripts besides.
     """
     import jinja2
 

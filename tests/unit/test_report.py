@@ -6,16 +6,28 @@ import html
 import re
 from pathlib import Path
 
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
 from pytest_longctx.report import (
     diverging_colour,
+    environment_rows,
     fmt_bytes,
     heatmap_panels,
+    latency_charts,
+    latency_rows,
+    percentile,
     recall_grid,
     render_html,
     sequential_colour,
     write_html,
 )
-from pytest_longctx.results import CellResult, Check, Decision, GateResults, Metrics
+from pytest_longctx.results import CellResult, Check, Decision, GateResults, Metrics, load_results
+
+FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores
 
 LENGTHS = (1024, 2048)
 DEPTHS = (0.0, 0.5, 1.0)
@@ -99,7 +111,7 @@ def make_results(*, verdict: str = "reject", cells: tuple[CellResult, ...] | Non
         "sha256": "ab" * 32,
     }
     checks = (
-        Check("middle_recall_delta", -0.25, 0.0, ">=", False, "candidate 0.50 vs baseline 0.75"),
+        Check("middle_recall_delta", -0.25, 0.0, ">=", False, "candidate 0.50 vs baseline 0.75", -0.5, 0.1),
         Check("p95_latency_ratio", 1.32, 1.10, "<=", False, "0.528 s vs 0.400 s"),
         Check("memory_ratio", None, 1.05, "<=", False, "no memory measured"),
     )
@@ -176,11 +188,11 @@ def test_metrics_table_shows_both_variants_thresholds_and_na() -> None:
     by_metric = {_text(r).split(" ", 1)[0]: _text(r) for r in rows[1:]}
 
     recall = next(t for t in by_metric.values() if t.startswith("middle-band recall"))
-    assert recall.startswith("middle-band recall 0.750 0.500 -0.250 (delta) >= 0.00 ✗ fail")
+    assert recall.startswith("middle-band recall 0.750 0.500 -0.250 (delta) [-0.500, 0.100] >= 0.00 ✗ fail")
     latency = next(t for t in by_metric.values() if t.startswith("p95 latency"))
-    assert "0.400 0.528 1.320 (ratio) <= 1.10 ✗ fail" in latency
+    assert "0.400 0.528 1.320 (ratio) — <= 1.10 ✗ fail" in latency
     memory = next(t for t in by_metric.values() if t.startswith("memory (kv_bytes)"))
-    assert memory.startswith("memory (kv_bytes) n/a n/a n/a <= 1.05 ✗ fail")
+    assert memory.startswith("memory (kv_bytes) n/a n/a n/a — <= 1.05 ✗ fail")
 
 
 def test_heatmap_shows_fraction_found_over_seeds() -> None:
@@ -232,9 +244,10 @@ def test_memory_section_reports_mean_kv_bytes_per_length_and_variant() -> None:
     memory = _text(_section(render_html(make_results()), "memory"))
 
     # baseline at 1024 tokens: 1024 * 2 * 4096 bytes = 8 MiB, candidate half of it
-    assert "1024 baseline 8.00 MiB 8.00 MiB n/a 6" in memory
-    assert "1024 candidate 4.00 MiB 4.00 MiB n/a 6" in memory
-    assert "2048 baseline 16.00 MiB 16.00 MiB n/a 6" in memory
+    # the candidate's errored cells at 1024 measured no bytes: the mean is over those that did
+    assert "1024 baseline 8.00 MiB 8.00 MiB 1.000 n/a 6" in memory
+    assert "1024 candidate 4.00 MiB 4.00 MiB 1.000 n/a 6" in memory
+    assert "2048 baseline 16.00 MiB 16.00 MiB 1.000 n/a 6" in memory
 
 
 def test_environment_and_gate_hash_are_listed() -> None:
@@ -276,3 +289,144 @@ def test_write_html_writes_the_rendered_page(tmp_path: Path) -> None:
 
     assert target.read_text(encoding="utf-8") == render_html(results)
     assert list(target.parent.iterdir()) == [target]  # no temporary file left behind
+
+
+def test_invalid_verdict_has_its_own_colour_and_says_what_it_means() -> None:
+    banner = _section(render_html(make_results(verdict="invalid")), "decision")
+
+    assert "#882255" in banner
+    assert _text(banner).startswith("invalid The two sides cannot be compared")
+
+
+def test_banner_counts_the_thresholds_met() -> None:
+    results = load_results(FP8_RESULTS)
+
+    banner = _text(_section(render_html(results), "decision"))
+
+    assert banner.startswith("reject The candidate missed at least one threshold of the rule: 1 of 3 thresholds met.")
+    for reason in results.decision.reasons:
+        assert reason in banner
+
+
+def test_metrics_show_the_recorded_paired_statistics_of_a_real_run() -> None:
+    results = load_results(FP8_RESULTS)
+
+    metrics = _text(_section(render_html(results), "metrics"))
+
+    assert "middle-band recall 0.611 0.500 -0.111 (delta) [-0.111, 0.076] >= 0.00 ✗ fail" in metrics
+    assert "p95 latency (s) 12.045 14.274 1.185 (ratio) [1.077, 1.244] <= 1.10 ✗ fail" in metrics
+    # measured but not judged by this gate: shown as information, with the bootstrap CI the run recorded
+    assert "p95 decode (ms/token) 110.72 176.72 1.596 (ratio) [1.035, 1.693] — info" in metrics
+    assert "memory (kv_bytes) 105.86 MiB 28.12 MiB 0.266 (ratio) — <= 1.05 ✓ pass" in metrics
+    assert "mcnemar p 0.5000" in metrics and "discordant baseline_only=2, candidate_only=0" in metrics
+
+
+def test_a_check_policy_shows_in_the_threshold_and_a_skipped_check_is_not_a_pass() -> None:
+    results = make_results()
+    checks = (
+        Check("middle_recall_delta", -0.02, -0.05, ">=", True, "non-inferior", -0.1, 0.04, "noninferiority"),
+        Check("p95_latency_ratio", 1.3, 1.1, "<=", True, "not compared: captured baseline", None, None, "skipped"),
+        Check("p95_decode_ratio", 1.05, 1.2, "<=", True, "decode", 0.98, 1.12, "bound"),
+        Check("tokens_per_joule", 0.9, 1.0, "<=", True, "a check this report has never heard of"),
+    )
+    results = dataclasses.replace(results, decision=Decision("approve", ("fine",), checks))
+
+    metrics = _text(_section(render_html(results), "metrics"))
+
+    assert ">= -0.05 (CI upper end) ✓ pass" in metrics
+    assert "p95 latency (s) 0.400 0.528 1.300 (ratio) — <= 1.10 (not compared) not compared" in metrics
+    assert "p95 decode (ms/token) n/a n/a 1.050 (ratio) [0.980, 1.120] <= 1.20 (upper CI bound) ✓ pass" in metrics
+    assert "tokens_per_joule — — 0.900 — <= 1.00 ✓ pass a check this report has never heard of" in metrics
+
+
+def test_an_older_results_file_without_new_fields_still_renders(tmp_path: Path) -> None:
+    data = json.loads(FP8_RESULTS.read_text())
+    known = {"middle_recall", "recall", "p95_latency_s", "p95_latency_ratio", "memory_bytes", "memory_ratio",
+             "memory_source", "paired_cells", "middle_cells", "expected_cells", "errored_cells", "missing_cells"}
+    data["metrics"] = {k: v for k, v in data["metrics"].items() if k in known}
+    for check in data["decision"]["checks"]:
+        for key in ("ci_low", "ci_high", "policy"):
+            check.pop(key, None)
+    for cell in data["cells"]:
+        cell.pop("failure", None)
+        cell.pop("excerpt", None)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+
+    page = render_html(load_results(path))
+
+    assert "middle-band recall 0.611 0.500 -0.111 (delta) — >= 0.00 ✗ fail" in _text(_section(page, "metrics"))
+    assert "prompt around the needle" not in page and "why a cell missed" not in page
+
+
+def test_latency_charts_mark_p95_per_variant_and_length() -> None:
+    results = load_results(FP8_RESULTS)
+
+    prefill, decode = latency_charts(results)
+
+    assert [g.text for g in prefill.groups] == ["1024", "2048", "4096"]
+    assert len(prefill.strips) == 6 and all(len(s.dots) == 10 for s in prefill.strips)
+    assert {s.variant for s in decode.strips} == {"baseline", "candidate"}
+    baseline_4096 = [c.prefill_s for c in results.cells if c.variant == "baseline" and c.length == 4096]
+    strip = prefill.strips[4]
+    assert strip.variant == "baseline" and f"p95 {np.percentile(baseline_4096, 95):.3f} s" in strip.p95_title
+    assert strip.p95_y <= strip.q3_y <= strip.median_y <= strip.q1_y  # higher values are drawn higher up
+    assert prefill.plot_top <= min(d.y for s in prefill.strips for d in s.dots)
+
+
+def test_latency_table_gives_median_and_p95_of_prefill_and_decode() -> None:
+    results = load_results(FP8_RESULTS)
+    decode = [c.decode_s_per_token * 1000 for c in results.cells if c.variant == "candidate" and c.length == 2048]
+
+    row = next(r for r in latency_rows(results) if r.length == 2048 and r.variant == "candidate")
+
+    assert row.cells == 10
+    assert row.decode_p95 == f"{np.percentile(decode, 95):.2f}" and row.decode_median == f"{np.median(decode):.2f}"
+    section = _text(_section(render_html(results), "latency"))
+    assert "2048 candidate 10 " + f"{row.prefill_median} {row.prefill_p95} {row.decode_median} {row.decode_p95}" in section
+    assert section.count("p95") >= 12  # a mark on each of 2 variants x 3 lengths in both charts
+
+
+@pytest.mark.parametrize("values", [[3.0], [1.0, 2.0], [5.0, 1.0, 4.0, 2.0, 3.0], [0.1 * i for i in range(23)]])
+def test_percentile_matches_numpy(values: list[float]) -> None:
+    for q in (25, 50, 95):
+        assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+    assert percentile([], 95) is None
+
+
+def test_drill_down_shows_failure_needle_position_and_marked_excerpt() -> None:
+    results = load_results(FP8_RESULTS)
+    missed = next(c for c in results.cells if c.failure == "partial")
+
+    cells = _section(render_html(results), "cells")
+
+    row = next(r for r in re.findall(r"<tr class=\"missed\">(.*?)</tr>", cells, re.S) if html.escape(missed.answer, quote=False) in r)
+    text = _text(row)
+    assert f"token {missed.needle_start}" in text and "partial" in text and missed.expected in text
+    assert f"<mark>{missed.expected}</mark>" in row
+    assert "why a cell missed baseline candidate partial 1 1 truncated 10 12" in _text(cells)
+
+
+def test_prompt_excerpt_is_escaped_too() -> None:
+    cell = dataclasses.replace(make_cells()[0], excerpt="log line <img src=x onerror=alert(1)> needle 4821 & more")
+    page = render_html(make_results(cells=(cell,)))
+
+    assert "&lt;img src=x onerror=alert(1)&gt; needle <mark>4821</mark> &amp; more" in page
+    assert "<img" not in page
+
+
+def test_environment_lists_every_key_with_nested_ones_flattened() -> None:
+    rows = dict(environment_rows({"git_commit": "abc", "libraries": {"torch": "2.13.0", "transformers": "5.2"},
+                                  "tokenizer_sha256": "f" * 64, "device": None}))
+
+    assert rows == {"git_commit": "abc", "libraries.torch": "2.13.0", "libraries.transformers": "5.2",
+                    "tokenizer_sha256": "f" * 64, "device": "null"}
+    env = _text(_section(render_html(load_results(FP8_RESULTS)), "environment"))
+    for key in ("git_commit", "gate_sha256", "model_fingerprint", "torch", "transformers", "device", "python"):
+        assert key in env
+
+
+def test_page_forbids_scripts_by_content_security_policy() -> None:
+    page = render_html(make_results())
+
+    assert re.search(r'<meta http-equiv="Content-Security-Policy" content="default-src \'none\';', page)

@@ -1,0 +1,354 @@
+"""A gate's decision and numbers in words: the metric rows every output shares, the terminal table, Markdown for
+pull requests and job summaries, and JUnit properties. Pure functions of `GateResults`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .results import Check, GateResults
+
+NA = "n/a"
+NONE = "—"
+
+Status = Literal["pass", "fail", "info", "skipped"]
+STATUS_WORDS: dict[str, str] = {"pass": "pass", "fail": "FAIL", "info": "info", "skipped": "not compared"}
+VERDICT_MEANING: dict[str, str] = {
+    "approve": "the candidate met every threshold of the rule",
+    "reject": "the candidate missed at least one threshold of the rule",
+    "incomplete": "not every cell was measured, so the gate cannot approve (it fails closed)",
+    "invalid": "the two sides cannot be compared, so the numbers decide nothing",
+}
+_MARKDOWN_MARK = {"approve": "✅", "reject": "❌", "incomplete": "⚠️", "invalid": "⛔"}
+_POLICY_NOTE = {"bound": "upper CI bound", "noninferiority": "CI upper end", "skipped": "not compared"}
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt_number(value: float | None, digits: int = 3, *, signed: bool = False) -> str:
+    """A float to `digits` decimals, "n/a" for None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NA
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def fmt_bytes(value: float | None) -> str:
+    """Bytes in binary units (B, KiB, MiB, GiB), "n/a" for None."""
+    if value is None:
+        return NA
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def fmt_seconds(value: float | None, *, scale: float = 1.0, digits: int = 3) -> str:
+    return NA if value is None else f"{value * scale:.{digits}f}"
+
+
+def fmt_millis(value: float | None) -> str:
+    return fmt_seconds(value, scale=1000.0, digits=2)
+
+
+def fmt_threshold(check: Check) -> str:
+    """">= 0.00", "<= 1.10 (upper CI bound)"; more decimals only when the threshold has them."""
+    t = check.threshold
+    text = f"{t:.2f}" if round(t, 2) == t else f"{t:g}"
+    note = _POLICY_NOTE.get(getattr(check, "policy", "") or "")
+    return f"{check.comparison} {text}" + (f" ({note})" if note else "")
+
+
+def fmt_ci(low: float | None, high: float | None, digits: int = 3) -> str:
+    return NONE if low is None or high is None else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def fmt_value(value: Any) -> str:
+    """Any recorded value: strings as they are, anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+# ----------------------------------------------------------------------------- metric rows
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One line of the approval metrics, already formatted: the HTML, terminal and Markdown tables all print these."""
+
+    metric: str
+    baseline: str
+    candidate: str
+    change: str
+    ci: str
+    threshold: str
+    status: Status
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Family:
+    label: str
+    values: str  # Metrics field: {"baseline": x, "candidate": y}
+    change: str | None  # Metrics field holding the ratio or delta; None: computed from the values
+    ci: str | None  # Metrics field holding a (low, high) pair
+    check: str | None  # the Check that judges it
+    how: Literal["delta", "ratio"]
+    fmt: Callable[[float | None], str]
+
+
+_FAMILIES = (
+    _Family("middle-band recall", "middle_recall", "middle_recall_delta", "middle_recall_delta_ci", "middle_recall_delta", "delta", fmt_number),
+    _Family("recall, all depths", "recall", None, None, None, "delta", fmt_number),
+    _Family("p95 latency (s)", "p95_latency_s", "p95_latency_ratio", "p95_latency_ratio_ci", "p95_latency_ratio", "ratio", fmt_seconds),
+    _Family("p95 prefill (s)", "p95_prefill_s", "p95_prefill_ratio", "p95_prefill_ratio_ci", "p95_prefill_ratio", "ratio", fmt_seconds),
+    _Family("p95 decode (ms/token)", "p95_decode_s", "p95_decode_ratio", "p95_decode_ratio_ci", "p95_decode_ratio", "ratio", fmt_millis),
+    _Family("memory", "memory_bytes", "memory_ratio", None, "memory_ratio", "ratio", fmt_bytes),
+)
+_COUNTS = ("paired_cells", "middle_cells", "expected_cells", "errored_cells", "missing_cells")
+_SHOWN_ELSEWHERE = {"memory_source", *_COUNTS}
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def _status(check: Check | None) -> Status:
+    if check is None:
+        return "info"
+    if getattr(check, "policy", None) == "skipped":
+        return "skipped"
+    return "pass" if check.passed else "fail"
+
+
+def metric_rows(results: GateResults) -> tuple[MetricRow, ...]:
+    """Each metric the run measured with both variants, its ratio or delta, its CI and the check that judges it.
+
+    Metrics that are absent (an older results file) are left out; checks this module does not know get a row of
+    their own, so nothing the decision read goes unshown.
+    """
+    m = results.metrics
+    checks = {c.name: c for c in results.decision.checks}
+    rows = []
+    used: set[str] = set()
+    for fam in _FAMILIES:
+        values = getattr(m, fam.values, None)
+        check = checks.get(fam.check) if fam.check else None
+        if not values and check is None:
+            continue
+        values = values or {}
+        base, cand = values.get("baseline"), values.get("candidate")
+        if check is not None:
+            change: float | None = check.value
+        elif fam.change is not None and getattr(m, fam.change, None) is not None:
+            change = getattr(m, fam.change)
+        elif fam.how == "delta":
+            change = None if base is None or cand is None else cand - base
+        else:
+            change = None if base is None or cand is None or base == 0 else cand / base
+        ci = (check.ci_low, check.ci_high) if check is not None and check.ci_low is not None else _pair(getattr(m, fam.ci, None) if fam.ci else None)
+        label = f"{fam.label} ({m.memory_source})" if fam.values == "memory_bytes" else fam.label
+        text = fmt_number(change, signed=fam.how == "delta")
+        rows.append(MetricRow(
+            metric=label,
+            baseline=fam.fmt(base),
+            candidate=fam.fmt(cand),
+            change=text if change is None else f"{text} ({fam.how})",
+            ci=fmt_ci(*ci) if ci else NONE,
+            threshold=fmt_threshold(check) if check is not None else NONE,
+            status=_status(check),
+            detail=check.detail if check is not None else "not part of the rule",
+        ))
+        if check is not None:
+            used.add(check.name)
+    for check in results.decision.checks:  # checks this module does not know how to pair with a metric
+        if check.name not in used:
+            rows.append(MetricRow(check.name, NONE, NONE, fmt_number(check.value), fmt_ci(check.ci_low, check.ci_high),
+                                  fmt_threshold(check), _status(check), check.detail))
+    return tuple(rows)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return fmt_number(value, 4)
+    if value is None:
+        return NA
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_describe(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_describe(v) for v in value)
+    return str(value)
+
+
+def other_metrics(results: GateResults) -> tuple[tuple[str, str], ...]:
+    """Recorded metrics that no metric row shows (test statistics, mismatch counts...), as (name, text)."""
+    consumed = set(_SHOWN_ELSEWHERE)
+    for fam in _FAMILIES:
+        consumed.update(f for f in (fam.values, fam.change, fam.ci) if f)
+    rows = []
+    for f in dataclasses.fields(results.metrics):
+        value = getattr(results.metrics, f.name)
+        if f.name in consumed or (isinstance(value, (dict, list, tuple)) and not value):
+            continue
+        rows.append((f.name.replace("_", " "), _describe(value)))
+    return tuple(rows)
+
+
+def cell_counts(results: GateResults) -> str:
+    m = results.metrics
+    return (f"{m.paired_cells}/{m.expected_cells} cells paired, {m.middle_cells} in the middle band, "
+            f"{m.errored_cells} errored, {m.missing_cells} missing")
+
+
+def gate_name(results: GateResults) -> str:
+    return str(results.gate.get("name", "unnamed gate"))
+
+
+def model_ref(results: GateResults) -> str:
+    model = results.gate.get("model", {})
+    return str(model.get("ref", NA) if isinstance(model, dict) else model)
+
+
+def _noop_plants() -> dict[str, Any]:
+    from .gate_spec import VariantSpec
+
+    return {f.name: f.default for f in dataclasses.fields(VariantSpec) if f.name.startswith("planted_")}
+
+
+def variant_settings(results: GateResults) -> tuple[tuple[str, str], ...]:
+    """(name, "kv_cache_dtype=fp8, kv_scale=token_head") for the baseline and the candidate.
+
+    Planted regressions (self-check gates) are listed only when they are actually planted.
+    """
+    noop = _noop_plants()
+    rows = []
+    for role in ("baseline", "candidate"):
+        spec = results.gate.get(role, {})
+        spec = spec if isinstance(spec, dict) else {}
+        shown = {k: v for k, v in spec.items() if k != "name" and not (k in noop and v == noop[k])}
+        settings = ", ".join(f"{k}={fmt_value(v)}" for k, v in shown.items())
+        rows.append((str(spec.get("name", role)), settings or "defaults"))
+    return tuple(rows)
+
+
+# ----------------------------------------------------------------------------- terminal
+
+
+_TABLE_HEAD = ("metric", "baseline", "candidate", "ratio / delta", "CI", "threshold", "result")
+
+
+def _table(rows: Sequence[MetricRow]) -> list[str]:
+    body = [(r.metric, r.baseline, r.candidate, r.change, r.ci, r.threshold, STATUS_WORDS[r.status]) for r in rows]
+    widths = [max(len(line[i]) for line in [_TABLE_HEAD, *body]) for i in range(len(_TABLE_HEAD))]
+    right = {1, 2, 3}
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return [line(_TABLE_HEAD), line(["-" * w for w in widths]), *(line(b) for b in body)]
+
+
+def terminal_lines(results: GateResults, written: Iterable[Path] = ()) -> list[str]:
+    """The gate's block in pytest's `longctx gate` section: verdict, the metrics table, the reasons, the files."""
+    d = results.decision
+    lines = [f"gate {gate_name(results)}: {d.verdict.upper()} ({results.metrics.paired_cells}/{results.metrics.expected_cells} cells paired)"
+             f" - {VERDICT_MEANING.get(d.verdict, d.verdict)}"]
+    lines.extend("  " + row for row in _table(metric_rows(results)))
+    lines.extend(f"  {reason}" for reason in d.reasons)
+    lines.extend(f"  wrote {p}" for p in written)
+    return lines
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+
+def md_escape(text: str) -> str:
+    """Text safe inside a Markdown table cell: no HTML, no column breaks, no line breaks."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return " ".join(text.split())
+
+
+def _md_code(text: str) -> str:
+    return "`" + text.replace("`", "'") + "`"
+
+
+def markdown(results: GateResults, written: Iterable[Path] = ()) -> str:
+    """The summary for a pull-request comment or `$GITHUB_STEP_SUMMARY`: verdict, metrics vs thresholds, reasons."""
+    d = results.decision
+    mark = _MARKDOWN_MARK.get(d.verdict, "")
+    variants = " · ".join(f"**{md_escape(name)}**: {md_escape(settings)}" for name, settings in variant_settings(results))
+    out = [
+        f"### {mark} longctx gate {_md_code(gate_name(results))}: **{d.verdict.upper()}**",
+        "",
+        f"{md_escape(VERDICT_MEANING.get(d.verdict, d.verdict)).capitalize()}. "
+        f"Model {_md_code(model_ref(results))}; {md_escape(cell_counts(results))}.",
+        "",
+        variants,
+        "",
+        "| " + " | ".join(_TABLE_HEAD) + " |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for r in metric_rows(results):
+        status = {"pass": "✅ pass", "fail": "❌ FAIL", "info": "info", "skipped": "not compared"}[r.status]
+        cells = (r.metric, r.baseline, r.candidate, r.change, r.ci, r.threshold)
+        out.append("| " + " | ".join(md_escape(c) for c in cells) + f" | {status} |")
+    out += ["", "**Reasons**", ""]
+    out += [f"- {md_escape(reason)}" for reason in d.reasons] or ["- (none recorded)"]
+    files = [str(p) for p in written]
+    if files:
+        out += ["", "Written: " + ", ".join(_md_code(f) for f in files)]
+    return "\n".join(out) + "\n"
+
+
+def append_step_summary(results: Sequence[tuple[GateResults, Sequence[Path]]], path: str | os.PathLike[str] | None) -> bool:
+    """Append each gate's Markdown to GitHub's job summary file (`$GITHUB_STEP_SUMMARY`); False when there is none."""
+    if not path or not results:
+        return False
+    with open(path, "a", encoding="utf-8") as handle:
+        for result, written in results:
+            handle.write(markdown(result, written) + "\n")
+    return True
+
+
+# ----------------------------------------------------------------------------- JUnit
+
+
+def _junit_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ",".join(_junit_value(v) for v in value)
+    return str(value)
+
+
+def junit_properties(results: GateResults) -> list[tuple[str, str]]:
+    """The verdict, each check and each recorded metric as flat `longctx.<gate>.…` name/value pairs."""
+    prefix = f"longctx.{gate_name(results)}"
+    d = results.decision
+    props = [(f"{prefix}.verdict", d.verdict)]
+    for check in d.checks:
+        for key in ("value", "threshold", "comparison", "passed", "ci_low", "ci_high", "policy"):
+            if hasattr(check, key) and getattr(check, key) is not None:
+                props.append((f"{prefix}.check.{check.name}.{key}", _junit_value(getattr(check, key))))
+    for f in dataclasses.fields(results.metrics):
+        value = getattr(results.metrics, f.name)
+        if isinstance(value, Mapping):
+            props.extend((f"{prefix}.metric.{f.name}.{k}", _junit_value(v)) for k, v in value.items() if v is not None)
+        elif value is not None and not (isinstance(value, (list, tuple)) and not value):
+            props.append((f"{prefix}.metric.{f.name}", _junit_value(value)))
+    return props
