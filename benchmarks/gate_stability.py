@@ -1,0 +1,69 @@
+"""Does the gate approve an unchanged config every time, and reject planted regressions every time?
+
+Runs the A/A gate (default gates/aa.yaml) N times and each planted regression built from it N times, in one
+process with the model loaded once, and ends with one line: `aa_approved=A/N planted_rejected=R/M`.
+
+    python benchmarks/gate_stability.py --runs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from pytest_longctx.backend import TransformersBackend
+from pytest_longctx.gate_spec import GateSpec, load_gate
+from pytest_longctx.session import GateRun
+from pytest_longctx.sweep import interleaved
+
+PLANTED = {
+    "decode+25%": {"planted_decode_delay": 0.25},
+    "window-64": {"planted_window": 64},
+    "kv-x2": {"planted_kv_copies": 2},
+}
+
+
+def run_gate(gate: GateSpec, backend: TransformersBackend) -> tuple[str, str]:
+    run = GateRun(gate, backend_factory=lambda _: backend)
+    for variant, cell in interleaved(gate):
+        run.record(run.measure(variant, cell))
+    results = run.results()
+    m = results.metrics
+    summary = (
+        f"recall {m.middle_recall['baseline']:.2f}->{m.middle_recall['candidate']:.2f} "
+        f"p95 {m.p95_latency_ratio:.3f} decode {m.p95_decode_ratio:.3f} memory {m.memory_ratio:.2f}"
+    )
+    return results.decision.verdict, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gate", type=Path, default=Path(__file__).resolve().parents[1] / "gates" / "aa.yaml")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--planted", default=",".join(PLANTED), help=f"comma-separated subset of {', '.join(PLANTED)}")
+    args = parser.parse_args()
+
+    gate = load_gate(args.gate)
+    backend = TransformersBackend.load(gate.model)
+    approved = rejected = total_planted = 0
+    started = time.perf_counter()
+    for i in range(args.runs):
+        verdict, summary = run_gate(gate, backend)
+        approved += verdict == "approve"
+        print(f"aa run {i + 1}/{args.runs}: {verdict:10s} {summary}", flush=True)
+    for name in [p for p in args.planted.split(",") if p]:
+        candidate = dataclasses.replace(gate.candidate, **PLANTED[name])
+        planted = dataclasses.replace(gate, name=f"{gate.name}-{name}", candidate=candidate)
+        for i in range(args.runs):
+            verdict, summary = run_gate(planted, backend)
+            rejected += verdict == "reject"
+            total_planted += 1
+            print(f"{name} run {i + 1}/{args.runs}: {verdict:10s} {summary}", flush=True)
+    print(f"wall {time.perf_counter() - started:.0f} s")
+    print(f"aa_approved={approved}/{args.runs} planted_rejected={rejected}/{total_planted}")
+
+
+if __name__ == "__main__":
+    main()
