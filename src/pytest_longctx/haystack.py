@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import random
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,27 +155,149 @@ def build_haystack(
     Returns:
         The Haystack; `token_ids` is `tokenizer(prompt_text, add_special_tokens=False)["input_ids"]`.
     """
-    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-        raise ValueError(f"length must be a positive integer, got {length!r}")
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth must be between 0.0 and 1.0, got {depth!r}")
     needle = needle if needle is not None else make_needle(seed)
-    if "\n" in needle.text or needle.answer not in needle.text:
-        raise ValueError("the needle text must be a single line that contains the answer")
     if instructions is None:
         instructions = SHIPPING_INSTRUCTIONS if filler is None else DOCUMENT_INSTRUCTIONS
-    builder = _Builder(tokenizer, instructions, needle)
+    placed = _place(tokenizer, length, (needle,), (depth,), seed, filler, instructions, needle.question)
+    return Haystack(
+        prompt_text=placed.text,
+        token_ids=placed.token_ids,
+        length=length,
+        depth=float(depth),
+        actual_depth=placed.actual_depths[0],
+        needle=needle,
+        needle_span=placed.spans[0],
+        seed=seed,
+    )
+
+
+def make_needles(count: int, seed: int = 0) -> tuple[Needle, ...]:
+    """`count` seeded needles about distinct vaults (at most one per vault), so each question has one answer."""
+    if not 1 <= count <= len(_VAULTS):
+        raise ValueError(f"count must be between 1 and {len(_VAULTS)}, got {count!r}")
+    rng = random.Random(f"needles:{seed}")
+    needles = []
+    for vault in rng.sample(_VAULTS, count):
+        answer = f"{rng.choice(_CODE_WORDS)}-{rng.randint(1000, 9999)}"
+        needles.append(Needle(
+            text=f"The override code for the {vault} is {answer}.",
+            question=f"What is the override code for the {vault}? Reply with the code only.",
+            answer=answer,
+        ))
+    return tuple(needles)
+
+
+@dataclass(frozen=True)
+class MultiHaystack:
+    """A prompt of (ideally exactly) `length` tokens with each of `needles` on its own line at its depth.
+
+    `needle_spans[i]` and `actual_depths[i]` belong to `needles[i]`; `question` is asked once, after the haystack.
+    """
+
+    prompt_text: str
+    token_ids: tuple[int, ...]
+    length: int
+    depths: tuple[float, ...]
+    actual_depths: tuple[float, ...]
+    needles: tuple[Needle, ...]
+    needle_spans: tuple[tuple[int, int], ...]
+    seed: int
+    question: str
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return tuple(n.answer for n in self.needles)
+
+    @property
+    def prompt_sha256(self) -> str:
+        return hashlib.sha256(struct.pack(f"<{len(self.token_ids)}i", *self.token_ids)).hexdigest()
+
+    def found(self, text: str) -> tuple[bool, ...]:
+        """For each needle, whether its answer appears in `text`."""
+        return tuple(answer in text for answer in self.answers)
+
+
+def build_multi_haystack(
+    tokenizer: Any,
+    *,
+    length: int,
+    needles: Sequence[Needle],
+    depths: Sequence[float],
+    seed: int = 0,
+    filler: Iterable[str] | None = None,
+    instructions: str | None = None,
+    question: str | None = None,
+) -> MultiHaystack:
+    """Like `build_haystack`, with several needles: `needles[i]` sits on its own line at `depths[i]`.
+
+    Needles at the same line boundary keep their given order. `question` defaults to the needles'
+    questions, one per line. Each answer must occur exactly once in the prompt.
+    """
+    needles, depths = tuple(needles), tuple(float(d) for d in depths)
+    if not needles or len(needles) != len(depths):
+        raise ValueError(f"give one depth per needle (got {len(needles)} needles and {len(depths)} depths)")
+    if len({n.answer for n in needles}) != len(needles):
+        raise ValueError("the needles' answers must be distinct, or a found answer could belong to any of them")
+    if instructions is None:
+        instructions = SHIPPING_INSTRUCTIONS if filler is None else DOCUMENT_INSTRUCTIONS
+    question = question if question is not None else "\n".join(n.question for n in needles)
+    placed = _place(tokenizer, length, needles, depths, seed, filler, instructions, question)
+    return MultiHaystack(
+        prompt_text=placed.text,
+        token_ids=placed.token_ids,
+        length=length,
+        depths=depths,
+        actual_depths=placed.actual_depths,
+        needles=needles,
+        needle_spans=placed.spans,
+        seed=seed,
+        question=question,
+    )
+
+
+@dataclass(frozen=True)
+class _Placed:
+    text: str
+    token_ids: tuple[int, ...]
+    spans: tuple[tuple[int, int], ...]
+    actual_depths: tuple[float, ...]
+
+
+def _place(
+    tokenizer: Any,
+    length: int,
+    needles: tuple[Needle, ...],
+    depths: tuple[float, ...],
+    seed: int,
+    filler: Iterable[str] | None,
+    instructions: str,
+    question: str,
+) -> _Placed:
+    """Lay out filler lines and needles to `length` tokens; the shared core of the single- and multi-needle builders."""
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+        raise ValueError(f"length must be a positive integer, got {length!r}")
+    for depth in depths:
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError(f"depth must be between 0.0 and 1.0, got {depth!r}")
+    for needle in needles:
+        if "\n" in needle.text or needle.answer not in needle.text:
+            raise ValueError("the needle text must be a single line that contains the answer")
+    builder = _Builder(tokenizer, instructions, needles, question, depths)
     source = filler_lines(seed) if filler is None else (line.rstrip("\r\n") for line in filler)
     lines = _LineSource(tokenizer, (line for line in source if line.strip()))
 
-    minimum = builder.count([], 0)
+    minimum = builder.count([], builder.positions([]))
     if length < minimum:
         raise ValueError(
             f"length {length} is too small: the template, instructions, needle and question alone take "
             f"{minimum} tokens; use length >= {minimum}"
         )
-    full, total = _fit_whole_lines(builder, lines, length, depth, minimum)
-    layout = _fit_partial_line(builder, lines, length, depth, full, total)
+    full, total = _fit_whole_lines(builder, lines, length, minimum)
+    layout = _fit_partial_line(builder, lines, length, full, total)
     text = builder.prompt(layout.filler, layout.needle_at)
     token_ids = tuple(builder.encode(text))
     if abs(len(token_ids) - length) > TOLERANCE * length:  # only for lengths a few tokens above the minimum
@@ -183,64 +305,85 @@ def build_haystack(
             f"could not build a prompt within 1% of {length} tokens (the closest was {len(token_ids)}); "
             "try a slightly different length"
         )
-    start, end, hay_start, hay_end = builder.spans(layout.filler, layout.needle_at)
-    if needle.answer not in tokenizer.decode(list(token_ids[start:end])):
-        raise RuntimeError(f"the needle's token span {start}:{end} does not decode to text holding {needle.answer!r}")
-    if text.count(needle.answer) != 1:
-        raise ValueError(f"the answer {needle.answer!r} also occurs in the filler; pick another needle or filler")
-    filler_tokens = (hay_end - hay_start) - (end - start)
-    actual_depth = (start - hay_start) / filler_tokens if filler_tokens > 0 else 0.0
-    return Haystack(
-        prompt_text=text,
-        token_ids=token_ids,
-        length=length,
-        depth=float(depth),
-        actual_depth=min(1.0, max(0.0, actual_depth)),
-        needle=needle,
-        needle_span=(start, end),
-        seed=seed,
-    )
+    spans, hay_start, hay_end = builder.spans(layout.filler, layout.needle_at)
+    for needle, (start, end) in zip(needles, spans):
+        if needle.answer not in tokenizer.decode(list(token_ids[start:end])):
+            raise RuntimeError(f"the needle's token span {start}:{end} does not decode to text holding {needle.answer!r}")
+        if text.count(needle.answer) != 1:
+            raise ValueError(f"the answer {needle.answer!r} also occurs in the filler; pick another needle or filler")
+    filler_tokens = (hay_end - hay_start) - sum(end - start for start, end in spans)
+    actual = []
+    for start, _ in spans:
+        before = sum(e - s for s, e in spans if e <= start)  # needle tokens ahead of this one are not filler
+        depth = (start - hay_start - before) / filler_tokens if filler_tokens > 0 else 0.0
+        actual.append(min(1.0, max(0.0, depth)))
+    return _Placed(text, token_ids, tuple(spans), tuple(actual))
 
 
 class _Builder:
-    """Renders and counts prompts made of the instructions, haystack lines, needle and question."""
+    """Renders and counts prompts made of the instructions, haystack lines, needles and question.
 
-    def __init__(self, tokenizer: Any, instructions: str, needle: Needle) -> None:
+    `needle_at[i]` is the filler line index before which `needles[i]` is inserted.
+    """
+
+    def __init__(
+        self, tokenizer: Any, instructions: str, needles: tuple[Needle, ...], question: str, depths: tuple[float, ...]
+    ) -> None:
         self.tokenizer = tokenizer
         self.instructions = instructions
-        self.needle = needle
+        self.needles = needles
+        self.question = question
+        self.depths = depths
         self.chat = getattr(tokenizer, "chat_template", None) is not None
+
+    def positions(self, costs: list[int]) -> tuple[int, ...]:
+        """Each needle's line boundary for filler lines of these estimated costs."""
+        return tuple(_needle_index(costs, depth) for depth in self.depths)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def haystack_lines(self, filler: list[str], needle_at: int) -> list[str]:
-        return filler[:needle_at] + [self.needle.text] + filler[needle_at:]
+    def haystack_lines(self, filler: list[str], needle_at: tuple[int, ...]) -> list[str]:
+        if len(self.needles) == 1:
+            at = needle_at[0]
+            return filler[:at] + [self.needles[0].text] + filler[at:]
+        lines: list[str] = []
+        for index in range(len(filler) + 1):
+            lines.extend(n.text for n, at in zip(self.needles, needle_at) if at == index)
+            if index < len(filler):
+                lines.append(filler[index])
+        return lines
 
-    def content(self, filler: list[str], needle_at: int) -> str:
+    def content(self, filler: list[str], needle_at: tuple[int, ...]) -> str:
         body = "\n".join(self.haystack_lines(filler, needle_at))
-        return f"{self.instructions}\n\n{body}\n\n{self.needle.question}"
+        return f"{self.instructions}\n\n{body}\n\n{self.question}"
 
-    def prompt(self, filler: list[str], needle_at: int) -> str:
+    def prompt(self, filler: list[str], needle_at: tuple[int, ...]) -> str:
         return self._wrap(self.content(filler, needle_at))
 
-    def count(self, filler: list[str], needle_at: int) -> int:
+    def count(self, filler: list[str], needle_at: tuple[int, ...]) -> int:
         return len(self.encode(self.prompt(filler, needle_at)))
 
-    def spans(self, filler: list[str], needle_at: int) -> tuple[int, int, int, int]:
-        """Token offsets of the needle line's start and end and of the haystack's, from tokenized prompt prefixes."""
+    def spans(self, filler: list[str], needle_at: tuple[int, ...]) -> tuple[list[tuple[int, int]], int, int]:
+        """Token offsets of each needle line's start and end and of the haystack's, from tokenized prompt prefixes."""
         content = self.content(filler, needle_at)
         text = self._wrap(content)
         offset = text.find(content)
         if offset < 0:
             raise ValueError("the chat template changes the message text, so the needle cannot be located in it")
         head = offset + len(self.instructions) + 2
-        needle_start = head + sum(len(line) + 1 for line in filler[:needle_at])
-        needle_end = needle_start + len(self.needle.text)
-        body_end = head + len("\n".join(self.haystack_lines(filler, needle_at)))
-        cuts = (needle_start, needle_end, head, body_end)
-        start, end, hay_start, hay_end = (len(self.encode(text[:cut])) for cut in cuts)
-        return start, end, hay_start, hay_end
+        lines = self.haystack_lines(filler, needle_at)
+        starts = list(itertools.accumulate((len(line) + 1 for line in lines), initial=head))
+        taken: set[int] = set()
+        char_spans = []
+        for needle in self.needles:  # the i-th needle is the first unclaimed line holding its text
+            row = next(i for i, line in enumerate(lines) if line == needle.text and i not in taken)
+            taken.add(row)
+            char_spans.append((starts[row], starts[row] + len(needle.text)))
+        body_end = head + len("\n".join(lines))
+        count = lambda cut: len(self.encode(text[:cut]))  # noqa: E731
+        spans = [(count(a), count(b)) for a, b in char_spans]
+        return spans, count(head), count(body_end)
 
     def _wrap(self, content: str) -> str:
         if not self.chat:
@@ -285,7 +428,7 @@ class _LineSource:
 @dataclass(frozen=True)
 class _Layout:
     filler: list[str]
-    needle_at: int
+    needle_at: tuple[int, ...]
     total: int
 
 
@@ -296,7 +439,7 @@ def _needle_index(costs: list[int], depth: float) -> int:
     return min(range(len(cumulative)), key=lambda i: (abs(cumulative[i] - target), i))
 
 
-def _fit_whole_lines(builder: _Builder, lines: _LineSource, length: int, depth: float, minimum: int) -> tuple[int, int]:
+def _fit_whole_lines(builder: _Builder, lines: _LineSource, length: int, minimum: int) -> tuple[int, int]:
     """The most whole filler lines whose prompt fits in `length` tokens, and that prompt's token count.
 
     A search between the most lines known to fit and the fewest known not to, stepped by the per-line
@@ -304,7 +447,7 @@ def _fit_whole_lines(builder: _Builder, lines: _LineSource, length: int, depth: 
     """
 
     def measure(count: int) -> int:
-        return builder.count(lines.texts[:count], _needle_index(lines.costs[:count], depth))
+        return builder.count(lines.texts[:count], builder.positions(lines.costs[:count]))
 
     def lines_fitting(start: int, budget: int) -> int:
         lines.ensure_tokens(sum(lines.costs[:start]) + budget)
@@ -336,16 +479,14 @@ def _fit_whole_lines(builder: _Builder, lines: _LineSource, length: int, depth: 
     return low, low_total
 
 
-def _fit_partial_line(
-    builder: _Builder, lines: _LineSource, length: int, depth: float, full: int, total: int
-) -> _Layout:
+def _fit_partial_line(builder: _Builder, lines: _LineSource, length: int, full: int, total: int) -> _Layout:
     """Close the gap left by whole lines: pad with a prefix of a following line, trimming the last whole line if needed.
 
     A prefix alone cannot add every count (a token that only comes with the one before it, or a gap of
     one token), so the last whole line may lose words while the padding gains them. Costs come from one
     batch tokenization of all prefixes on their own; each choice is then checked with a full tokenization.
     """
-    best = _Layout(lines.texts[:full], _needle_index(lines.costs[:full], depth), total)
+    best = _Layout(lines.texts[:full], builder.positions(lines.costs[:full]), total)
     if total == length:
         return best
     lines.ensure(full + _CANDIDATE_LINES)
@@ -364,7 +505,7 @@ def _fit_partial_line(
         tried.add(choice)
         tail = [fragment for fragment in choice if fragment.text]
         filler = lines.texts[:whole] + [fragment.text for fragment in tail]
-        needle_at = _needle_index(lines.costs[:whole] + [fragment.cost for fragment in tail], depth)
+        needle_at = builder.positions(lines.costs[:whole] + [fragment.cost for fragment in tail])
         layout = _Layout(filler, needle_at, builder.count(filler, needle_at))
         if layout.total == length:
             return layout

@@ -10,7 +10,16 @@ import time
 
 import pytest
 
-from pytest_longctx.haystack import Haystack, Needle, build_haystack, filler_lines, make_needle
+from pytest_longctx.haystack import (
+    Haystack,
+    MultiHaystack,
+    Needle,
+    build_haystack,
+    build_multi_haystack,
+    filler_lines,
+    make_needle,
+    make_needles,
+)
 
 LENGTHS = [256, 1000, 4096]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -218,3 +227,69 @@ def test_a_4096_token_prompt_builds_quickly(smollm_tokenizer):
 
     assert haystack.tokens == 4096
     assert elapsed < 2.0
+
+
+# Prompts recorded before multi-needle support: captured baselines compare prompt_sha256, so these must not move.
+PINNED = [
+    (dict(length=1000, depth=0.5, seed=0), "ddfd4cab1b7587cc9883aa5170cb84f85f7b684c5bff2b504a930369eb6fa5e9", (520, 536)),
+    (dict(length=4096, depth=0.25, seed=1), "bf49d6bc048ce2b687432b96a48090ffc7dafcab8481d4c4dc04180a0be79f68", (1042, 1059)),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "sha256", "span"), PINNED)
+def test_single_needle_prompts_are_unchanged(smollm_tokenizer, kwargs, sha256, span):
+    haystack = build_haystack(smollm_tokenizer, **kwargs)
+
+    assert (haystack.prompt_sha256, haystack.needle_span) == (sha256, span)
+
+
+def test_make_needles_asks_about_distinct_vaults():
+    needles = make_needles(8, seed=3)
+
+    assert needles == make_needles(8, seed=3) and needles != make_needles(8, seed=4)
+    assert len({n.question for n in needles}) == 8 and len({n.answer for n in needles}) == 8
+    with pytest.raises(ValueError, match="between 1 and 8"):
+        make_needles(9)
+
+
+@pytest.mark.parametrize("depths", [(0.0, 0.5, 1.0), (0.8, 0.2, 0.5), (0.5, 0.5, 0.5)])
+def test_multi_needle_places_each_needle_at_its_depth(tokenizer, depths):
+    needles = make_needles(3, seed=1)
+
+    haystack = build_multi_haystack(tokenizer, length=1200, needles=needles, depths=depths, seed=2)
+
+    assert isinstance(haystack, MultiHaystack)
+    assert haystack.tokens == 1200
+    assert list(haystack.token_ids) == tokenizer(haystack.prompt_text, add_special_tokens=False)["input_ids"]
+    assert haystack.answers == tuple(n.answer for n in needles)
+    for needle, (start, end), wanted, actual in zip(needles, haystack.needle_spans, depths, haystack.actual_depths):
+        assert needle.answer in tokenizer.decode(list(haystack.token_ids[start:end]))
+        assert f"\n{needle.text}\n" in haystack.prompt_text
+        assert actual == pytest.approx(wanted, abs=0.05)
+    order = sorted(range(3), key=lambda i: (depths[i], i))  # same boundary: the given order
+    assert [haystack.needle_spans[i][0] for i in order] == sorted(s for s, _ in haystack.needle_spans)
+    assert haystack.prompt_text.count(needles[0].question) == 1
+    assert haystack.found(f"{needles[2].answer} and {needles[0].answer}") == (True, False, True)
+
+
+def test_multi_needle_takes_a_custom_question_and_filler(smollm_tokenizer):
+    needles = [Needle("Mill 1001 grinds oats.", "x", "oats"), Needle("Mill 1002 grinds rye.", "y", "rye")]
+
+    haystack = build_multi_haystack(
+        smollm_tokenizer, length=900, needles=needles, depths=[0.25, 0.75], filler=DOCUMENT,
+        question="Which grains do mills 1001 and 1002 grind?",
+    )
+
+    assert haystack.tokens == 900
+    assert haystack.question == "Which grains do mills 1001 and 1002 grind?"
+    assert haystack.prompt_text.count("Which grains") == 1 and "Below is a document." in haystack.prompt_text
+
+
+def test_multi_needle_rejects_mismatched_depths_and_repeated_answers(smollm_tokenizer):
+    needles = make_needles(2)
+    with pytest.raises(ValueError, match="one depth per needle"):
+        build_multi_haystack(smollm_tokenizer, length=600, needles=needles, depths=[0.5])
+    with pytest.raises(ValueError, match="distinct"):
+        build_multi_haystack(smollm_tokenizer, length=600, needles=[needles[0], needles[0]], depths=[0.1, 0.9])
+    with pytest.raises(ValueError, match="depth must be between"):
+        build_multi_haystack(smollm_tokenizer, length=600, needles=needles, depths=[0.1, 1.5])
