@@ -1,4 +1,4 @@
-"""The `longctx` command: re-render a report from saved results, or recompute a decision from its cells."""
+"""The `longctx` command: re-render a report, recompute a decision from its cells, or plan KV capacity (`kv`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,21 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="longctx", description="pytest-longctx results tools")
+    parser = argparse.ArgumentParser(prog="longctx", description="pytest-longctx results and capacity-planning tools")
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("report", help="render the HTML report of a results JSON file")
     report.add_argument("results", type=Path)
     report.add_argument("-o", "--output", type=Path, required=True, help="where to write the HTML")
     decide = commands.add_parser("decide", help="recompute the decision from the cells of a results JSON file")
     decide.add_argument("results", type=Path)
+    from .kv_command import add_parser as add_kv_parser
+
+    add_kv_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "kv":
+        from .kv_command import run as run_kv
+
+        return run_kv(args)
 
     from .results import load_results
 
