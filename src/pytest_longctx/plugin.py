@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--longctx-json", dest="longctx_json", metavar="PATH",
                     help="write the results JSON here (default: the gate's `results:`, else beside the report)")
     group.addoption("--longctx-model", dest="longctx_model", metavar="REF",
-                    help="override the gate's model: embedded:NAME, a directory, a .gguf file or a cached hub id")
+                    help="override the gate's model: embedded:NAME, a directory, a .gguf file or a cached hub id "
+                         "(also the `model` fixture's)")
+    parser.addini("longctx_model", "the `model` fixture's model when --longctx-model is not given (default: the "
+                  "gate's, else embedded:smollm2-135m-instruct)", default="")
     group.addoption("--longctx-capture", action="store_true", dest="longctx_capture", default=False,
                     help="run the baseline side alone and write it as the gate's captured baseline (atomically)")
     group.addoption("--longctx-overwrite-baseline", action="store_true", dest="longctx_overwrite_baseline", default=False,
@@ -28,6 +32,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _register_test_markers(config)
     paths = config.getoption("longctx_gates")
     if not paths:
         return
@@ -100,3 +105,76 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.section("longctx gate")
         for line in config.stash[SESSION_KEY].summary_lines():
             terminalreporter.write_line(line)
+
+
+# --- Building blocks for users' own long-context tests: fixtures `model`, `haystack`, `kv_budget`, `longctx_cell`,
+# markers `longctx` and `gpu`. The logic lives in model_handle, haystack_factory, kv_budget and cell_marker.
+
+def _register_test_markers(config: pytest.Config) -> None:
+    from .cell_marker import MARKER_HELP
+    from .devices import GPU_MARKER_HELP
+
+    config.addinivalue_line("markers", MARKER_HELP)
+    config.addinivalue_line("markers", GPU_MARKER_HELP)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("longctx")
+    if marker is None:
+        return
+    from .cell_marker import MarkerError, cells_from_marker
+
+    try:
+        cells = cells_from_marker(marker.args, marker.kwargs)
+    except MarkerError as exc:
+        pytest.fail(f"{metafunc.definition.nodeid}: @pytest.mark.longctx: {exc}", pytrace=False)
+    if "longctx_cell" not in metafunc.fixturenames:
+        pytest.fail(f"{metafunc.definition.nodeid}: @pytest.mark.longctx needs the test to take `longctx_cell` "
+                    "or `haystack` (the cell reaches the test through them)", pytrace=False)
+    metafunc.parametrize("longctx_cell", cells, ids=[cell.id for cell in cells], indirect=True)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None:
+        from .devices import cuda_unavailable_reason
+
+        reason = cuda_unavailable_reason()
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.fixture
+def longctx_cell(request: pytest.FixtureRequest) -> Any:
+    """The (length, depth, seed) cell of a test marked `@pytest.mark.longctx`; None in an unmarked test."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture(scope="session")
+def model(pytestconfig: pytest.Config) -> Any:
+    """The session's model (`--longctx-model`, ini `longctx_model`, the gate's, or the embedded one), loaded once."""
+    from .model_handle import open_model, resolve_model_spec
+    from .model_loading import ModelLoadError
+
+    gate_session = pytestconfig.stash.get(SESSION_KEY, None)
+    spec = resolve_model_spec(option=pytestconfig.getoption("longctx_model"), ini=pytestconfig.getini("longctx_model"),
+                              gates=gate_session.gates if gate_session else ())
+    try:
+        return open_model(spec, gate_runs=gate_session.runs.values() if gate_session else ())
+    except ModelLoadError as exc:
+        pytest.fail(f"the `model` fixture cannot load {spec.ref}: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def haystack(model: Any, longctx_cell: Any) -> Any:
+    """A factory of token-exact needle prompts for `model`: `haystack(length=4096, depth=0.5, needle=...)`."""
+    from .haystack_factory import HaystackFactory
+
+    return HaystackFactory(model.tokenizer, cell=longctx_cell)
+
+
+@pytest.fixture
+def kv_budget(model: Any) -> Any:
+    """KV math for `model`'s config and dtype, with `measure()` to record the KV bytes of a block."""
+    from .kv_budget import KvBudget
+
+    return KvBudget.for_model(model)
