@@ -1,0 +1,40 @@
+"""A team's own long-context test: the refund clause must survive at every depth of a support transcript.
+
+Runs on the embedded SmolLM2-135M with no configuration: `pytest examples/test_refund_clause.py`.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from pytest_longctx.haystack import Needle
+
+TRANSCRIPT = Path(__file__).with_name("support_transcript.txt")  # the team's own document, used as filler
+REFUND = Needle(
+    text="Agent: Our refund policy allows returns for a full refund within 45 days of delivery.",
+    question="How many days does the refund policy allow for returns?",
+    answer="45",
+)
+
+
+@pytest.mark.longctx(lengths=[1024], depths=[0.0, 0.5, 1.0])
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_refund_clause_survives_every_depth(model, haystack, kv_cache_dtype):
+    prompt = haystack(needle=REFUND, filler=TRANSCRIPT)  # length and depth come from the cell
+    assert prompt.tokens == 1024  # token-exact, after the chat template
+
+    reply = model.variant(kv_cache_dtype=kv_cache_dtype).generate(prompt, max_new_tokens=16)
+
+    assert prompt.answer in reply.answer, f"the clause was lost at depth {prompt.actual_depth:.2f}: {reply.answer!r}"
+
+
+def test_fp8_kv_cache_stays_within_its_budget(model, haystack, kv_budget):
+    prompt = haystack(length=2048, depth=0.5)
+    fp8 = model.variant(kv_cache_dtype="fp8")
+
+    with kv_budget.measure() as measured:
+        fp8.generate(prompt, max_new_tokens=1)
+
+    # FP8 stores 1 byte per element plus a float32 scale per token and KV head.
+    assert measured.kv_bytes == kv_budget.sequence_bytes(measured.kv_tokens, "fp8", scale="token_head")
+    assert measured.kv_bytes <= 0.3 * kv_budget.sequence_bytes(measured.kv_tokens)  # vs the fp32 cache on CPU
