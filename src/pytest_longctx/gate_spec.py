@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
-KvScale = Literal["token_head", "tensor"]
+KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4"]
+KvScale = Literal["token_head", "tensor", "channel"]
 MemorySource = Literal["auto", "kv_bytes", "peak_bytes"]
 RecallPolicy = Literal["strict", "noninferiority"]
 LatencyPolicy = Literal["point", "bound"]

@@ -36,13 +36,15 @@ class KvShape:
         """KV bytes of one sequence of `tokens`; `scale` adds the stored scales of a quantized cache.
 
         `scale="token_head"` stores one float32 scale per token and KV head for K and for V;
-        `scale="tensor"` stores one per layer for K and for V.
+        `scale="tensor"` stores one per layer for K and for V; `scale="channel"` one per KV head and channel.
         """
         data = self.bytes_per_token(bytes_per_elem) * tokens
         if scale == "token_head":
             data += 2 * self.layers * self.kv_heads * tokens * SCALE_BYTES
         elif scale == "tensor":
             data += 2 * self.layers * SCALE_BYTES
+        elif scale == "channel":
+            data += 2 * self.layers * self.kv_heads * self.head_dim * SCALE_BYTES
         elif scale is not None:
-            raise ValueError(f"unknown scale granularity {scale!r}; use 'token_head' or 'tensor'")
+            raise ValueError(f"unknown scale granularity {scale!r}; use 'token_head', 'tensor' or 'channel'")
         return int(round(data))

@@ -14,8 +14,8 @@ def _prefill_logits(model, ids, kv_cache_dtype, kv_scale="token_head"):
         return model(input_ids=ids, use_cache=True, **{cache_keyword(model): cache}).logits, cache
 
 
-@pytest.mark.parametrize("dtype", ["fp8", "fp8_e4m3", "fp8_e5m2"])
-@pytest.mark.parametrize("kv_scale", ["token_head", "tensor"])
+@pytest.mark.parametrize("dtype", ["fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4"])
+@pytest.mark.parametrize("kv_scale", ["token_head", "tensor", "channel"])
 def test_fp8_cache_changes_what_prefill_attention_sees(tiny_llama, dtype, kv_scale):
     ids = torch.randint(2, 96, (1, 64), generator=torch.Generator().manual_seed(1))
     exact, _ = _prefill_logits(tiny_llama, ids, "auto")
@@ -44,12 +44,14 @@ def test_frozen_tensor_scale_saturates_instead_of_nan():
     assert k_back[0, 0, -1].max().item() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("dtype,kv_scale", [("auto", None), ("fp8_e4m3", "token_head"), ("fp8_e5m2", "tensor")])
-def test_measured_kv_bytes_match_the_formula(tiny_llama, dtype, kv_scale):
+@pytest.mark.parametrize(
+    "dtype,kv_scale,elem",
+    [("auto", None, 4), ("fp8_e4m3", "token_head", 1), ("fp8_e5m2", "tensor", 1), ("int8", "channel", 1), ("int4", "token_head", 0.5)],
+)
+def test_measured_kv_bytes_match_the_formula(tiny_llama, dtype, kv_scale, elem):
     ids = torch.randint(2, 96, (1, 300))
     _, cache = _prefill_logits(tiny_llama, ids, dtype, kv_scale or "token_head")
     shape = KvShape.from_config(tiny_llama.config)
-    elem = 4 if dtype == "auto" else 1
     expected = shape.sequence_bytes(300, elem, scale=kv_scale)
     assert abs(cache_nbytes(cache) - expected) / expected < 0.01
 
@@ -64,3 +66,37 @@ def test_fp8_cache_crop_drops_the_last_tokens():
 def test_unknown_dtype_is_rejected(tiny_llama):
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         make_cache("int3", tiny_llama.config)
+
+
+@pytest.mark.parametrize("dtype,bits", [("int8", 8), ("int4", 4)])
+def test_integer_round_trip_error_is_half_a_step(dtype, bits):
+    from pytest_longctx.kv_cache import QuantizedLayer, codec_for
+
+    layer = QuantizedLayer(codec_for(dtype), "token_head")
+    k = torch.randn(1, 2, 10, 16) * 3
+    k_back, _ = layer.update(k, torch.randn(1, 2, 10, 16))
+    step = k.abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)
+    assert ((k_back - k).abs() <= step / 2 + 1e-6).all()
+    assert not torch.equal(k_back, k)
+    assert layer.qkeys.shape[-1] == 16 * bits // 8  # int4 packs two codes per byte
+
+
+def test_fewer_bits_mean_more_prefill_error(tiny_llama):
+    ids = torch.randint(2, 96, (1, 64), generator=torch.Generator().manual_seed(2))
+    exact, _ = _prefill_logits(tiny_llama, ids, "auto")
+    errors = {}
+    for dtype in ("int8", "fp8_e4m3", "int4"):
+        quant, _ = _prefill_logits(tiny_llama, ids, dtype)
+        errors[dtype] = ((quant - exact).norm() / exact.norm()).item()
+    assert errors["int8"] < errors["fp8_e4m3"] < errors["int4"]
+
+
+def test_channel_scales_are_frozen_after_the_prompt():
+    from pytest_longctx.kv_cache import QuantizedLayer, codec_for
+
+    layer = QuantizedLayer(codec_for("int8"), "channel")
+    layer.update(torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16))
+    scale = layer.kscale.clone()
+    layer.update(torch.randn(1, 2, 1, 16) * 100, torch.randn(1, 2, 1, 16))
+    assert torch.equal(layer.kscale, scale) and layer.kscale.shape == (1, 2, 1, 16)
+    assert layer.get_seq_length() == 9

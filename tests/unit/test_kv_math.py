@@ -19,6 +19,7 @@ def test_scales_add_one_float32_per_token_and_head_for_k_and_v():
     plain = shape.sequence_bytes(100, 1)
     assert shape.sequence_bytes(100, 1, scale="token_head") - plain == 2 * 2 * 3 * 100 * 4
     assert shape.sequence_bytes(100, 1, scale="tensor") - plain == 2 * 2 * 4
+    assert shape.sequence_bytes(100, 1, scale="channel") - plain == 2 * 2 * 3 * 64 * 4
     with pytest.raises(ValueError, match="granularity"):
         shape.sequence_bytes(100, 1, scale="block")
 
