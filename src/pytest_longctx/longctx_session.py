@@ -52,15 +52,18 @@ class LongctxSession:
         json_default = gate.results if gate.results is not None or self.json_path is not None else report.with_suffix(".json")
         return report, pick(self.json_path, json_default, ".json")
 
-    def items(self, session: Any) -> list[Any]:
-        from .nodes import make_gate_items
+    def __post_init__(self) -> None:
+        # Runs exist from start-up, not from collection: under xdist the controller collects nothing,
+        # yet it is the one that records every worker's cells and decides.
         from .session import GateRun
 
-        items = []
         for gate in self.gates:
-            run = self.runs.setdefault(gate.name, GateRun(gate, capture=self.capture))
-            items.extend(make_gate_items(session, run))
-        return items
+            self.runs.setdefault(gate.name, GateRun(gate, capture=self.capture))
+
+    def items(self, session: Any) -> list[Any]:
+        from .nodes import make_gate_items
+
+        return [item for gate in self.gates for item in make_gate_items(session, self.runs[gate.name])]
 
     def record(self, nodeid: str, user_properties: list[tuple[str, Any]]) -> None:
         from .nodes import CELL_PROPERTY

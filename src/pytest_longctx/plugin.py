@@ -79,7 +79,8 @@ class _CellRecorder:
 
 @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file, so the gate's properties are in it
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if SESSION_KEY not in session.config.stash or hasattr(session.config, "workerinput"):
+    # Workers (xdist) only measure; with --collect-only nothing was measured, so there is nothing to decide.
+    if SESSION_KEY not in session.config.stash or hasattr(session.config, "workerinput") or session.config.option.collectonly:
         return
     longctx = session.config.stash[SESSION_KEY]
     status = longctx.finish()

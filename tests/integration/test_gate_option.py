@@ -103,3 +103,13 @@ def test_unknown_model_reference_is_a_usage_error(pytester, write_gate):
     result.stderr.fnmatch_lines(["*key 'model': unknown embedded model 'gpt-zero'; known: embedded:smollm2-135m-instruct*"])
     result = pytester.runpytest("--longctx-gate", str(gate), "--longctx-model", "missing/model.gguf")
     result.stderr.fnmatch_lines(["*GGUF file missing/model.gguf does not exist*"])
+
+
+def test_cells_spread_over_xdist_workers_still_decide_on_the_controller(pytester, write_gate, tiny_model_dir):
+    pytest.importorskip("xdist")
+    gate = write_gate(report="out/x.html")
+    result = run_gate(pytester, gate, tiny_model_dir, "-n", "2")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*gate tiny: APPROVE*"])
+    results = load_results(pytester.path / "out" / "x.json")
+    assert len(results.cells) == 12 and results.metrics.paired_cells == 6
