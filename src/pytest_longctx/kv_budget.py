@@ -143,8 +143,9 @@ class KvBudget:
     @classmethod
     def for_model(cls, model: Any) -> KvBudget:
         """The budget of a loaded model (a `ModelHandle`, backend or transformers model) in the dtype it runs in."""
-        inner = getattr(model, "backend", model)
-        inner = getattr(inner, "model", inner)
+        inner = getattr(model, "backend", model)  # a ModelHandle wraps a backend
+        if not hasattr(inner, "config"):
+            inner = inner.model  # a TransformersBackend wraps the transformers model
         return cls.from_config(inner.config, dtype=inner.dtype)
 
     # --- derived budgets -------------------------------------------------------------------------------

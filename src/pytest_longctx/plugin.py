@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -111,6 +111,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 # --- Building blocks for users' own long-context tests: fixtures `model`, `haystack`, `kv_budget`, `longctx_cell`,
 # markers `longctx` and `gpu`. The logic lives in model_handle, haystack_factory, kv_budget and cell_marker.
 
+if TYPE_CHECKING:
+    from .cell_marker import LongctxCell
+    from .haystack_factory import HaystackFactory
+    from .kv_budget import KvBudget
+    from .model_handle import ModelHandle
+
+
 def _register_test_markers(config: pytest.Config) -> None:
     from .cell_marker import MARKER_HELP
     from .devices import GPU_MARKER_HELP
@@ -145,13 +152,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture
-def longctx_cell(request: pytest.FixtureRequest) -> Any:
+def longctx_cell(request: pytest.FixtureRequest) -> LongctxCell | None:
     """The (length, depth, seed) cell of a test marked `@pytest.mark.longctx`; None in an unmarked test."""
     return getattr(request, "param", None)
 
 
 @pytest.fixture(scope="session")
-def model(pytestconfig: pytest.Config) -> Any:
+def model(pytestconfig: pytest.Config) -> ModelHandle:
     """The session's model (`--longctx-model`, ini `longctx_model`, the gate's, or the embedded one), loaded once."""
     from .model_handle import open_model, resolve_model_spec
     from .model_loading import ModelLoadError
@@ -166,7 +173,7 @@ def model(pytestconfig: pytest.Config) -> Any:
 
 
 @pytest.fixture
-def haystack(model: Any, longctx_cell: Any) -> Any:
+def haystack(model: ModelHandle, longctx_cell: LongctxCell | None) -> HaystackFactory:
     """A factory of token-exact needle prompts for `model`: `haystack(length=4096, depth=0.5, needle=...)`."""
     from .haystack_factory import HaystackFactory
 
@@ -174,7 +181,7 @@ def haystack(model: Any, longctx_cell: Any) -> Any:
 
 
 @pytest.fixture
-def kv_budget(model: Any) -> Any:
+def kv_budget(model: ModelHandle) -> KvBudget:
     """KV math for `model`'s config and dtype, with `measure()` to record the KV bytes of a block."""
     from .kv_budget import KvBudget
 
