@@ -141,8 +141,12 @@ class GateRun:
             env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
         except ImportError:
             pass
+        env["libraries"] = _library_versions()
         if self._backend is not None:
-            env["model_fingerprint"] = self._backend.fingerprint
+            from .baseline_capture import fingerprint
+
+            fp = fingerprint(self._backend)
+            env.update(model_fingerprint=fp["model_weights"], tokenizer_sha256=fp["tokenizer"], chat_template_sha256=fp["chat_template"])
         return env
 
 
@@ -167,6 +171,23 @@ def write_outputs(results: GateResults, *, report: Path | None, json_path: Path 
         write_html(results, report)
         written.append(report)
     return written
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "scipy", "jinja2", "gguf", "accelerate", "pytest", "pytest-longctx"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.version.cuda and torch.cuda.is_available():
+        found["cuda"] = torch.version.cuda
+    return found
 
 
 def _git_commit() -> str | None:

@@ -26,7 +26,9 @@ def test_interrupted_sweep_writes_an_incomplete_report(pytester, write_gate, tin
             proc.send_signal(signal.SIGINT)
             break
     output = "".join(seen) + proc.stdout.read()
-    assert proc.wait(timeout=120) == 2, output  # pytest's "interrupted" status
+    # pytest's "interrupted" status is 2; under heavy load the signal can land inside pytest's own
+    # traceback formatting, which exits 1. Either way the run must fail and still report.
+    assert proc.wait(timeout=120) in (1, 2), output
     results = load_results(pytester.path / "out" / "r.json")
     assert results.decision.verdict == "incomplete", output
     assert results.metrics.missing_cells > 0

@@ -19,9 +19,10 @@ def test_planted_kv_copies_hold_real_extra_memory(tiny_backend):
 
 def test_planted_decode_delay_slows_each_decode_step(tiny_backend):
     base = tiny_backend.generate(PROMPT, variant=VariantSpec("b"), max_new_tokens=12)
-    slow = tiny_backend.generate(PROMPT, variant=VariantSpec("c", planted_decode_delay=3.0), max_new_tokens=12)
+    slow = tiny_backend.generate(PROMPT, variant=VariantSpec("c", planted_decode_delay=10.0), max_new_tokens=12)
     assert slow.answer == base.answer
-    assert slow.decode_s_per_token > 2.0 * base.decode_s_per_token
+    # 11x in theory; tiny steps are noisy on a busy machine, so the bound leaves a wide margin.
+    assert slow.decode_s_per_token > 3.0 * base.decode_s_per_token
 
 
 def test_planted_window_evicts_after_prefill_but_keeps_positions(tiny_backend):
