@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .kv_math import SCALE_BYTES, KvShape
+from .kv_math import KvShape
 
 if TYPE_CHECKING:
     from .backend import Generation
 
 GIB = 1024**3
-Scale = Literal["token_head", "tensor"]
+Scale = Literal["token_head", "tensor", "channel"]
 
 DTYPE_BYTES: dict[str, float] = {
     "fp32": 4, "float32": 4,
@@ -181,17 +181,12 @@ class KvBudget:
         elem = self._bytes(dtype)
         if self.windows is None:
             return self.shape.sequence_bytes(length, elem, scale=scale)
-        if scale not in (None, "token_head", "tensor"):
-            raise ValueError(f"unknown scale granularity {scale!r}; use 'token_head' or 'tensor'")
-        kv, total = self.shape.kv_heads, 0.0
+        layer = dataclasses.replace(self.shape, layers=1)  # each layer at its own length; kv_math owns the formula
+        total = 0
         for window in self.windows:
             kept = length if window is None else min(length, window)
-            total += 2 * kv * self.shape.head_dim * kept * elem
-            if scale == "token_head":
-                total += 2 * kv * kept * SCALE_BYTES
-            elif scale == "tensor":
-                total += 2 * SCALE_BYTES
-        return int(round(total))
+            total += layer.sequence_bytes(kept, elem, scale=scale) if kept else 0
+        return total
 
     def total_bytes(self, length: int, sequences: int, dtype: str | float | Any | None = None, *, scale: Scale | None = None) -> int:
         """KV bytes of `sequences` concurrent sequences of `length` tokens each."""

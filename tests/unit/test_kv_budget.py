@@ -54,7 +54,7 @@ def test_scales_match_the_gate_analytic():
     budget = KvBudget.from_numbers(layers=2, kv_heads=3, head_dim=64, attention_heads=9, dtype="fp32")
     shape = KvShape(2, 3, 64, 9)
 
-    for scale in (None, "token_head", "tensor"):
+    for scale in (None, "token_head", "tensor", "channel"):
         assert budget.sequence_bytes(100, "fp8", scale=scale) == shape.sequence_bytes(100, 1, scale=scale)
 
 
@@ -150,6 +150,10 @@ def test_interleaved_windows():
     assert typed.sequence_bytes(50) == 6 * per_layer_token * 50
     token_head = typed.sequence_bytes(1000, "fp8", scale="token_head") - typed.sequence_bytes(1000, "fp8")
     assert token_head == 2 * 4 * 4 * (3 * 1000 + 3 * 100)
+    channel = typed.sequence_bytes(1000, "int8", scale="channel") - typed.sequence_bytes(1000, "int8")
+    assert channel == 6 * 2 * 4 * 32 * 4
+    with pytest.raises(ValueError, match="granularity"):
+        typed.sequence_bytes(10, scale="block")
 
 
 def test_layer_types_without_kv_and_unknown_kinds():

@@ -45,8 +45,9 @@ def test_variants_share_the_backend_and_change_the_cache(handle):
 def test_variant_settings_are_checked():
     with pytest.raises(TypeError, match="unknown variant setting 'rope_scaling'; this version supports: kv_cache_dtype"):
         variant_spec(VariantSpec("x"), rope_scaling={"type": "yarn"})
-    with pytest.raises(ValueError, match="kv_cache_dtype='int4' is not supported; use one of: auto, fp8"):
-        variant_spec(VariantSpec("x"), kv_cache_dtype="int4")
+    with pytest.raises(ValueError, match="kv_cache_dtype='fp6' is not supported; use one of: auto, fp8"):
+        variant_spec(VariantSpec("x"), kv_cache_dtype="fp6")
+    assert variant_spec(VariantSpec("x"), planted_window=64).planted_window == 64  # any field a gate variant has
 
 
 def test_text_prompts_go_through_the_chat_template(smollm_tokenizer):
