@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_longctx.model_loading import cache_dir
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# pytester points HOME at its own directory; keep the dequantized embedded model's warm cache (read at import).
+WARM_CACHE = cache_dir()
 
 
 def test_marker_expands_into_cells_with_readable_ids(pytester):
@@ -184,7 +188,8 @@ def test_model_fixture_shares_the_gate_runs_loaded_model(pytester, write_gate, t
 
 
 @pytest.mark.slow
-def test_refund_clause_example_passes_on_the_embedded_model(pytester):
+def test_refund_clause_example_passes_on_the_embedded_model(pytester, monkeypatch):
+    monkeypatch.setenv("PYTEST_LONGCTX_CACHE", str(WARM_CACHE))
     for name in ("test_refund_clause.py", "support_transcript.txt"):
         shutil.copy(EXAMPLES / name, pytester.path / name)
 
