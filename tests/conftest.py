@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytester points HOME elsewhere; pin the dequantized-model cache first so the gates these tests run
+    # reuse the warm cache instead of dequantizing the GGUF again (~25 s) in every subprocess.
+    from pytest_longctx.model_loading import cache_dir
+
+    os.environ.setdefault("PYTEST_LONGCTX_CACHE", str(cache_dir()))
 
 
 @pytest.fixture(autouse=True)
