@@ -13,6 +13,7 @@ KvScale = Literal["token_head", "tensor", "channel"]
 MemorySource = Literal["auto", "kv_bytes", "peak_bytes"]
 RecallPolicy = Literal["strict", "noninferiority"]
 LatencyPolicy = Literal["point", "bound"]
+RepeatStatistic = Literal["min", "median"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -50,7 +51,8 @@ class SweepSpec:
     middle: tuple[float, float] = (0.25, 0.75)
     max_new_tokens: int = 24
     tasks: tuple[str, ...] = ("niah",)
-    repeats: int = 1  # timed, full runs of each prompt; latency uses their median
+    repeats: int = 1  # timed, full runs of each prompt
+    repeat_statistic: RepeatStatistic = "min"  # how a cell's repeated timings become one number
     cell_timeout_s: float | None = None
 
 
@@ -212,7 +214,7 @@ def _variant(r: _Reader, raw: Any, name: str) -> VariantSpec:
 
 
 def _sweep(r: _Reader, raw: Any) -> SweepSpec:
-    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "cell_timeout_s")}
+    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "repeat_statistic", "cell_timeout_s")}
     s = r.mapping(raw, "sweep", allowed)
     if "lengths" not in s or "depths" not in s:
         raise r.fail("sweep", "needs both lengths and depths", "add sweep.lengths: [1024, ...] and sweep.depths: [0.0, ..., 1.0]")
@@ -236,6 +238,7 @@ def _sweep(r: _Reader, raw: Any) -> SweepSpec:
         max_new_tokens=r.integer(s.get("max_new_tokens", 24), "sweep.max_new_tokens", low=1),
         tasks=tasks,
         repeats=r.integer(s.get("repeats", 1), "sweep.repeats", low=1),
+        repeat_statistic=r.choice(s.get("repeat_statistic", "min"), "sweep.repeat_statistic", get_args(RepeatStatistic)),  # type: ignore[arg-type]
         cell_timeout_s=None if s.get("cell_timeout_s") is None else r.number(s["cell_timeout_s"], "sweep.cell_timeout_s", low=0.001),
     )
 

@@ -82,6 +82,7 @@ class GateRun:
             return run_cell(
                 self.backend(), variant, cell, prompt,
                 max_new_tokens=sweep.max_new_tokens, repeats=sweep.repeats, timeout_s=sweep.cell_timeout_s,
+                repeat_statistic=sweep.repeat_statistic,
             )
         except Exception as exc:  # noqa: BLE001 - any failure of a cell (OOM and timeouts too) is recorded
             _release_device_memory()
