@@ -39,3 +39,50 @@ def test_variants_interleave_and_alternate_who_goes_first():
 )
 def test_misses_are_classified(answer, hit_limit, category):
     assert classify_miss(answer, "HERON-2904", hit_limit=hit_limit) == category
+
+
+class ScriptedBackend:
+    """Returns prepared generations in turn, so timing aggregation can be checked exactly."""
+
+    def __init__(self, totals, answers=None):
+        from pytest_longctx.backend import Generation
+
+        answers = answers or ["code HERON-2904"] * len(totals)
+        self.gens = [
+            Generation(answer=a, new_tokens=3, prefill_s=t / 2, decode_s_per_token=t / 10, total_s=t, kv_bytes=10,
+                       kv_bytes_analytic=10, kv_tokens=5, peak_bytes=None)
+            for t, a in zip(totals, answers)
+        ]
+
+    def generate(self, token_ids, *, variant, max_new_tokens, timeout_s=None):
+        return self.gens.pop(0)
+
+
+class FakePrompt:
+    token_ids = (1, 2, 3)
+    tokens = 3
+    answer = "HERON-2904"
+    prompt_sha256 = "h"
+    needle_span = (1, 2)
+    prompt_text = "x"
+
+    class needle:  # noqa: N801 - mirrors Haystack.needle
+        text = "The override code is HERON-2904."
+
+
+@pytest.mark.parametrize("statistic,expected", [("min", 1.0), ("median", 2.0)])
+def test_repeats_keep_the_chosen_statistic_of_each_timing(statistic, expected):
+    from pytest_longctx.sweep import Cell, run_cell
+
+    cell = run_cell(ScriptedBackend([3.0, 1.0, 2.0]), GATE.baseline, Cell("niah", 512, 0.5, 0), FakePrompt(),
+                    max_new_tokens=8, repeats=3, repeat_statistic=statistic)
+    assert cell.total_s == expected and cell.prefill_s == expected / 2 and cell.repeats == 3
+    assert cell.found and cell.failure is None
+
+
+def test_repeats_that_disagree_are_an_error():
+    from pytest_longctx.sweep import Cell, run_cell
+
+    with pytest.raises(RuntimeError, match="disagree"):
+        run_cell(ScriptedBackend([1.0, 1.0], ["HERON-2904", "no"]), GATE.baseline, Cell("niah", 512, 0.5, 0), FakePrompt(),
+                 max_new_tokens=8, repeats=2)
