@@ -52,7 +52,8 @@ def build_prompt(backend: Backend, cell: Cell) -> Haystack:
 
 def classify_miss(answer: str, expected: str, *, hit_limit: bool) -> Failure | None:
     """Why a cell missed: `partial` (some of the value's parts), `truncated` (cut off while producing the value, or
-    before reaching it), `missing` (answered without it), `refusal/other` (no answer at all); None when found."""
+    before giving any value), `missing` (answered with something else), `refusal/other` (no answer at all);
+    None when found."""
     if expected in answer:
         return None
     if not answer.strip():
@@ -63,7 +64,8 @@ def classify_miss(answer: str, expected: str, *, hit_limit: bool) -> Failure | N
         return "truncated"
     if present:
         return "partial"
-    return "truncated" if hit_limit else "missing"
+    # Cut off before giving any value is truncation; having given another value (digits) first is a miss.
+    return "truncated" if hit_limit and not re.search(r"\d", answer) else "missing"
 
 
 def excerpt(prompt: Haystack, context_chars: int = 240) -> str:

@@ -34,6 +34,7 @@ def test_variants_interleave_and_alternate_who_goes_first():
         ("The override code for the vault is HER", True, "truncated"),
         ("The override code for the vault is", True, "truncated"),
         ("The code is 2024-12-14.", False, "missing"),
+        ("The override code for the vault is 2024-12-14 16:5", True, "missing"),
         ("", False, "refusal/other"),
     ],
 )
