@@ -94,9 +94,11 @@ def fingerprint(backend: Any) -> dict[str, str]:
     }
 
 
-def build_capture(gate: GateSpec, cells: list[CellResult], fp: dict[str, str]) -> CapturedBaseline:
-    """Refuse to capture anything but a complete, error-free baseline side."""
-    expected = {(t, n, round(d, 6), s) for t in gate.sweep.tasks for n in gate.sweep.lengths for d in gate.sweep.depths for s in gate.sweep.seeds}
+def require_complete(gate: GateSpec, cells: list[CellResult]) -> dict[tuple[str, int, float, int], CellResult]:
+    """The baseline side's cells by key; a CaptureError unless every expected cell is there without error."""
+    from .decision import expected_keys
+
+    expected = set(expected_keys(gate))
     got = {c.key: c for c in cells if c.variant == gate.baseline.name}
     errored = [c for c in got.values() if c.error is not None]
     missing = expected - set(got)
@@ -105,6 +107,12 @@ def build_capture(gate: GateSpec, cells: list[CellResult], fp: dict[str, str]) -
             f"not capturing an incomplete baseline ({len(missing)} cells missing, {len(errored)} errored); "
             "fix the errors and run --longctx-capture again without -k"
         )
+    return got
+
+
+def build_capture(gate: GateSpec, cells: list[CellResult], fp: dict[str, str]) -> CapturedBaseline:
+    """Refuse to capture anything but a complete, error-free baseline side."""
+    got = require_complete(gate, cells)
     spec = _plain(gate.to_dict())
     return CapturedBaseline(
         gate_name=gate.name, baseline=spec["baseline"], sweep=spec["sweep"], fingerprint=fp,

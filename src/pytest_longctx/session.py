@@ -39,6 +39,7 @@ class GateRun:
         self._backend: Backend | None = None
         self._load_error: BaseException | None = None
         self._prompts: dict[Cell, Any] = {}
+        self._fingerprint: dict[str, str] | None = None
         self.cells: list[CellResult] = []
         self._started = time.perf_counter()
 
@@ -92,14 +93,19 @@ class GateRun:
         self.cells.append(cell)
 
     def fingerprint(self) -> dict[str, str]:
-        from .baseline_capture import fingerprint
+        """The loaded model's fingerprint, computed once (it hashes the tokenizer's whole vocabulary)."""
+        if self._fingerprint is None:
+            from .baseline_capture import fingerprint
 
-        return fingerprint(self.backend())
+            self._fingerprint = fingerprint(self.backend())
+        return self._fingerprint
 
     def captured(self) -> Any:
-        """Write this run's baseline side as the gate's captured baseline (complete runs only)."""
-        from .baseline_capture import build_capture
+        """This run's baseline side as a captured baseline (complete runs only; the caller writes it)."""
+        from .baseline_capture import build_capture, require_complete
 
+        # Completeness first: a failed model load or a `-k` subset must not load the model just to fingerprint it.
+        require_complete(self.gate, self.cells)
         return build_capture(self.gate, self.cells, self.fingerprint())
 
     def results(self) -> GateResults:
@@ -112,7 +118,7 @@ class GateRun:
             try:
                 capture = load_capture(self.gate.captured_baseline)
                 cells += [c for c in capture.cells if c.variant == self.gate.baseline.name]
-                current = self.fingerprint() if self._backend is not None or self._load_error is None else {}
+                current = {} if self._load_error is not None else self.fingerprint()
                 problems = mismatches(capture, self.gate, current)
             except (CaptureError, CellError) as exc:
                 problems = [str(exc)]
@@ -144,9 +150,7 @@ class GateRun:
             pass
         env["libraries"] = _library_versions()
         if self._backend is not None:
-            from .baseline_capture import fingerprint
-
-            fp = fingerprint(self._backend)
+            fp = self.fingerprint()
             env.update(model_fingerprint=fp["model_weights"], tokenizer_sha256=fp["tokenizer"], chat_template_sha256=fp["chat_template"])
         return env
 
