@@ -6,7 +6,7 @@ import hashlib
 import re
 import struct
 from dataclasses import dataclass
-from functools import cached_property
+from functools import lru_cache
 from typing import Any, Literal
 
 Scoring = Literal["all", "part"]
@@ -149,9 +149,9 @@ class TaskPrompt:
         start, end = max(0, line_start - context_chars), min(len(text), line_end + context_chars)
         return ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
 
-    @cached_property
+    @property
     def _form(self) -> re.Pattern[str]:
-        return re.compile(f"(?<![{_EDGE}])(?:{self.value_pattern})(?![{_EDGE}])")
+        return _form(self.value_pattern)
 
     def _is_expected(self, value: str) -> bool:
         return value.casefold() in {a.casefold() for a in self.answers}
@@ -166,6 +166,12 @@ class TaskPrompt:
     def _occurs(value: str, text: str, *, complete: bool = False) -> bool:
         after = f"(?=[^{_EDGE}])" if complete else f"(?![{_EDGE}])"
         return re.search(f"(?<![{_EDGE}]){re.escape(value)}{after}", text, re.IGNORECASE) is not None
+
+
+@lru_cache(maxsize=64)
+def _form(pattern: str) -> re.Pattern[str]:
+    """One complete value of the pattern, not inside a longer run of letters and digits."""
+    return re.compile(f"(?<![{_EDGE}])(?:{pattern})(?![{_EDGE}])")
 
 
 def token_span(tokenizer: Any, text: str, start: int, end: int) -> tuple[int, int]:
