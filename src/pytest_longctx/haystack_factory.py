@@ -1,13 +1,16 @@
-"""The `haystack` fixture's factory: token-exact prompts for one tokenizer, defaulting to a marked test's cell."""
+"""The `haystack` fixture's factory: token-exact prompts (a needle or any task family) for one tokenizer and cell."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cell_marker import LongctxCell
 from .haystack import Haystack, MultiHaystack, Needle, build_haystack, build_multi_haystack, make_needles
+
+if TYPE_CHECKING:
+    from .tasks import Arrange, TaskPrompt
 
 Filler = str | Path | Iterable[str]
 
@@ -22,7 +25,7 @@ class HaystackFactory:
     def __init__(self, tokenizer: Any, *, cell: LongctxCell | None = None) -> None:
         self.tokenizer = tokenizer
         self.cell = cell
-        self._cache: dict[tuple[Any, ...], Haystack | MultiHaystack] = {}
+        self._cache: dict[tuple[Any, ...], Haystack | MultiHaystack | TaskPrompt] = {}
 
     def __call__(
         self,
@@ -37,7 +40,10 @@ class HaystackFactory:
         seed: int | None = None,
         filler: Filler | None = None,
         instructions: str | None = None,
-    ) -> Haystack | MultiHaystack:
+        family: str | None = None,
+        arrange: Arrange | None = None,
+        **options: Any,
+    ) -> Haystack | MultiHaystack | TaskPrompt:
         """A prompt of exactly `length` tokens (after the chat template) hiding a needle at `depth`.
 
         Args:
@@ -49,9 +55,13 @@ class HaystackFactory:
             filler: the haystack's text: a string (a document, split into lines), a path to a text file, or an
                 iterable of lines; the seeded shipping log if None. It must hold enough text for `length`.
             instructions: the line before the haystack.
+            family, options: a task family of `pytest_longctx.tasks` (e.g. "niah_multikey") and its options
+                (e.g. `distractors=5`), instead of a needle; the family builds its own needles and filler.
+            arrange: with family="multi_doc_qa", reorders the documents before rendering (edge packing, say).
 
         Returns:
-            A `Haystack` (`prompt_text`, `token_ids`, `needle_span`, `answer`) or, with `needles=`, a `MultiHaystack`.
+            A `Haystack` (`prompt_text`, `token_ids`, `needle_span`, `answer`); with `needles=`, a `MultiHaystack`;
+            with `family=`, a `TaskPrompt` (`answers`, `evidence_spans`, `score()`).
         """
         cell = self.cell
         if length is None:
@@ -59,6 +69,17 @@ class HaystackFactory:
                 raise TypeError("haystack() needs length= (or mark the test with @pytest.mark.longctx(lengths=[...]))")
             length = cell.length
         seed = seed if seed is not None else (cell.seed if cell is not None else 0)
+        if family is not None:
+            needle_arguments = dict(needle=needle, question=question, answer=answer, needles=needles, depths=depths,
+                                    filler=filler, instructions=instructions)
+            given = sorted(name for name, value in needle_arguments.items() if value is not None)
+            if given:
+                raise TypeError(f"family= builds its own needles and filler; drop {', '.join(given)}")
+            depth = depth if depth is not None else (cell.depth if cell is not None else 0.5)
+            return self._task(length, depth, seed, family, arrange, options)
+        if options or arrange is not None:
+            unexpected = sorted(options) + (["arrange"] if arrange is not None else [])
+            raise TypeError(f"unexpected arguments {', '.join(unexpected)} (task options go with family=)")
         lines = _filler_lines(filler)
         key = (length, depth, needle, question, answer, needles if not isinstance(needles, list) else tuple(needles),
                tuple(depths) if depths is not None else None, seed, lines, instructions)
@@ -80,6 +101,17 @@ class HaystackFactory:
         if cacheable:
             self._cache[key] = built
         return built
+
+    def _task(
+        self, length: int, depth: float, seed: int, family: str, arrange: Arrange | None, options: dict[str, Any]
+    ) -> TaskPrompt:
+        from .tasks import build_task, parse_task
+
+        spec = parse_task({"family": family, **options})
+        key = ("task", spec, length, depth, seed, arrange)
+        if key not in self._cache:
+            self._cache[key] = build_task(self.tokenizer, spec, length=length, depth=depth, seed=seed, arrange=arrange)
+        return self._cache[key]  # type: ignore[return-value]
 
     def _multi(
         self, length: int, needles: Sequence[Needle] | int, depths: Sequence[float] | None, seed: int,

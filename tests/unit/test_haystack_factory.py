@@ -1,12 +1,15 @@
-"""The haystack factory: the marked cell's defaults, needles as text, user documents, several needles, caching."""
+"""The haystack factory: the marked cell's defaults, needles as text, user documents, several needles, task families."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from pytest_longctx.cell_marker import LongctxCell
 from pytest_longctx.haystack import Haystack, MultiHaystack, Needle
 from pytest_longctx.haystack_factory import HaystackFactory
+from pytest_longctx.tasks import TaskError, TaskPrompt
 
 DOCUMENT = "\n".join(f"Note {i}: the ferry leaves pier {i % 7} on the hour." for i in range(300))
 
@@ -70,3 +73,36 @@ def test_several_needles(factory):
     assert spread.depths == (0.0, 0.5, 1.0) and spread.tokens == 1000
     assert placed.needles == spread.needles and placed.question == "List the three codes."
     assert placed.needle_spans[1][0] < placed.needle_spans[2][0] < placed.needle_spans[0][0]
+
+
+def test_a_task_family_with_options_from_the_cell(smollm_tokenizer):
+    cell_factory = HaystackFactory(smollm_tokenizer, cell=LongctxCell(900, 0.75, 2))
+
+    prompt = cell_factory(family="niah_multikey", distractors=5, value="uuid")
+
+    assert isinstance(prompt, TaskPrompt)
+    assert (prompt.family, prompt.tokens, prompt.depth, prompt.seed) == ("niah_multikey", 900, 0.75, 2)
+    assert len(prompt.distractors) == 5 and re.fullmatch(r"[0-9a-f-]{36}", prompt.answer)
+    assert cell_factory(family="niah_multikey", value="uuid", distractors=5) is prompt  # cached, options in any order
+    assert cell_factory(family="niah", depth=0.75).prompt_sha256 == cell_factory().prompt_sha256
+
+
+def test_task_family_arguments_are_checked(factory):
+    with pytest.raises(TypeError, match="family= builds its own needles and filler; drop filler, needles"):
+        factory(600, family="niah_single", needles=2, filler=DOCUMENT)
+    with pytest.raises(TypeError, match="unexpected arguments distractors, value"):
+        factory(600, value="uuid", distractors=2)
+    with pytest.raises(TaskError, match="distractor: is not an option of niah_multikey"):
+        factory(600, family="niah_multikey", distractor=2)
+    with pytest.raises(TaskError, match="'ruler' is not a task family"):
+        factory(600, family="ruler")
+
+
+def test_documents_can_be_arranged(factory):
+    reverse = lambda documents: documents[::-1]  # noqa: E731
+
+    plain = factory(1024, 0.0, family="multi_doc_qa", documents=4)
+    arranged = factory(1024, 0.0, family="multi_doc_qa", documents=4, arrange=reverse)
+
+    assert plain.documents[0].holds_answer and arranged.documents[-1].holds_answer
+    assert [d.title for d in arranged.documents] == [d.title for d in plain.documents][::-1]
