@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .gate_spec import GateError, GateSpec, load_gate
-from .results import CellResult, GateResults
+from .results import CellResult, GateResults, TimingSample
 
 
 @dataclass
@@ -66,12 +66,15 @@ class LongctxSession:
         return [item for gate in self.gates for item in make_gate_items(session, self.runs[gate.name])]
 
     def record(self, nodeid: str, user_properties: list[tuple[str, Any]]) -> None:
-        from .nodes import CELL_PROPERTY
+        from .nodes import CELL_PROPERTY, TIMING_PROPERTY
 
         gate_name = nodeid.split("::", 1)[0]
+        run = self.runs.get(gate_name)
         for name, value in user_properties:
-            if name == CELL_PROPERTY and gate_name in self.runs:
-                self.runs[gate_name].record(CellResult.from_dict(value))
+            if run is not None and name == CELL_PROPERTY:
+                run.record(CellResult.from_dict(value))
+            elif run is not None and name == TIMING_PROPERTY:
+                run.record_samples([TimingSample.from_dict(v) for v in value])
 
     def finish(self) -> int:
         """Decide every gate, write its outputs; return 0 when all approve, else 1."""

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .session import GateRun
 
 CELL_PROPERTY = "longctx_cell"
+TIMING_PROPERTY = "longctx_timing"
 
 
 class GateNode(pytest.Collector):
@@ -25,7 +26,10 @@ class GateNode(pytest.Collector):
         variants = {v.name: VariantNode.from_parent(self, name=v.name) for v in self.run.variants}
         for variant, cell in interleaved(self.run.gate):
             if variant.name in variants:
-                    yield CellItem.from_parent(variants[variant.name], name=cell.id, run=self.run, variant=variant, cell=cell)
+                yield CellItem.from_parent(variants[variant.name], name=cell.id, run=self.run, variant=variant, cell=cell)
+        # Timed runs come after every recall run, in passes over the whole sweep (see GateRun.timing_pass).
+        for number in range(1, self.run.timing_passes + 1):
+            yield TimingPassItem.from_parent(self, name=f"timing-pass-{number}", run=self.run, number=number)
 
 
 class VariantNode(pytest.Collector):
@@ -56,6 +60,30 @@ class CellItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.cell.id}"
+
+
+class TimingPassItem(pytest.Item):
+    """One pass of full, uncached timed runs over the sweep; it fails when any of its runs failed."""
+
+    def __init__(self, *, run: GateRun, number: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run = run
+        self.number = number
+
+    def runtest(self) -> None:
+        samples = self.run.timing_pass(self.number)
+        self.user_properties.append((TIMING_PROPERTY, [s.to_dict() for s in samples]))
+        failed = [f"{s.variant}::{s.task}[{s.length}-d{s.depth:.2f}-s{s.seed}]: {s.error}" for s in samples if s.error is not None]
+        if failed:
+            raise CellFailed("; ".join(failed))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CellFailed):
+            return f"timed runs of {self.nodeid} failed: {excinfo.value}"
+        return str(super().repr_failure(excinfo, style=style))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.run.gate.name}::{self.name}"
 
 
 class CellFailed(Exception):

@@ -47,6 +47,11 @@ class CellResult:
     failure: Failure | None = None
     excerpt: str = ""
     repeats: int = 1
+    # Every timed, full run of the prompt (one per timing pass); prefill_s etc. are their repeat statistic.
+    prefill_samples: tuple[float, ...] = ()
+    decode_samples: tuple[float, ...] = ()
+    total_samples: tuple[float, ...] = ()
+    reused_tokens: int = 0  # prompt tokens whose K/V the recall run took from an earlier cell (never timed)
 
     @property
     def key(self) -> tuple[str, int, float, int]:
@@ -59,7 +64,38 @@ class CellResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        for key in ("prefill_samples", "decode_samples", "total_samples"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TimingSample:
+    """One timed, full run of one cell's prompt by one variant, from a timing pass."""
+
+    variant: str
+    task: str
+    length: int
+    depth: float
+    seed: int
+    prefill_s: float | None
+    decode_s_per_token: float | None
+    total_s: float | None
+    answer: str
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int, float, int]:
+        return (self.task, self.length, round(self.depth, 6), self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TimingSample:
+        return cls(**data)
 
 
 @dataclass(frozen=True)

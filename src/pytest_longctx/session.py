@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .gate_spec import GateSpec, VariantSpec
-from .results import CellResult, GateResults, save_results
-from .sweep import Cell, build_prompt, errored_cell, run_cell
+from .results import CellResult, GateResults, TimingSample, save_results
+from .sweep import Cell, build_prompt, errored_cell, interleaved, merge_samples, run_cell, timed_run
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -41,6 +41,10 @@ class GateRun:
         self._prompts: dict[Cell, Any] = {}
         self._fingerprint: dict[str, str] | None = None
         self.cells: list[CellResult] = []
+        self.samples: list[TimingSample] = []
+        # What this process has timed so far, so a timing pass only runs the samples still owed.
+        self._timed: dict[tuple[str, Cell], int] = {}
+        self._failed: set[tuple[str, Cell]] = set()
         self._started = time.perf_counter()
 
     @property
@@ -75,22 +79,62 @@ class GateRun:
         return self._prompts[cell]
 
     def measure(self, variant: VariantSpec, cell: Cell) -> CellResult:
-        """Run one cell; on failure return an errored record (the caller reports it and fails the item)."""
+        """The recall run of one cell; on failure return an errored record (the caller reports it and fails the item)."""
         prompt = None
         try:
             prompt = self.prompt(cell)
             sweep = self.gate.sweep
-            return run_cell(
-                self.backend(), variant, cell, prompt,
-                max_new_tokens=sweep.max_new_tokens, repeats=sweep.repeats, timeout_s=sweep.cell_timeout_s,
-                repeat_statistic=sweep.repeat_statistic,
+            result = run_cell(
+                self.backend(), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens, timeout_s=sweep.cell_timeout_s
             )
         except Exception as exc:  # noqa: BLE001 - any failure of a cell (OOM and timeouts too) is recorded
             _release_device_memory()
+            self._failed.add((variant.name, cell))
             return errored_cell(variant, cell, f"{type(exc).__name__}: {exc}", prompt)
+        self._timed[(variant.name, cell)] = len(result.total_samples)
+        return result
+
+    @property
+    def timing_passes(self) -> int:
+        return self.gate.sweep.repeats
+
+    def timing_pass(self, number: int) -> list[TimingSample]:
+        """Timing pass `number` (1-based): one full, uncached run of every cell still owed its `number`-th sample.
+
+        Passes sweep the whole gate in ABBA order, flipping which side leads from one pass to the next, so a
+        cell's repeats are minutes apart and a burst of load on a shared runner cannot hit all of them.
+        """
+        sweep = self.gate.sweep
+        samples = []
+        for variant, cell in interleaved(self.gate, self.variants, flip=number % 2 == 0):
+            key = (variant.name, cell)
+            if key in self._failed or self._timed.get(key, 0) >= number:
+                continue
+            try:
+                prompt = self.prompt(cell)
+            except Exception as exc:  # noqa: BLE001 - recorded against the cell
+                self._failed.add(key)
+                samples.append(TimingSample(variant.name, cell.task, cell.length, cell.depth, cell.seed, None, None, None, "",
+                                            f"{type(exc).__name__}: {exc}"))
+                continue
+            sample = timed_run(self.backend(), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens, timeout_s=sweep.cell_timeout_s)
+            if sample.error is not None:
+                _release_device_memory()
+                self._failed.add(key)
+            self._timed[key] = self._timed.get(key, 0) + 1
+            samples.append(sample)
+        return samples
 
     def record(self, cell: CellResult) -> None:
         self.cells.append(cell)
+
+    def record_samples(self, samples: list[TimingSample]) -> None:
+        self.samples.extend(samples)
+
+    def merged_cells(self) -> list[CellResult]:
+        """Recorded recall cells with every timing pass's samples folded in."""
+        sweep = self.gate.sweep
+        return [merge_samples(c, self.samples, repeats=sweep.repeats, statistic=sweep.repeat_statistic) for c in self.cells]
 
     def fingerprint(self) -> dict[str, str]:
         """The loaded model's fingerprint, computed once (it hashes the tokenizer's whole vocabulary)."""
@@ -105,13 +149,14 @@ class GateRun:
         from .baseline_capture import build_capture, require_complete
 
         # Completeness first: a failed model load or a `-k` subset must not load the model just to fingerprint it.
-        require_complete(self.gate, self.cells)
-        return build_capture(self.gate, self.cells, self.fingerprint())
+        cells = self.merged_cells()
+        require_complete(self.gate, cells)
+        return build_capture(self.gate, cells, self.fingerprint())
 
     def results(self) -> GateResults:
         from .decision import evaluate
 
-        cells, problems = list(self.cells), []
+        cells, problems = self.merged_cells(), []
         if self.gate.captured_baseline is not None:
             from .baseline_capture import CaptureError, load_capture, mismatches
 

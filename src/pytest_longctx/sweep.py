@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .gate_spec import GateSpec, SweepSpec, VariantSpec
-from .results import CellResult, Failure
+from .results import CellResult, Failure, TimingSample
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -33,11 +35,15 @@ def plan_cells(sweep: SweepSpec) -> list[Cell]:
     return [Cell(t, n, d, s) for t in sweep.tasks for n in sweep.lengths for d in sweep.depths for s in sweep.seeds]
 
 
-def interleaved(gate: GateSpec) -> list[tuple[VariantSpec, Cell]]:
-    """Baseline and candidate cell by cell, alternating which goes first (ABBA), so drift hits both sides."""
+def interleaved(gate: GateSpec, variants: tuple[VariantSpec, ...] | None = None, *, flip: bool = False) -> list[tuple[VariantSpec, Cell]]:
+    """Baseline and candidate cell by cell, alternating which goes first (ABBA), so drift hits both sides.
+
+    `flip` starts with the other side: successive timing passes alternate, so no cell is always timed first.
+    """
+    sides = gate.variants if variants is None else variants
     order: list[tuple[VariantSpec, Cell]] = []
     for i, cell in enumerate(plan_cells(gate.sweep)):
-        pair = gate.variants if i % 2 == 0 else gate.variants[::-1]
+        pair = sides if (i % 2 == 0) != flip else sides[::-1]
         order.extend((variant, cell) for variant in pair)
     return order
 
@@ -80,24 +86,16 @@ def excerpt(prompt: Haystack, context_chars: int = 240) -> str:
 
 def run_cell(
     backend: Backend, variant: VariantSpec, cell: Cell, prompt: Haystack, *, max_new_tokens: int,
-    repeats: int = 1, timeout_s: float | None = None, repeat_statistic: str = "min",
+    timeout_s: float | None = None,
 ) -> CellResult:
-    """Generate greedily for one prompt and score it: found iff the needle's value appears in the answer.
+    """The recall run of one cell: generate greedily and score it (found iff the needle's value is in the answer).
 
-    With `repeats` > 1 the prompt is run that many times in full and the answers must agree (greedy decoding
-    is deterministic, so a disagreement is an error, not noise). Timings are the repeats' minimum by default:
-    on a shared machine, interference only ever adds time, so the minimum is the steadiest estimate of what
-    the prompt itself costs; `median` is the alternative.
+    A run that prefilled the whole prompt itself is also the cell's first timed sample; the timing passes add
+    the rest (see `merge_samples`).
     """
-    pick = min if repeat_statistic == "min" else statistics.median
-    runs = [
-        backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
-        for _ in range(repeats)
-    ]
-    gen = runs[0]
-    if any(r.answer != gen.answer for r in runs[1:]):
-        raise RuntimeError(f"repeated greedy runs disagree: {[r.answer for r in runs]!r}")
-    decode = [r.decode_s_per_token for r in runs if r.decode_s_per_token is not None]
+    gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
+    reused = getattr(gen, "reused_tokens", 0)
+    timed = reused == 0
     return CellResult(
         variant=variant.name,
         task=cell.task,
@@ -110,18 +108,66 @@ def run_cell(
         excerpt=excerpt(prompt),
         answer=gen.answer,
         expected=prompt.answer,
-        prefill_s=pick(r.prefill_s for r in runs),
-        decode_s_per_token=pick(decode) if decode else None,
-        total_s=pick(r.total_s for r in runs),
+        prefill_s=gen.prefill_s if timed else None,
+        decode_s_per_token=gen.decode_s_per_token if timed else None,
+        total_s=gen.total_s if timed else None,
         new_tokens=gen.new_tokens,
         kv_bytes=gen.kv_bytes,
         kv_bytes_analytic=gen.kv_bytes_analytic,
         kv_tokens=gen.kv_tokens,
-        peak_bytes=max((r.peak_bytes for r in runs if r.peak_bytes is not None), default=None),
+        peak_bytes=gen.peak_bytes,
         prompt_sha256=prompt.prompt_sha256,
         needle_start=prompt.needle_span[0],
-        repeats=repeats,
+        repeats=1 if timed else 0,
+        prefill_samples=(gen.prefill_s,) if timed else (),
+        decode_samples=(gen.decode_s_per_token,) if timed and gen.decode_s_per_token is not None else (),
+        total_samples=(gen.total_s,) if timed else (),
+        reused_tokens=reused,
     )
+
+
+def timed_run(
+    backend: Backend, variant: VariantSpec, cell: Cell, prompt: Haystack, *, max_new_tokens: int,
+    timeout_s: float | None = None,
+) -> TimingSample:
+    """One full, uncached run of the prompt, for a timing pass; a failure is recorded, not raised."""
+    try:
+        gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a timed run that fails (timeout, OOM) blocks approval via its cell
+        return TimingSample(variant.name, cell.task, cell.length, cell.depth, cell.seed, None, None, None, "", f"{type(exc).__name__}: {exc}")
+    return TimingSample(
+        variant.name, cell.task, cell.length, cell.depth, cell.seed, gen.prefill_s, gen.decode_s_per_token, gen.total_s, gen.answer
+    )
+
+
+def merge_samples(cell: CellResult, samples: Iterable[TimingSample], *, repeats: int, statistic: str = "min") -> CellResult:
+    """Fold a cell's timed runs into it: timings become the repeat statistic over every sample.
+
+    Timings are the samples' minimum by default: on a shared machine interference only ever adds time, so
+    the minimum is the steadiest estimate of what the prompt itself costs; `median` is the alternative.
+    The samples come from passes spread over the whole sweep, so one burst of interference cannot hit
+    every sample of a cell. A failed or disagreeing timed run, or fewer than `repeats` samples, makes the
+    cell errored: greedy decoding is deterministic, and a gate must not approve on partial timings.
+    """
+    if cell.error is not None:
+        return cell
+    own = [s for s in samples if s.variant == cell.variant and s.key == cell.key]
+    problem = next((f"a timed run failed: {s.error}" for s in own if s.error is not None), None)
+    if problem is None:
+        problem = next((f"a timed run answered {s.answer!r} where the recall run answered {cell.answer!r}; greedy runs must agree"
+                        for s in own if s.answer != cell.answer), None)
+    prefill = cell.prefill_samples + tuple(s.prefill_s for s in own if s.prefill_s is not None)
+    decode = cell.decode_samples + tuple(s.decode_s_per_token for s in own if s.decode_s_per_token is not None)
+    total = cell.total_samples + tuple(s.total_s for s in own if s.total_s is not None)
+    if problem is None and len(total) < repeats:
+        problem = f"only {len(total)} of {repeats} timed runs were recorded (timing passes deselected or interrupted)"
+    pick = min if statistic == "min" else statistics.median
+    merged = dataclasses.replace(
+        cell, prefill_samples=prefill, decode_samples=decode, total_samples=total, repeats=len(total),
+        prefill_s=pick(prefill) if prefill else None, decode_s_per_token=pick(decode) if decode else None,
+        total_s=pick(total) if total else None,
+    )
+    return merged if problem is None else dataclasses.replace(merged, error=problem, failure="error")
 
 
 def errored_cell(variant: VariantSpec, cell: Cell, error: str, prompt: Any = None) -> CellResult:

@@ -37,3 +37,59 @@ def test_capture_after_a_failed_load_refuses_cleanly_without_reloading():
     with pytest.raises(CaptureError, match="0 cells missing, 2 errored"):
         run.captured()
     assert len(calls) == 1
+
+
+class CountingBackend:
+    """A stand-in model whose timings are its call count, so which runs happened can be read off the samples."""
+
+    def __init__(self):
+        from tests.conftest import CharTokenizer
+
+        self.tokenizer = CharTokenizer()
+        self.calls = []
+
+    def generate(self, token_ids, *, variant, max_new_tokens, timeout_s=None):
+        from pytest_longctx.backend import Generation
+
+        self.calls.append(variant.name)
+        t = float(len(self.calls))
+        return Generation(answer="x", new_tokens=2, prefill_s=t, decode_s_per_token=t / 10, total_s=t, kv_bytes=1,
+                          kv_bytes_analytic=1, kv_tokens=1, peak_bytes=None)
+
+
+def test_timing_passes_run_only_the_samples_still_owed_and_merge_into_cells(monkeypatch):
+    import dataclasses
+
+    from pytest_longctx import session as session_module
+
+    gate = dataclasses.replace(GATE, sweep=dataclasses.replace(GATE.sweep, repeats=3))
+    monkeypatch.setattr(session_module, "build_prompt", lambda backend, cell: FakeHaystack(cell))
+    backend = CountingBackend()
+    run = GateRun(gate, backend_factory=lambda g: backend)
+    for variant, cell in interleaved(gate):
+        run.record(run.measure(variant, cell))
+    warm = len(backend.calls)
+    assert run.timing_pass(1) == []  # the recall runs were full runs: they are the first samples
+    second = run.timing_pass(2)
+    third = run.timing_pass(3)
+    assert len(second) == len(third) == 4 and len(backend.calls) == warm + 8
+    assert [s.variant for s in second[:2]] == ["candidate", "baseline"]  # pass 2 flips who leads
+    run.record_samples(second + third)
+    cells = run.merged_cells()
+    assert all(c.repeats == 3 and c.error is None for c in cells)
+    assert all(c.total_s == min(c.total_samples) for c in cells)
+
+
+class FakeHaystack:
+    def __init__(self, cell):
+        self.token_ids = (1, 2, 3)
+        self.tokens = 3
+        self.answer = "x"
+        self.prompt_sha256 = f"h{cell.id}"
+        self.needle_span = (0, 1)
+        self.prompt_text = "x"
+
+        class needle:  # noqa: N801 - mirrors Haystack.needle
+            text = "x"
+
+        self.needle = needle

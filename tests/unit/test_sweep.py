@@ -71,19 +71,55 @@ class FakePrompt:
         text = "The override code is HERON-2904."
 
 
+def _sample(total, answer="code HERON-2904", error=None, variant="baseline"):
+    from pytest_longctx.results import TimingSample
+
+    return TimingSample(variant, "niah", 512, 0.5, 0, total / 2, total / 10, total, answer, error)
+
+
 @pytest.mark.parametrize("statistic,expected", [("min", 1.0), ("median", 2.0)])
-def test_repeats_keep_the_chosen_statistic_of_each_timing(statistic, expected):
-    from pytest_longctx.sweep import Cell, run_cell
+def test_timed_runs_fold_into_the_chosen_statistic_of_each_timing(statistic, expected):
+    from pytest_longctx.sweep import Cell, merge_samples, run_cell
 
-    cell = run_cell(ScriptedBackend([3.0, 1.0, 2.0]), GATE.baseline, Cell("niah", 512, 0.5, 0), FakePrompt(),
-                    max_new_tokens=8, repeats=3, repeat_statistic=statistic)
-    assert cell.total_s == expected and cell.prefill_s == expected / 2 and cell.repeats == 3
-    assert cell.found and cell.failure is None
+    cell = run_cell(ScriptedBackend([3.0]), GATE.baseline, Cell("niah", 512, 0.5, 0), FakePrompt(), max_new_tokens=8)
+    assert cell.total_samples == (3.0,) and cell.repeats == 1
+    merged = merge_samples(cell, [_sample(1.0), _sample(2.0), _sample(9.0, variant="candidate")], repeats=3, statistic=statistic)
+    assert merged.total_s == expected and merged.prefill_s == expected / 2 and merged.repeats == 3
+    assert merged.total_samples == (3.0, 1.0, 2.0)
+    assert merged.found and merged.failure is None and merged.error is None
 
 
-def test_repeats_that_disagree_are_an_error():
-    from pytest_longctx.sweep import Cell, run_cell
+def test_a_recall_run_on_a_reused_prefix_is_not_a_timing_sample():
+    from dataclasses import replace
 
-    with pytest.raises(RuntimeError, match="disagree"):
-        run_cell(ScriptedBackend([1.0, 1.0], ["HERON-2904", "no"]), GATE.baseline, Cell("niah", 512, 0.5, 0), FakePrompt(),
-                 max_new_tokens=8, repeats=2)
+    from pytest_longctx.sweep import Cell, merge_samples, run_cell
+
+    backend = ScriptedBackend([3.0])
+    backend.gens = [replace(backend.gens[0], reused_tokens=100)] if hasattr(backend.gens[0], "reused_tokens") else backend.gens
+    cell = run_cell(backend, GATE.baseline, Cell("niah", 512, 0.5, 0), FakePrompt(), max_new_tokens=8)
+    if cell.reused_tokens:
+        assert cell.total_s is None and cell.total_samples == ()
+        assert merge_samples(cell, [_sample(2.0)], repeats=1).total_s == 2.0
+
+
+@pytest.mark.parametrize(
+    "samples,repeats,message",
+    [
+        ([_sample(1.0, answer="no")], 2, "greedy runs must agree"),
+        ([_sample(1.0, error="CellTimeout: too slow")], 2, "a timed run failed: CellTimeout"),
+        ([], 2, "only 1 of 2 timed runs"),
+    ],
+)
+def test_timed_runs_that_disagree_fail_or_are_missing_error_the_cell(samples, repeats, message):
+    from pytest_longctx.sweep import Cell, merge_samples, run_cell
+
+    cell = run_cell(ScriptedBackend([1.0]), GATE.baseline, Cell("niah", 512, 0.5, 0), FakePrompt(), max_new_tokens=8)
+    merged = merge_samples(cell, samples, repeats=repeats)
+    assert merged.failure == "error" and message in merged.error
+
+
+def test_timing_passes_alternate_which_side_leads():
+    first = [(v.name, c.id) for v, c in interleaved(GATE)][:2]
+    second = [(v.name, c.id) for v, c in interleaved(GATE, flip=True)][:2]
+    assert first == [("baseline", "niah[512-d0.00-s0]"), ("candidate", "niah[512-d0.00-s0]")]
+    assert second == [("candidate", "niah[512-d0.00-s0]"), ("baseline", "niah[512-d0.00-s0]")]
