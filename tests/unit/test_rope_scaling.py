@@ -340,3 +340,28 @@ def test_rope_settings_are_plain_values():
     assert settings == parse_rope(VALID["linear"]) and {settings: 1}[parse_rope(VALID["linear"])] == 1
     with pytest.raises(AttributeError):
         settings.rope_type = "yarn"  # type: ignore[misc]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_scaling_on_cuda_in_bfloat16_matches_the_cpu_reference(tiny_dir, attn_implementation):
+    import torch
+
+    ids = torch.arange(96).remainder(90).add(3).unsqueeze(0)
+    for rope_type in sorted(VALID):
+        settings = parse_rope(VALID[rope_type], 256 if rope_type != "dynamic" else 32)
+        model = load_model(tiny_dir, dtype="bfloat16", device="cuda", rope=settings, attn_implementation=attn_implementation)[0]
+        reference = load_model(tiny_dir, dtype="float32", device="cpu", rope=settings)[0]
+        rotary = _rotary(model)
+        with torch.no_grad():
+            on_gpu = model(input_ids=ids.cuda()).logits.float().cpu()
+            expected = reference(input_ids=ids).logits
+        # After the forward, so dynamic's raised base and longrope's long factors are compared too.
+        assert rotary.inv_freq.device.type == "cuda" and rotary.inv_freq.dtype == torch.float32
+        assert torch.allclose(rotary.inv_freq.cpu(), _rotary(reference).inv_freq), rope_type
+        assert not torch.allclose(rotary.inv_freq.cpu(), _base_inv_freq()), rope_type
+        assert rotary.attention_scaling == pytest.approx(_rotary(reference).attention_scaling)
+        assert torch.isfinite(on_gpu).all() and torch.allclose(on_gpu, expected, atol=5e-2), rope_type
+        if rope_type == "dynamic":
+            reset_rope_state(model)
+            assert rotary.inv_freq.device.type == "cuda" and torch.equal(rotary.inv_freq, rotary.original_inv_freq)
