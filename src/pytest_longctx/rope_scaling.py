@@ -73,9 +73,10 @@ class RopeSettings:
 
     `parameters` are the `rope_parameters` keys other than `rope_type`, as sorted (key, value) pairs with lists
     turned into tuples, so settings hash and compare by value (the session loads one backend per distinct one).
+    A `rope_type` of None keeps the model's own RoPE (a variant that changes only `max_position_embeddings`).
     """
 
-    rope_type: RopeType
+    rope_type: RopeType | None
     parameters: tuple[tuple[str, Any], ...] = ()
     max_position_embeddings: int | None = None
 
@@ -84,11 +85,13 @@ class RopeSettings:
 
     def rope_parameters(self) -> dict[str, Any]:
         """The `rope_parameters` dict transformers expects (lists, not tuples), without the model's own keys."""
+        if self.rope_type is None:
+            return {}
         return {"rope_type": self.rope_type, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.parameters}}
 
     def as_record(self) -> dict[str, Any]:
         """JSON-ready description for results and reports."""
-        record: dict[str, Any] = {"rope_parameters": self.rope_parameters()}
+        record: dict[str, Any] = {"rope_parameters": self.rope_parameters()} if self.rope_type is not None else {}
         if self.max_position_embeddings is not None:
             record["max_position_embeddings"] = self.max_position_embeddings
         return record
@@ -102,6 +105,8 @@ def parse_rope(raw: Mapping[str, Any], max_position_embeddings: int | None = Non
     What needs the model (longrope lists against head_dim/2, lengths against the model's own) is
     `check_against_config`, which `apply_rope` runs.
 
+    An empty `raw` with a `max_position_embeddings` keeps the model's own RoPE and changes only that length.
+
     Raises:
         RopeError: naming the key, the problem and the fix.
     """
@@ -111,6 +116,11 @@ def parse_rope(raw: Mapping[str, Any], max_position_embeddings: int | None = Non
     if max_position_embeddings is not None and not _is_int(max_position_embeddings, minimum=1):
         problem = f"must be a positive integer, got {_shown(max_position_embeddings)}"
         raise RopeError("max_position_embeddings", problem, "give the context length in tokens, e.g. 32768")
+    if not raw:
+        if max_position_embeddings is None:
+            fix = f"give a rope_type ({', '.join(ROPE_TYPES)}) and its keys, or leave rope_parameters out"
+            raise RopeError(_PREFIX, "is empty, so nothing changes", fix)
+        return RopeSettings(None, (), max_position_embeddings)
     if "rope_type" not in raw:
         if "type" in raw:
             raise RopeError(f"{_PREFIX}.type", "'type' is the legacy spelling", "rename it to rope_type")
@@ -156,7 +166,7 @@ def check_against_config(settings: RopeSettings, config: Any) -> None:
                 raise RopeError(f"{_PREFIX}.{key}", problem, f"give exactly {needed} factors (one per frequency)")
     model_max = int(config.max_position_embeddings)
     wanted = settings.max_position_embeddings
-    if settings.rope_type == "dynamic" and wanted is not None and wanted > model_max:
+    if (settings.rope_type or current.get("rope_type")) == "dynamic" and wanted is not None and wanted > model_max:
         raise RopeError(
             "max_position_embeddings",
             f"dynamic NTK scales only past max_position_embeddings; {wanted} is above the model's trained length "
@@ -176,12 +186,13 @@ def apply_rope(config: Any, settings: RopeSettings) -> Any:
     `model.config` afterwards changes nothing.
     """
     check_against_config(settings, config)
-    current = dict(config.rope_parameters)
-    kept = {key: current[key] for key in ("rope_theta", "partial_rotary_factor") if key in current}
-    if "rope_theta" not in kept and getattr(config, "rope_theta", None) is not None:
-        kept["rope_theta"] = config.rope_theta  # configs that still keep it beside rope_parameters
     scaled = copy.deepcopy(config)
-    scaled.rope_parameters = {**kept, **settings.rope_parameters()}
+    if settings.rope_type is not None:
+        current = dict(config.rope_parameters)
+        kept = {key: current[key] for key in ("rope_theta", "partial_rotary_factor") if key in current}
+        if "rope_theta" not in kept and getattr(config, "rope_theta", None) is not None:
+            kept["rope_theta"] = config.rope_theta  # configs that still keep it beside rope_parameters
+        scaled.rope_parameters = {**kept, **settings.rope_parameters()}
     if settings.max_position_embeddings is not None:
         scaled.max_position_embeddings = settings.max_position_embeddings
     return scaled

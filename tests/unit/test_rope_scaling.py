@@ -59,6 +59,17 @@ def test_rope_error_is_a_value_error_with_key_problem_and_fix():
     assert str(error) == f"key 'rope_parameters.factor': {error.problem}. Fix: {error.fix}"
 
 
+def test_empty_parameters_keep_the_models_rope_and_change_only_the_length():
+    settings = parse_rope({}, 4096)
+    assert settings == RopeSettings(None, (), 4096) and settings.as_record() == {"max_position_embeddings": 4096}
+    assert _error({}).key == "rope_parameters"
+    llama31 = tiny_llama_config(rope_parameters={"rope_theta": THETA, **VALID["llama3"]})
+    longer = apply_rope(llama31, settings)
+    assert longer.rope_parameters == llama31.rope_parameters and longer.max_position_embeddings == 4096
+    with pytest.raises(RopeError, match="would run unscaled"):  # a dynamic model's threshold moved past its length
+        apply_rope(tiny_llama_config(rope_parameters={"rope_theta": THETA, **VALID["dynamic"]}), settings)
+
+
 def test_unknown_or_missing_rope_type():
     assert _error({"rope_type": "ntk"}).key == "rope_parameters.rope_type"
     assert "linear, dynamic, yarn, llama3, longrope" in _error({"rope_type": "ntk"}).fix
