@@ -90,8 +90,8 @@ class RopeSettings:
         return {"rope_type": self.rope_type, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.parameters}}
 
     def as_record(self) -> dict[str, Any]:
-        """JSON-ready description for results and reports."""
-        record: dict[str, Any] = {"rope_parameters": self.rope_parameters()} if self.rope_type is not None else {}
+        """JSON-ready description; `parse_rope(r["rope_parameters"], r.get("max_position_embeddings"))` reads it back."""
+        record: dict[str, Any] = {"rope_parameters": self.rope_parameters()}
         if self.max_position_embeddings is not None:
             record["max_position_embeddings"] = self.max_position_embeddings
         return record

@@ -44,6 +44,14 @@ def test_every_supported_type_parses_to_a_hashable_value(rope_type):
     assert settings.rope_parameters() == VALID[rope_type]
 
 
+@pytest.mark.parametrize(("raw", "length"), [*((raw, None) for raw in VALID.values()), (VALID["yarn"], 256), ({}, 4096)])
+def test_a_record_reads_back_to_the_same_settings(raw, length):
+    import json
+
+    record = json.loads(json.dumps(parse_rope(raw, length).as_record()))
+    assert parse_rope(record["rope_parameters"], record.get("max_position_embeddings")) == parse_rope(raw, length)
+
+
 def test_longrope_lists_become_tuples_of_floats_and_back_to_lists():
     settings = parse_rope({**VALID["longrope"], "short_factor": [1] * 8})
     assert settings.get("short_factor") == (1.0,) * 8
@@ -61,7 +69,8 @@ def test_rope_error_is_a_value_error_with_key_problem_and_fix():
 
 def test_empty_parameters_keep_the_models_rope_and_change_only_the_length():
     settings = parse_rope({}, 4096)
-    assert settings == RopeSettings(None, (), 4096) and settings.as_record() == {"max_position_embeddings": 4096}
+    assert settings == RopeSettings(None, (), 4096)
+    assert settings.as_record() == {"rope_parameters": {}, "max_position_embeddings": 4096}
     assert _error({}).key == "rope_parameters"
     llama31 = tiny_llama_config(rope_parameters={"rope_theta": THETA, **VALID["llama3"]})
     longer = apply_rope(llama31, settings)
