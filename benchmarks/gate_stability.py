@@ -26,7 +26,7 @@ PLANTED = {
 
 
 def run_gate(gate: GateSpec, backend: TransformersBackend) -> tuple[str, str]:
-    run = GateRun(gate, backend_factory=lambda _: backend)
+    run = GateRun(gate, backend_factory=lambda *_: backend)
     for variant, cell in interleaved(gate):
         run.record(run.measure(variant, cell))
     results = run.results()

@@ -13,8 +13,21 @@ Key = tuple[str, int, float, int]
 
 
 def expected_keys(gate: GateSpec) -> list[Key]:
-    s = gate.sweep
-    return [(t, n, round(d, 6), seed) for t in s.tasks for n in s.lengths for d in s.depths for seed in s.seeds]
+    from .sweep import plan_cells
+
+    return [(c.task, c.length, round(c.depth, 6), c.seed) for c in plan_cells(gate.sweep)]
+
+
+def paired_by_content(gate: GateSpec) -> bool:
+    """Sides whose prompts differ by design (a prompt layout, another model's tokenizer) pair on the cell's
+    content, not on identical token ids."""
+    return any(v.changes_prompt or v.model is not None for v in gate.variants)
+
+
+def positioned_tasks(gate: GateSpec) -> set[str]:
+    from .tasks import uses_depth
+
+    return {spec.name for spec in gate.sweep.tasks if uses_depth(spec)}
 
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -92,9 +105,13 @@ def compute_metrics(gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_
     missing = sum(1 for n in names for k in keys if k not in by_variant[n])
     errored = sum(1 for n in names for k in keys if k in by_variant[n] and by_variant[n][k].error is not None)
     paired = [k for k in keys if all(k in by_variant[n] and by_variant[n][k].error is None for n in names)]
-    mismatched = sum(1 for k in paired if by_variant[base_name][k].prompt_sha256 != by_variant[cand_name][k].prompt_sha256)
+    mismatched = 0 if paired_by_content(gate) else sum(
+        1 for k in paired if by_variant[base_name][k].prompt_sha256 != by_variant[cand_name][k].prompt_sha256
+    )
     lo, hi = gate.sweep.middle
-    middle = [k for k in paired if lo - EPS <= k[2] <= hi + EPS]
+    positioned = positioned_tasks(gate)
+    # Middle-depth recall is about where evidence sits; a family without a position (aggregation) has no middle.
+    middle = [k for k in paired if k[0] in positioned and lo - EPS <= k[2] <= hi + EPS]
 
     def side(name: str, subset: list[Key]) -> list[CellResult]:
         return [by_variant[name][k] for k in subset]
@@ -123,7 +140,14 @@ def compute_metrics(gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_
     middle_recall = {"baseline": _mean(float(c.found) for c in base_mid), "candidate": _mean(float(c.found) for c in cand_mid)}
     delta = None if middle_recall["baseline"] is None or middle_recall["candidate"] is None else middle_recall["candidate"] - middle_recall["baseline"]
     total, prefill, decode = latency["total_s"], latency["prefill_s"], latency["decode_s_per_token"]
+    by_task, by_length = _recall_tables(gate, [side(base_name, paired), side(cand_name, paired)])
+    effective, effective_ratio = _effective_lengths(gate, by_length)
     return Metrics(
+        recall_by_task=by_task,
+        recall_by_length=by_length,
+        effective_length=effective,
+        effective_length_ratio=effective_ratio,
+        failures={label: _failures(side(n, paired)) for label, n in zip(("baseline", "candidate"), names)},
         middle_recall=middle_recall,
         recall={"baseline": _mean(float(c.found) for c in side(base_name, paired)), "candidate": _mean(float(c.found) for c in side(cand_name, paired))},
         p95_latency_s=total[0],
@@ -151,6 +175,39 @@ def compute_metrics(gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_
         prompt_mismatches=mismatched,
         fingerprint_mismatches=tuple(fingerprint_mismatches),
     )
+
+
+def _recall_tables(gate: GateSpec, sides: list[list[CellResult]]) -> tuple[dict[str, dict[str, float | None]], dict[str, dict[str, float | None]]]:
+    """Recall per task family and per length, for each side (over paired cells; JSON-ready string keys)."""
+    labels = ("baseline", "candidate")
+    by_task = {
+        spec.name: {label: _mean(float(c.found) for c in cells if c.task == spec.name) for label, cells in zip(labels, sides)}
+        for spec in gate.sweep.tasks
+    }
+    by_length = {
+        label: {str(n): _mean(float(c.found) for c in cells if c.length == n) for n in gate.sweep.lengths}
+        for label, cells in zip(labels, sides)
+    }
+    return by_task, by_length
+
+
+def _effective_lengths(gate: GateSpec, by_length: dict[str, dict[str, float | None]]) -> tuple[dict[str, int | None], float | None]:
+    from .context_length import effective_length, effective_length_ratio
+
+    threshold = gate.thresholds.effective_length_recall
+    tables = {label: {int(n): r for n, r in table.items() if r is not None} for label, table in by_length.items()}
+    if not all(tables.values()) or set(tables["baseline"]) != set(tables["candidate"]):
+        return {label: None for label in tables}, None
+    lengths = {label: effective_length(table, threshold) for label, table in tables.items()}
+    return lengths, effective_length_ratio(tables["baseline"], tables["candidate"], threshold)
+
+
+def _failures(cells: list[CellResult]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for cell in cells:
+        if cell.failure is not None:
+            counts[cell.failure] = counts.get(cell.failure, 0) + 1
+    return counts
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -220,6 +277,14 @@ def decide(gate: GateSpec, metrics: Metrics) -> Decision:
         f"memory ({m.memory_source}) {_fmt(_mib(m.memory_bytes['candidate']), 1)} MiB vs "
         f"{_fmt(_mib(m.memory_bytes['baseline']), 1)} MiB: ratio {_fmt(m.memory_ratio)}, allowed <= {t.memory_ratio_max:.2f}",
     ))
+    if t.effective_length_ratio_min is not None:
+        eff, ratio = m.effective_length, m.effective_length_ratio
+        checks.append(Check(
+            "effective_length_ratio", ratio, t.effective_length_ratio_min, ">=",
+            ratio is not None and ratio >= t.effective_length_ratio_min - EPS,
+            f"effective context length (recall >= {t.effective_length_recall:.2f}) {eff.get('candidate')} vs "
+            f"{eff.get('baseline')} tokens: ratio {_fmt(ratio)}, required >= {t.effective_length_ratio_min:.2f}",
+        ))
     reasons = [("PASS " if c.passed else "FAIL ") + c.detail for c in checks if c.policy != "skipped"]
     reasons += ["NOTE " + c.detail for c in checks if c.policy == "skipped"]
     problems = []

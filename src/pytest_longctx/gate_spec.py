@@ -6,7 +6,14 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+if TYPE_CHECKING:
+    from .attention_window import AttentionWindow
+    from .prompt_layout import HistoryBudget
+    from .retrieval import RetrievalSettings
+    from .rope_scaling import RopeSettings
+    from .tasks import TaskSpec
 
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4"]
 KvScale = Literal["token_head", "tensor", "channel"]
@@ -16,6 +23,8 @@ LatencyPolicy = Literal["point", "bound"]
 RepeatStatistic = Literal["min", "median"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
+AttnImplementation = Literal["sdpa", "eager"]
+Packing = Literal["given", "edge"]
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -34,13 +43,72 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class VariantSpec:
+    """One side of a gate: the long-context change it applies, to the model, its cache or its prompt."""
+
     name: str
     kv_cache_dtype: KvCacheDtype = "auto"
     kv_scale: KvScale = "token_head"
+    # Model-level changes, applied when the model loads (one model per distinct setting):
+    model: ModelSpec | None = None  # another model than the gate's (a model swap)
+    dtype: ModelDtype | None = None
+    attn_implementation: AttnImplementation | None = None
+    rope: RopeSettings | None = None  # rope_parameters and max_position_embeddings
+    # Cache-level: a sliding window with attention sinks (StreamingLLM).
+    attention: AttentionWindow | None = None
+    # Prompt-level changes: the same content, laid out differently.
+    packing: Packing = "given"
+    history: HistoryBudget | None = None
+    retrieval: RetrievalSettings | None = None
     # Planted regressions, for self-check gates that prove a gate catches what it should:
     planted_decode_delay: float = 0.0  # extra wall time per decode step, as a fraction of the step's own time
     planted_kv_copies: int = 1  # hold this many copies of the KV cache (real memory)
     planted_window: int | None = None  # after prefill, keep only the last N tokens' K/V
+
+    def model_spec(self, gate_model: ModelSpec) -> ModelSpec:
+        """The model this side runs: the gate's, or its own, with its own dtype where it sets one."""
+        base = self.model or gate_model
+        return base if self.dtype is None else dataclasses.replace(base, dtype=self.dtype)
+
+    def load_key(self, gate_model: ModelSpec) -> tuple[Any, ...]:
+        """Sides with equal keys share one loaded model; anything applied at load time is in it."""
+        return (self.model_spec(gate_model), self.rope, self.attn_implementation)
+
+    @property
+    def changes_prompt(self) -> bool:
+        return self.packing != "given" or self.history is not None or self.retrieval is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["model"] = None if self.model is None else dataclasses.asdict(self.model)
+        data["rope"] = None if self.rope is None else self.rope.as_record()
+        data["attention"] = None if self.attention is None else dataclasses.asdict(self.attention)
+        data["history"] = None if self.history is None else dataclasses.asdict(self.history)
+        data["retrieval"] = None if self.retrieval is None else self.retrieval.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantSpec:
+        values = dict(data)
+        if values.get("model") is not None:
+            values["model"] = ModelSpec(**values["model"])
+        if values.get("rope") is not None:
+            from .rope_scaling import parse_rope
+
+            values["rope"] = parse_rope(values["rope"]["rope_parameters"], values["rope"].get("max_position_embeddings"))
+        if values.get("attention") is not None:
+            from .attention_window import AttentionWindow
+
+            values["attention"] = AttentionWindow(**values["attention"])
+        if values.get("history") is not None:
+            from .prompt_layout import HistoryBudget
+
+            values["history"] = HistoryBudget(**values["history"])
+        if values.get("retrieval") is not None:
+            from .retrieval import parse_retrieval
+
+            values["retrieval"] = parse_retrieval(values["retrieval"])
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -50,7 +118,7 @@ class SweepSpec:
     seeds: tuple[int, ...] = (0,)
     middle: tuple[float, float] = (0.25, 0.75)
     max_new_tokens: int = 24
-    tasks: tuple[str, ...] = ("niah",)
+    tasks: tuple[TaskSpec, ...] = ()  # the task families swept (default: niah)
     repeats: int = 1  # timed, full runs of each prompt
     repeat_statistic: RepeatStatistic = "min"  # how a cell's repeated timings become one number
     cell_timeout_s: float | None = None
@@ -71,6 +139,8 @@ class Thresholds:
     p95_decode_ratio_max: float | None = None
     p95_decode_policy: LatencyPolicy = "point"
     latency_confidence: float = 0.95
+    effective_length_ratio_min: float | None = None
+    effective_length_recall: float = 0.85  # the recall a length must hold to count as effective
 
 
 @dataclass(frozen=True)
@@ -97,6 +167,7 @@ class GateSpec:
     def to_dict(self) -> dict[str, Any]:
         """The resolved settings, as recorded in results JSON."""
         data = dataclasses.asdict(self)
+        data["baseline"], data["candidate"] = self.baseline.to_dict(), self.candidate.to_dict()
         for key in ("path", "report", "results", "captured_baseline"):
             data[key] = None if data[key] is None else str(data[key])
         return data
@@ -105,8 +176,9 @@ class GateSpec:
     def from_dict(cls, data: dict[str, Any]) -> GateSpec:
         """Inverse of `to_dict`: rebuild the spec recorded in a results file, to recompute its decision."""
         sweep = dict(data["sweep"])
-        for key in ("lengths", "depths", "seeds", "middle", "tasks"):
+        for key in ("lengths", "depths", "seeds", "middle"):
             sweep[key] = tuple(sweep[key])
+        sweep["tasks"] = tuple(_task_from_record(t) for t in sweep["tasks"])
 
         def path(key: str) -> Path | None:
             return None if data.get(key) is None else Path(data[key])
@@ -115,8 +187,8 @@ class GateSpec:
             name=data["name"],
             path=path("path"),
             model=ModelSpec(**data["model"]),
-            baseline=VariantSpec(**data["baseline"]),
-            candidate=VariantSpec(**data["candidate"]),
+            baseline=VariantSpec.from_dict(data["baseline"]),
+            candidate=VariantSpec.from_dict(data["candidate"]),
             sweep=SweepSpec(**sweep),
             thresholds=Thresholds(**data["thresholds"]),
             report=path("report"),
@@ -126,7 +198,12 @@ class GateSpec:
         )
 
 
-TASKS = ("niah",)
+def _task_from_record(record: Any) -> TaskSpec:
+    from .tasks import TaskSpec, parse_task
+
+    if isinstance(record, str):  # results written before task families recorded their options
+        return parse_task(record)
+    return TaskSpec(record["family"], record["name"], tuple((k, v) for k, v in record["options"]))
 
 
 class _Reader:
@@ -185,32 +262,97 @@ class _Reader:
         return value
 
 
-def _model(r: _Reader, raw: Any) -> ModelSpec:
+def _model(r: _Reader, raw: Any, key: str = "model") -> ModelSpec:
     if raw is None:
         return ModelSpec()
     if isinstance(raw, str):
-        return ModelSpec(ref=r.string(raw, "model"))
-    m = r.mapping(raw, "model", {"ref": "", "dtype": "", "device": "", "trust_remote_code": ""})
+        return ModelSpec(ref=r.string(raw, key))
+    m = r.mapping(raw, key, {"ref": "", "dtype": "", "device": "", "trust_remote_code": ""})
     return ModelSpec(
-        ref=r.string(m.get("ref", DEFAULT_MODEL), "model.ref"),
-        dtype=r.choice(m.get("dtype", "auto"), "model.dtype", get_args(ModelDtype)),  # type: ignore[arg-type]
-        device=r.choice(m.get("device", "auto"), "model.device", get_args(Device)),  # type: ignore[arg-type]
-        trust_remote_code=r.boolean(m.get("trust_remote_code", False), "model.trust_remote_code"),
+        ref=r.string(m.get("ref", DEFAULT_MODEL), f"{key}.ref"),
+        dtype=r.choice(m.get("dtype", "auto"), f"{key}.dtype", get_args(ModelDtype)),  # type: ignore[arg-type]
+        device=r.choice(m.get("device", "auto"), f"{key}.device", get_args(Device)),  # type: ignore[arg-type]
+        trust_remote_code=r.boolean(m.get("trust_remote_code", False), f"{key}.trust_remote_code"),
     )
 
 
+VARIANT_KEYS = (
+    "kv_cache_dtype", "kv_scale", "model", "dtype", "attn_implementation", "rope_parameters", "max_position_embeddings",
+    "attention", "packing", "history", "retrieval", "planted",
+)
+
+
 def _variant(r: _Reader, raw: Any, name: str) -> VariantSpec:
-    v = r.mapping(raw if raw is not None else {}, name, {"kv_cache_dtype": "", "kv_scale": "", "planted": ""})
+    v = r.mapping(raw if raw is not None else {}, name, {k: "" for k in VARIANT_KEYS})
     planted = r.mapping(v.get("planted", {}), f"{name}.planted", {"decode_delay": "", "kv_copies": "", "window": ""})
     window = planted.get("window")
     return VariantSpec(
         name=name,
         kv_cache_dtype=r.choice(v.get("kv_cache_dtype", "auto"), f"{name}.kv_cache_dtype", get_args(KvCacheDtype)),  # type: ignore[arg-type]
         kv_scale=r.choice(v.get("kv_scale", "token_head"), f"{name}.kv_scale", get_args(KvScale)),  # type: ignore[arg-type]
+        model=None if v.get("model") is None else _model(r, v["model"], f"{name}.model"),
+        dtype=None if v.get("dtype") is None else r.choice(v["dtype"], f"{name}.dtype", get_args(ModelDtype)),  # type: ignore[arg-type]
+        attn_implementation=None if v.get("attn_implementation") is None else r.choice(  # type: ignore[arg-type]
+            v["attn_implementation"], f"{name}.attn_implementation", get_args(AttnImplementation)),
+        rope=_rope(r, v, name),
+        attention=_attention(r, v.get("attention"), name),
+        packing=r.choice(v.get("packing", "given"), f"{name}.packing", get_args(Packing)),  # type: ignore[arg-type]
+        history=_history(r, v.get("history"), name),
+        retrieval=_retrieval(r, v.get("retrieval"), name),
         planted_decode_delay=r.number(planted.get("decode_delay", 0.0), f"{name}.planted.decode_delay", low=0.0, high=100.0),
         planted_kv_copies=r.integer(planted.get("kv_copies", 1), f"{name}.planted.kv_copies", low=1),
         planted_window=None if window is None else r.integer(window, f"{name}.planted.window", low=1),
     )
+
+
+def _rope(r: _Reader, v: dict[str, Any], name: str) -> RopeSettings | None:
+    if v.get("rope_parameters") is None and v.get("max_position_embeddings") is None:
+        return None
+    from .rope_scaling import RopeError, parse_rope
+
+    if v.get("rope_parameters") is None:
+        raise r.fail(f"{name}.max_position_embeddings", "is set without rope_parameters",
+                     "add rope_parameters (e.g. {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 8192})")
+    try:
+        return parse_rope(v["rope_parameters"], v.get("max_position_embeddings"))
+    except RopeError as exc:
+        raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
+
+
+def _attention(r: _Reader, raw: Any, name: str) -> AttentionWindow | None:
+    if raw is None:
+        return None
+    from .attention_window import AttentionWindow
+
+    a = r.mapping(raw, f"{name}.attention", {"window": "", "sink_tokens": ""})
+    if "window" not in a:
+        raise r.fail(f"{name}.attention.window", "is missing", "add window: 1024 (the recent tokens each query sees)")
+    return AttentionWindow(
+        window=r.integer(a["window"], f"{name}.attention.window", low=1),
+        sink_tokens=r.integer(a.get("sink_tokens", 0), f"{name}.attention.sink_tokens", low=0),
+    )
+
+
+def _history(r: _Reader, raw: Any, name: str) -> HistoryBudget | None:
+    if raw is None:
+        return None
+    from .prompt_layout import LayoutError, parse_history
+
+    try:
+        return parse_history(raw)
+    except LayoutError as exc:
+        raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
+
+
+def _retrieval(r: _Reader, raw: Any, name: str) -> RetrievalSettings | None:
+    if raw is None:
+        return None
+    from .retrieval import RetrievalError, parse_retrieval
+
+    try:
+        return parse_retrieval(raw)
+    except RetrievalError as exc:
+        raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
 
 
 def _sweep(r: _Reader, raw: Any) -> SweepSpec:
@@ -229,7 +371,7 @@ def _sweep(r: _Reader, raw: Any) -> SweepSpec:
         raise r.fail("sweep.middle", f"low {lo} is above high {hi}", "write the band as [low, high]")
     if not any(lo <= d <= hi for d in depths):
         raise r.fail("sweep.depths", f"no depth falls inside the middle band [{lo}, {hi}]", "add a middle depth such as 0.5")
-    tasks = tuple(r.choice(t, "sweep.tasks", TASKS) for t in r.listing(s.get("tasks", ["niah"]), "sweep.tasks"))
+    tasks = _tasks(r, s.get("tasks", ["niah"]))
     return SweepSpec(
         lengths=lengths,
         depths=depths,
@@ -243,11 +385,29 @@ def _sweep(r: _Reader, raw: Any) -> SweepSpec:
     )
 
 
+def _tasks(r: _Reader, raw: Any) -> tuple[TaskSpec, ...]:
+    from .tasks import TaskError, parse_task
+
+    specs = []
+    for i, entry in enumerate(r.listing(raw, "sweep.tasks")):
+        try:
+            specs.append(parse_task(entry))
+        except TaskError as exc:
+            raise r.fail(f"sweep.tasks[{i}]" + (f".{exc.key}" if exc.key else ""), exc.problem, exc.fix) from None
+    names = [spec.name for spec in specs]
+    for name in names:
+        if names.count(name) > 1:
+            raise r.fail("sweep.tasks", f"two entries are both named {name!r}", "give each a distinct `name:`")
+    return tuple(specs)
+
+
 def _thresholds(r: _Reader, raw: Any) -> Thresholds:
-    keys = {"middle_recall": "", "p95_latency_ratio": "", "p95_prefill_ratio": "", "p95_decode_ratio": "", "memory_ratio": ""}
+    keys = {"middle_recall": "", "p95_latency_ratio": "", "p95_prefill_ratio": "", "p95_decode_ratio": "", "memory_ratio": "",
+            "effective_length_ratio": ""}
     t = r.mapping(raw if raw is not None else {}, "thresholds", keys)
     mr = r.mapping(t.get("middle_recall", {}), "thresholds.middle_recall", {"min_delta": "", "policy": "", "margin": "", "alpha": ""})
     mem = r.mapping(t.get("memory_ratio", {}), "thresholds.memory_ratio", {"max": "", "source": ""})
+    eff = r.mapping(t.get("effective_length_ratio", {}), "thresholds.effective_length_ratio", {"min": "", "recall": ""})
     latency: dict[str, tuple[float | None, str, float]] = {}
     for name, default in (("p95_latency_ratio", 1.10), ("p95_prefill_ratio", None), ("p95_decode_ratio", None)):
         key = f"thresholds.{name}"
@@ -277,6 +437,8 @@ def _thresholds(r: _Reader, raw: Any) -> Thresholds:
         p95_decode_ratio_max=latency["p95_decode_ratio"][0],
         p95_decode_policy=latency["p95_decode_ratio"][1],  # type: ignore[arg-type]
         latency_confidence=latency["p95_latency_ratio"][2],
+        effective_length_ratio_min=None if eff.get("min") is None else r.number(eff["min"], "thresholds.effective_length_ratio.min", low=0.0),
+        effective_length_recall=r.number(eff.get("recall", 0.85), "thresholds.effective_length_ratio.recall", low=0.0, high=1.0),
     )
 
 

@@ -128,7 +128,10 @@ class ModelHandle:
 
 def variant_spec(base: VariantSpec, **settings: Any) -> VariantSpec:
     """`base` with `settings` applied, each checked against the VariantSpec field's declared choices."""
-    hints = typing.get_type_hints(VariantSpec)
+    from . import gate_spec
+
+    # Field annotations are strings; those naming a Literal alias of gate_spec (KvCacheDtype, ...) give choices.
+    hints = {f.name: getattr(gate_spec, str(f.type), None) for f in dataclasses.fields(VariantSpec)}
     known = [f.name for f in dataclasses.fields(VariantSpec) if f.name != "name"]
     for key, value in settings.items():
         if key == "name":

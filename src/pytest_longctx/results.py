@@ -13,7 +13,7 @@ from typing import Any, Literal
 SCHEMA_VERSION = 1
 
 Verdict = Literal["approve", "reject", "incomplete", "invalid"]
-Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "error"]
+Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "not_retrieved", "error"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class CellResult:
     failure: Failure | None = None
     excerpt: str = ""
     repeats: int = 1
+    score: float | None = None  # the task's credit for the answer (a share of the values under part scoring)
     # Every timed, full run of the prompt (one per timing pass); prefill_s etc. are their repeat statistic.
     prefill_samples: tuple[float, ...] = ()
     decode_samples: tuple[float, ...] = ()
@@ -170,6 +171,12 @@ class Metrics:
     latency_compared: bool = True  # False when the baseline was captured earlier: its timings are not comparable
     prompt_mismatches: int = 0
     fingerprint_mismatches: tuple[str, ...] = ()
+    # Per task family and length, and the effective context length (largest length where recall holds)
+    recall_by_task: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    recall_by_length: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    effective_length: dict[str, int | None] = field(default_factory=dict)
+    effective_length_ratio: float | None = None
+    failures: dict[str, dict[str, int]] = field(default_factory=dict)  # miss categories per side
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

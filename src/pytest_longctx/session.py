@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .gate_spec import GateSpec, VariantSpec
 from .results import CellResult, GateResults, TimingSample, save_results
-from .sweep import Cell, build_prompt, errored_cell, interleaved, merge_samples, run_cell, timed_run
+from .sweep import Cell, build_prompt, errored_cell, interleaved, merge_samples, run_cell, task_spec, timed_run
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -21,24 +21,33 @@ class CellError(RuntimeError):
     """A cell that could not be measured; its item fails and the gate cannot approve."""
 
 
-def _default_backend(gate: GateSpec) -> Backend:
+def _default_backend(gate: GateSpec, variant: VariantSpec) -> Backend:
+    """The in-process model for one side, with what that side applies at load time (RoPE, dtype, kernels)."""
     from .backend import TransformersBackend
+    from .model_loading import load_model
 
-    return TransformersBackend.load(gate.model)
+    spec = variant.model_spec(gate.model)
+    model, tokenizer, fingerprint = load_model(
+        spec.ref, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code,
+        rope=variant.rope, attn_implementation=variant.attn_implementation,
+    )
+    return TransformersBackend(model, tokenizer, fingerprint=fingerprint)
+
+
+BackendFactory = Callable[[GateSpec, VariantSpec], "Backend"]
 
 
 class GateRun:
     """Measures the cells of one gate (in any order, any subset) and turns what was recorded into results."""
 
-    def __init__(
-        self, gate: GateSpec, *, backend_factory: Callable[[GateSpec], Backend] = _default_backend, capture: bool = False
-    ) -> None:
+    def __init__(self, gate: GateSpec, *, backend_factory: BackendFactory = _default_backend, capture: bool = False) -> None:
         self.gate = gate
         self.capture = capture
         self._backend_factory = backend_factory
-        self._backend: Backend | None = None
-        self._load_error: BaseException | None = None
-        self._prompts: dict[Cell, Any] = {}
+        # One loaded model per distinct load-time setting: sides that differ only in cache or prompt share it.
+        self._backends: dict[tuple[Any, ...], Backend] = {}
+        self._load_errors: dict[tuple[Any, ...], BaseException] = {}
+        self._prompts: dict[tuple[Any, ...], Any] = {}
         self._fingerprint: dict[str, str] | None = None
         self.cells: list[CellResult] = []
         self.samples: list[TimingSample] = []
@@ -56,36 +65,52 @@ class GateRun:
             return (self.gate.candidate,)
         return self.gate.variants
 
-    def backend(self) -> Backend:
-        """Load the model once (a failed load is remembered, not retried per cell) and warm it up untimed."""
-        if self._load_error is not None:
-            raise CellError(f"model {self.gate.model.ref} failed to load: {self._load_error}")
-        if self._backend is None:
-            try:
-                backend = self._backend_factory(self.gate)
-                warm = backend.tokenizer.encode("Warm-up: the first forward pass pays one-off costs.") if hasattr(backend.tokenizer, "encode") else [1, 2, 3]
-                for variant in self.variants:
-                    backend.generate(warm, variant=variant, max_new_tokens=2)
-            except Exception as exc:
-                self._load_error = exc
-                raise
-            self._backend = backend
-        return self._backend
+    @property
+    def _load_error(self) -> BaseException | None:
+        return next(iter(self._load_errors.values()), None)
 
-    def prompt(self, cell: Cell) -> Any:
-        """Both variants get the very same token ids for a cell; build them once."""
-        if cell not in self._prompts:
-            self._prompts[cell] = build_prompt(self.backend(), cell)
-        return self._prompts[cell]
+    def backend(self, variant: VariantSpec | None = None) -> Backend:
+        """The model `variant` runs on (default: the first side measured), loaded once and warmed up untimed.
+
+        A failed load is remembered, not retried per cell.
+        """
+        variant = variant or self.variants[0]
+        key = variant.load_key(self.gate.model)
+        if key in self._load_errors:
+            spec = variant.model_spec(self.gate.model)
+            raise CellError(f"model {spec.ref} failed to load: {self._load_errors[key]}")
+        if key not in self._backends:
+            try:
+                backend = self._backend_factory(self.gate, variant)
+                warm = backend.tokenizer.encode("Warm-up: the first forward pass pays one-off costs.") if hasattr(backend.tokenizer, "encode") else [1, 2, 3]
+                for side in self.variants:
+                    if side.load_key(self.gate.model) == key:
+                        backend.generate(warm, variant=side, max_new_tokens=2)
+            except Exception as exc:
+                self._load_errors[key] = exc
+                raise
+            self._backends[key] = backend
+        return self._backends[key]
+
+    def prompt(self, cell: Cell, variant: VariantSpec | None = None) -> Any:
+        """The cell's prompt for `variant`. Sides on one tokenizer with one prompt layout get the very same
+        token ids (built once); a prompt-level change or another tokenizer gets its own."""
+        variant = variant or self.variants[0]
+        tokenizer = self.backend(variant).tokenizer
+        layout = (variant.packing, variant.history, variant.retrieval)
+        key = (id(tokenizer), layout, cell)
+        if key not in self._prompts:
+            self._prompts[key] = build_prompt(tokenizer, task_spec(self.gate.sweep, cell.task), cell, variant)
+        return self._prompts[key]
 
     def measure(self, variant: VariantSpec, cell: Cell) -> CellResult:
         """The recall run of one cell; on failure return an errored record (the caller reports it and fails the item)."""
         prompt = None
         try:
-            prompt = self.prompt(cell)
+            prompt = self.prompt(cell, variant)
             sweep = self.gate.sweep
             result = run_cell(
-                self.backend(), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens, timeout_s=sweep.cell_timeout_s
+                self.backend(variant), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens, timeout_s=sweep.cell_timeout_s
             )
         except Exception as exc:  # noqa: BLE001 - any failure of a cell (OOM and timeouts too) is recorded
             _release_device_memory()
@@ -111,13 +136,13 @@ class GateRun:
             if key in self._failed or self._timed.get(key, 0) >= number:
                 continue
             try:
-                prompt = self.prompt(cell)
+                prompt = self.prompt(cell, variant)
             except Exception as exc:  # noqa: BLE001 - recorded against the cell
                 self._failed.add(key)
                 samples.append(TimingSample(variant.name, cell.task, cell.length, cell.depth, cell.seed, None, None, None, "",
                                             f"{type(exc).__name__}: {exc}"))
                 continue
-            sample = timed_run(self.backend(), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens, timeout_s=sweep.cell_timeout_s)
+            sample = timed_run(self.backend(variant), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens, timeout_s=sweep.cell_timeout_s)
             if sample.error is not None:
                 _release_device_memory()
                 self._failed.add(key)
@@ -137,11 +162,14 @@ class GateRun:
         return [merge_samples(c, self.samples, repeats=sweep.repeats, statistic=sweep.repeat_statistic) for c in self.cells]
 
     def fingerprint(self) -> dict[str, str]:
-        """The loaded model's fingerprint, computed once (it hashes the tokenizer's whole vocabulary)."""
+        """The baseline model's fingerprint, computed once (it hashes the tokenizer's whole vocabulary).
+
+        A captured baseline is checked against the baseline side's model, also when only the candidate runs.
+        """
         if self._fingerprint is None:
             from .baseline_capture import fingerprint
 
-            self._fingerprint = fingerprint(self.backend())
+            self._fingerprint = fingerprint(self.backend(self.gate.baseline))
         return self._fingerprint
 
     def captured(self) -> Any:
@@ -194,7 +222,7 @@ class GateRun:
         except ImportError:
             pass
         env["libraries"] = _library_versions()
-        if self._backend is not None:
+        if self._backends:
             fp = self.fingerprint()
             env.update(model_fingerprint=fp["model_weights"], tokenizer_sha256=fp["tokenizer"], chat_template_sha256=fp["chat_template"])
         return env

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .gate_spec import GateSpec, SweepSpec, VariantSpec
-from .results import CellResult, Failure, TimingSample
+from .results import CellResult, TimingSample
 
 if TYPE_CHECKING:
     from .backend import Backend
-    from .haystack import Haystack
+    from .tasks import TaskPrompt, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,27 @@ class Cell:
 
 
 def plan_cells(sweep: SweepSpec) -> list[Cell]:
-    return [Cell(t, n, d, s) for t in sweep.tasks for n in sweep.lengths for d in sweep.depths for s in sweep.seeds]
+    """Every cell of the sweep; a family where position means nothing (aggregation) runs at one depth only."""
+    from .tasks import uses_depth
+
+    cells = []
+    for spec in sweep.tasks:
+        depths = sweep.depths if uses_depth(spec) else (positionless_depth(sweep),)
+        cells += [Cell(spec.name, n, d, s) for n in sweep.lengths for d in depths for s in sweep.seeds]
+    return cells
+
+
+def positionless_depth(sweep: SweepSpec) -> float:
+    """The depth a position-free family's cells are filed under: the swept depth nearest the middle band's centre."""
+    centre = sum(sweep.middle) / 2
+    return min(sweep.depths, key=lambda d: (abs(d - centre), d))
+
+
+def task_spec(sweep: SweepSpec, name: str) -> TaskSpec:
+    for spec in sweep.tasks:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown task {name!r}")
 
 
 def interleaved(gate: GateSpec, variants: tuple[VariantSpec, ...] | None = None, *, flip: bool = False) -> list[tuple[VariantSpec, Cell]]:
@@ -48,47 +67,25 @@ def interleaved(gate: GateSpec, variants: tuple[VariantSpec, ...] | None = None,
     return order
 
 
-def build_prompt(backend: Backend, cell: Cell) -> Haystack:
-    from .haystack import build_haystack
+def build_prompt(tokenizer: Any, spec: TaskSpec, cell: Cell, variant: VariantSpec | None = None) -> TaskPrompt:
+    """The cell's prompt as `variant` lays it out (a prompt-level change such as edge packing), token-exact."""
+    from .tasks import FAMILIES, build_task
 
-    if cell.task != "niah":
-        raise ValueError(f"unknown task {cell.task!r}")
-    return build_haystack(backend.tokenizer, length=cell.length, depth=cell.depth, seed=cell.seed)
+    arrange = None
+    if variant is not None and variant.packing != "given":
+        from .prompt_layout import arrange as packing
 
-
-def classify_miss(answer: str, expected: str, *, hit_limit: bool) -> Failure | None:
-    """Why a cell missed: `partial` (some of the value's parts), `truncated` (cut off while producing the value, or
-    before giving any value), `missing` (answered with something else), `refusal/other` (no answer at all);
-    None when found."""
-    if expected in answer:
-        return None
-    if not answer.strip():
-        return "refusal/other"
-    parts = [p for p in re.split(r"[^0-9A-Za-z]+", expected) if p]
-    present = [p for p in parts if p in answer]
-    if hit_limit and any(answer.rstrip().endswith(expected[:i]) for i in range(1, len(expected))):
-        return "truncated"
-    if present:
-        return "partial"
-    # Cut off before giving any value is truncation; having given another value (digits) first is a miss.
-    return "truncated" if hit_limit and not re.search(r"\d", answer) else "missing"
-
-
-def excerpt(prompt: Haystack, context_chars: int = 240) -> str:
-    """The needle's line with some prompt text either side, for the report's drill-down."""
-    text, needle = prompt.prompt_text, prompt.needle.text
-    at = text.find(needle)
-    if at < 0:
-        return ""
-    start, end = max(0, at - context_chars), min(len(text), at + len(needle) + context_chars)
-    return ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+        if not FAMILIES[spec.family].arranges:
+            raise ValueError(f"packing: {variant.packing} needs a task with documents (multi_doc_qa), not {spec.family}")
+        arrange = packing(variant.packing)
+    return build_task(tokenizer, spec, length=cell.length, depth=cell.depth, seed=cell.seed, arrange=arrange)
 
 
 def run_cell(
-    backend: Backend, variant: VariantSpec, cell: Cell, prompt: Haystack, *, max_new_tokens: int,
+    backend: Backend, variant: VariantSpec, cell: Cell, prompt: TaskPrompt, *, max_new_tokens: int,
     timeout_s: float | None = None,
 ) -> CellResult:
-    """The recall run of one cell: generate greedily and score it (found iff the needle's value is in the answer).
+    """The recall run of one cell: generate greedily and score it with the task's own scoring.
 
     A run that prefilled the whole prompt itself is also the cell's first timed sample; the timing passes add
     the rest (see `merge_samples`).
@@ -96,6 +93,7 @@ def run_cell(
     gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
     reused = getattr(gen, "reused_tokens", 0)
     timed = reused == 0
+    score = prompt.score(gen.answer, hit_limit=gen.hit_limit)
     return CellResult(
         variant=variant.name,
         task=cell.task,
@@ -103,9 +101,10 @@ def run_cell(
         tokens=prompt.tokens,
         depth=cell.depth,
         seed=cell.seed,
-        found=prompt.answer in gen.answer,
-        failure=classify_miss(gen.answer, prompt.answer, hit_limit=gen.hit_limit),
-        excerpt=excerpt(prompt),
+        found=score.found,
+        score=score.fraction,
+        failure=score.failure,
+        excerpt=prompt.excerpt(),
         answer=gen.answer,
         expected=prompt.answer,
         prefill_s=gen.prefill_s if timed else None,
@@ -117,7 +116,7 @@ def run_cell(
         kv_tokens=gen.kv_tokens,
         peak_bytes=gen.peak_bytes,
         prompt_sha256=prompt.prompt_sha256,
-        needle_start=prompt.needle_span[0],
+        needle_start=prompt.needle_start,
         repeats=1 if timed else 0,
         prefill_samples=(gen.prefill_s,) if timed else (),
         decode_samples=(gen.decode_s_per_token,) if timed and gen.decode_s_per_token is not None else (),
@@ -127,7 +126,7 @@ def run_cell(
 
 
 def timed_run(
-    backend: Backend, variant: VariantSpec, cell: Cell, prompt: Haystack, *, max_new_tokens: int,
+    backend: Backend, variant: VariantSpec, cell: Cell, prompt: TaskPrompt, *, max_new_tokens: int,
     timeout_s: float | None = None,
 ) -> TimingSample:
     """One full, uncached run of the prompt, for a timing pass; a failure is recorded, not raised."""

@@ -161,3 +161,42 @@ def test_different_prompts_on_the_two_sides_make_the_gate_invalid():
 def test_fingerprint_mismatch_is_invalid_and_named():
     _, decision = evaluate(GATE, full("baseline") + full("candidate"), fingerprint_mismatches=["chat_template: abc != def"])
     assert decision.verdict == "invalid" and "chat_template: abc != def" in decision.reasons[0]
+
+
+def test_effective_length_threshold_rejects_a_candidate_that_loses_the_long_lengths():
+    gate = parse_gate({
+        "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
+        "sweep": {"lengths": [512, 1024], "depths": [0.0, 0.5, 1.0], "seeds": [0, 1]},
+        "thresholds": {"effective_length_ratio": {"min": 1.0}},
+    })
+    long_edges_lost = replace(full("candidate"), lambda c: c.length == 1024 and c.depth != 0.5, found=False)
+    metrics, decision = evaluate(gate, full("baseline") + long_edges_lost)
+    assert metrics.recall_by_length == {"baseline": {"512": 1.0, "1024": 1.0}, "candidate": {"512": 1.0, "1024": pytest.approx(1 / 3)}}
+    assert metrics.effective_length == {"baseline": 1024, "candidate": 512} and metrics.effective_length_ratio == 0.5
+    assert decision.verdict == "reject"
+    assert [c.name for c in decision.checks if not c.passed] == ["effective_length_ratio"]  # middle recall held
+
+
+def test_position_free_tasks_count_in_their_family_but_not_in_middle_recall():
+    gate = parse_gate({
+        "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
+        "sweep": {"lengths": [512], "depths": [0.0, 0.5, 1.0], "tasks": ["niah", "common_words"]},
+    })
+    def side(variant, words_found):
+        cells = [dataclasses.replace(cell(variant, 512, d, 0), task="niah") for d in (0.0, 0.5, 1.0)]
+        return cells + [dataclasses.replace(cell(variant, 512, 0.5, 0), task="common_words", found=words_found)]
+    metrics, decision = evaluate(gate, side("baseline", True) + side("candidate", False))
+    assert metrics.expected_cells == 4 and metrics.middle_cells == 1  # common_words runs once, at the middle
+    assert metrics.recall_by_task["common_words"] == {"baseline": 1.0, "candidate": 0.0}
+    assert metrics.middle_recall == {"baseline": 1.0, "candidate": 1.0} and decision.verdict == "approve"
+
+
+def test_prompt_layout_changes_pair_on_content_not_on_identical_tokens():
+    gate = parse_gate({
+        "name": "g", "baseline": {}, "candidate": {"packing": "edge"},
+        "sweep": {"lengths": [512, 1024], "depths": [0.0, 0.5, 1.0], "seeds": [0, 1], "tasks": ["multi_doc_qa"]},
+    })
+    relabel = lambda cells: [dataclasses.replace(c, task="multi_doc_qa") for c in cells]  # noqa: E731
+    candidate = [dataclasses.replace(c, prompt_sha256="other") for c in relabel(full("candidate"))]
+    metrics, decision = evaluate(gate, relabel(full("baseline")) + candidate)
+    assert metrics.prompt_mismatches == 0 and decision.verdict == "approve"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def test_shipped_fp8_gate_loads_with_the_documented_settings():
 def test_defaults_fill_what_the_gate_leaves_out():
     gate = parse_gate(minimal())
     assert gate.model.ref == "embedded:smollm2-135m-instruct"
-    assert gate.sweep.seeds == (0,) and gate.sweep.tasks == ("niah",)
+    assert gate.sweep.seeds == (0,) and [t.name for t in gate.sweep.tasks] == ["niah"]
     assert gate.thresholds.p95_latency_ratio_max == 1.10
 
 
@@ -79,3 +80,63 @@ def test_unreadable_and_invalid_yaml_files(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump(minimal(report="out/r.html")))
     assert load_gate(ok, base_dir=tmp_path).report == tmp_path / "out" / "r.html"
+
+
+CHANGES = {
+    "model": "other/model-dir",
+    "dtype": "bfloat16",
+    "attn_implementation": "eager",
+    "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192},
+    "max_position_embeddings": 32768,
+    "attention": {"window": 512, "sink_tokens": 4},
+    "packing": "edge",
+    "history": {"budget": 1024},
+    "retrieval": {"method": "bm25", "top_k": 4},
+}
+
+
+def test_every_change_a_variant_can_carry_round_trips_through_results():
+    gate = parse_gate(minimal(candidate=CHANGES, sweep={"lengths": [256], "depths": [0.5], "tasks": ["niah", {"family": "multi_doc_qa"}]}))
+    c = gate.candidate
+    assert c.model.ref == "other/model-dir" and c.model_spec(gate.model).dtype == "bfloat16"
+    assert c.rope.rope_type == "yarn" and c.rope.max_position_embeddings == 32768
+    assert (c.attention.window, c.attention.sink_tokens) == (512, 4) and c.history.budget == 1024
+    assert c.changes_prompt and not gate.baseline.changes_prompt
+    # Sides that differ only in what is applied after loading share one model; load-time settings split them.
+    assert gate.baseline.load_key(gate.model) != c.load_key(gate.model)
+    assert parse_gate(minimal()).baseline.load_key(gate.model) == parse_gate(minimal()).candidate.load_key(gate.model)
+    assert GateSpec.from_dict(gate.to_dict()) == gate
+
+
+@pytest.mark.parametrize(
+    "candidate,key,fix",
+    [
+        ({"rope_parameters": {"rope_type": "yarn"}}, "candidate.rope_parameters.factor", "add factor"),
+        ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "beta_fast": 32}}, "candidate.rope_parameters.beta_fast", "remove it"),
+        ({"max_position_embeddings": 16384}, "candidate.max_position_embeddings", "add rope_parameters"),
+        ({"attention": {"sink_tokens": 4}}, "candidate.attention.window", "add window"),
+        ({"attention": {"window": 0}}, "candidate.attention.window", "integer >= 1"),
+        ({"history": {"budget": -1}}, "candidate.history.budget", "positive integer"),
+        ({"retrieval": {"method": "grep"}}, "candidate.retrieval.method", "bm25, dense, hybrid"),
+        ({"packing": "middle"}, "candidate.packing", "given, edge"),
+        ({"attn_implementation": "flash"}, "candidate.attn_implementation", "sdpa, eager"),
+        ({"model": {"ref": "x", "dtype": "fp4"}}, "candidate.model.dtype", "float32"),
+    ],
+)
+def test_bad_changes_name_the_variant_key_and_fix(candidate, key, fix):
+    with pytest.raises(GateError, match=rf"gates/x.yaml: key '{key}': .*Fix: .*{fix}"):
+        parse_gate(minimal(candidate=candidate), source="gates/x.yaml")
+
+
+@pytest.mark.parametrize(
+    "tasks,key",
+    [
+        (["niah", "haystack"], "sweep.tasks[1].family"),
+        ([{"family": "niah_single", "value": "emoji"}], "sweep.tasks[0].value"),
+        ([{"family": "niah_multikey", "colour": 3}], "sweep.tasks[0].colour"),
+        (["niah", {"family": "niah", "name": "niah"}], "sweep.tasks"),
+    ],
+)
+def test_bad_task_entries_name_their_index(tasks, key):
+    with pytest.raises(GateError, match=rf"gates/x.yaml: key '{re.escape(key)}'"):
+        parse_gate(minimal(sweep={"lengths": [256], "depths": [0.5], "tasks": tasks}), source="gates/x.yaml")

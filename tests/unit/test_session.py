@@ -19,7 +19,7 @@ def broken_model(gate):
 
 def test_a_failed_load_errors_every_cell_and_is_tried_once():
     calls = []
-    run = GateRun(GATE, backend_factory=lambda g: calls.append(g) or broken_model(g))
+    run = GateRun(GATE, backend_factory=lambda g, v: calls.append(g) or broken_model(g))
     for variant, cell in interleaved(GATE):
         run.record(run.measure(variant, cell))
     assert len(calls) == 1
@@ -29,7 +29,7 @@ def test_a_failed_load_errors_every_cell_and_is_tried_once():
 
 def test_capture_after_a_failed_load_refuses_cleanly_without_reloading():
     calls = []
-    run = GateRun(GATE, backend_factory=lambda g: calls.append(g) or broken_model(g), capture=True)
+    run = GateRun(GATE, backend_factory=lambda g, v: calls.append(g) or broken_model(g), capture=True)
     assert [v.name for v in run.variants] == ["baseline"]
     for variant, cell in interleaved(GATE):
         if variant in run.variants:
@@ -63,9 +63,9 @@ def test_timing_passes_run_only_the_samples_still_owed_and_merge_into_cells(monk
     from pytest_longctx import session as session_module
 
     gate = dataclasses.replace(GATE, sweep=dataclasses.replace(GATE.sweep, repeats=3))
-    monkeypatch.setattr(session_module, "build_prompt", lambda backend, cell: FakeHaystack(cell))
+    monkeypatch.setattr(session_module, "build_prompt", lambda tokenizer, spec, cell, variant: FakeHaystack(cell))
     backend = CountingBackend()
-    run = GateRun(gate, backend_factory=lambda g: backend)
+    run = GateRun(gate, backend_factory=lambda g, v: backend)
     for variant, cell in interleaved(gate):
         run.record(run.measure(variant, cell))
     warm = len(backend.calls)
@@ -80,16 +80,8 @@ def test_timing_passes_run_only_the_samples_still_owed_and_merge_into_cells(monk
     assert all(c.total_s == min(c.total_samples) for c in cells)
 
 
-class FakeHaystack:
-    def __init__(self, cell):
-        self.token_ids = (1, 2, 3)
-        self.tokens = 3
-        self.answer = "x"
-        self.prompt_sha256 = f"h{cell.id}"
-        self.needle_span = (0, 1)
-        self.prompt_text = "x"
+def FakeHaystack(cell):  # noqa: N802 - reads like the class it stands in for
+    from pytest_longctx.tasks import TaskPrompt
 
-        class needle:  # noqa: N801 - mirrors Haystack.needle
-            text = "x"
-
-        self.needle = needle
+    return TaskPrompt(family="niah", prompt_text=f"x {cell.id}", token_ids=(1, 2, 3), length=3, depth=cell.depth, seed=0,
+                      question="q", answers=("x",), distractors=(), evidence_spans=((0, 1),), scoring="all", value_pattern="x")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_longctx.gate_spec import parse_gate
-from pytest_longctx.sweep import classify_miss, interleaved, plan_cells
+from pytest_longctx.sweep import interleaved, plan_cells
 
 GATE = parse_gate({
     "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
@@ -26,22 +26,6 @@ def test_variants_interleave_and_alternate_who_goes_first():
     assert sum(1 for name, _ in order if name == "candidate") == 8
 
 
-@pytest.mark.parametrize(
-    "answer,hit_limit,category",
-    [
-        ("The code is HERON-2904.", False, None),
-        ("The code is 2904.", False, "partial"),
-        ("The override code for the vault is HER", True, "truncated"),
-        ("The override code for the vault is", True, "truncated"),
-        ("The code is 2024-12-14.", False, "missing"),
-        ("The override code for the vault is 2024-12-14 16:5", True, "missing"),
-        ("", False, "refusal/other"),
-    ],
-)
-def test_misses_are_classified(answer, hit_limit, category):
-    assert classify_miss(answer, "HERON-2904", hit_limit=hit_limit) == category
-
-
 class ScriptedBackend:
     """Returns prepared generations in turn, so timing aggregation can be checked exactly."""
 
@@ -59,16 +43,14 @@ class ScriptedBackend:
         return self.gens.pop(0)
 
 
-class FakePrompt:
-    token_ids = (1, 2, 3)
-    tokens = 3
-    answer = "HERON-2904"
-    prompt_sha256 = "h"
-    needle_span = (1, 2)
-    prompt_text = "x"
+def FakePrompt():  # noqa: N802 - reads like the class it stands in for
+    from pytest_longctx.tasks import TaskPrompt
 
-    class needle:  # noqa: N801 - mirrors Haystack.needle
-        text = "The override code is HERON-2904."
+    return TaskPrompt(
+        family="niah", prompt_text="log line\nThe override code is HERON-2904.\nlog line", token_ids=(1, 2, 3), length=3,
+        depth=0.5, seed=0, question="What is the code?", answers=("HERON-2904",), distractors=(), evidence_spans=((1, 2),),
+        scoring="all", value_pattern=r"[A-Z]+-\d{4}",
+    )
 
 
 def _sample(total, answer="code HERON-2904", error=None, variant="baseline"):
