@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from .gate_spec import GateSpec
 
     gate = GateSpec.from_dict(results.gate)
-    _, decision = evaluate(gate, results.cells, fingerprint_mismatches=results.metrics.fingerprint_mismatches)
+    _, decision = evaluate(gate, results.cells, fingerprint_mismatches=results.metrics.fingerprint_mismatches,
+                           loss_curves=results.metrics.loss_curves)
     print(json.dumps(decision.to_dict(), indent=2))
     if decision.to_dict() != results.decision.to_dict():
         print(f"longctx: the recorded verdict {results.decision.verdict!r} does not match the cells", file=sys.stderr)

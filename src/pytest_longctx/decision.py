@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .gate_spec import GateSpec
 from .results import CellResult, Check, Decision, Metrics
@@ -93,7 +94,10 @@ def p95_ratio_ci(base: Sequence[float], cand: Sequence[float], confidence: float
     return None if np.isnan(low) or np.isnan(high) else (low, high)
 
 
-def compute_metrics(gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_mismatches: Sequence[str] = ()) -> Metrics:
+def compute_metrics(
+    gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_mismatches: Sequence[str] = (),
+    loss_curves: Mapping[str, dict[str, Any]] | None = None,
+) -> Metrics:
     """Metrics over the cells both variants measured without error; missing, errored and mismatched cells are counted."""
     names = (gate.baseline.name, gate.candidate.name)
     base_name, cand_name = names
@@ -142,7 +146,12 @@ def compute_metrics(gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_
     total, prefill, decode = latency["total_s"], latency["prefill_s"], latency["decode_s_per_token"]
     by_task, by_length = _recall_tables(gate, [side(base_name, paired), side(cand_name, paired)])
     effective, effective_ratio = _effective_lengths(gate, by_length)
+    curves = {label: dict((loss_curves or {})[n]) for label, n in zip(("baseline", "candidate"), names) if n in (loss_curves or {})}
+    loss_ratio, worst = _loss_ratio(curves)
     return Metrics(
+        loss_curves=curves,
+        loss_ratio=loss_ratio,
+        loss_worst_bucket=worst,
         recall_by_task=by_task,
         recall_by_length=by_length,
         effective_length=effective,
@@ -200,6 +209,18 @@ def _effective_lengths(gate: GateSpec, by_length: dict[str, dict[str, float | No
         return {label: None for label in tables}, None
     lengths = {label: effective_length(table, threshold) for label, table in tables.items()}
     return lengths, effective_length_ratio(tables["baseline"], tables["candidate"], threshold)
+
+
+def _loss_ratio(curves: dict[str, dict[str, Any]]) -> tuple[float | None, int | None]:
+    if set(curves) != {"baseline", "candidate"}:
+        return None, None
+    from .loss_curve import LossCurve, loss_ratio
+
+    def curve(c: dict[str, Any]) -> LossCurve:
+        return LossCurve(tuple(c["edges"]), tuple(c["losses"]), tuple(c["counts"]), c["tokens"])
+
+    ratio, worst = loss_ratio(curve(curves["baseline"]), curve(curves["candidate"]))
+    return ratio, worst
 
 
 def _failures(cells: list[CellResult]) -> dict[str, int]:
@@ -285,6 +306,13 @@ def decide(gate: GateSpec, metrics: Metrics) -> Decision:
             f"effective context length (recall >= {t.effective_length_recall:.2f}) {eff.get('candidate')} vs "
             f"{eff.get('baseline')} tokens: ratio {_fmt(ratio)}, required >= {t.effective_length_ratio_min:.2f}",
         ))
+    if t.loss_ratio_max is not None:
+        edges = m.loss_curves.get("baseline", {}).get("edges", [])
+        where = f" at positions {edges[m.loss_worst_bucket]}-{edges[m.loss_worst_bucket + 1]}" if m.loss_worst_bucket is not None and edges else ""
+        checks.append(Check(
+            "loss_ratio", m.loss_ratio, t.loss_ratio_max, "<=", m.loss_ratio is not None and m.loss_ratio <= t.loss_ratio_max + EPS,
+            f"next-token loss, worst position bucket{where}: ratio {_fmt(m.loss_ratio)}, allowed <= {t.loss_ratio_max:.2f}",
+        ))
     reasons = [("PASS " if c.passed else "FAIL ") + c.detail for c in checks if c.policy != "skipped"]
     reasons += ["NOTE " + c.detail for c in checks if c.policy == "skipped"]
     problems = []
@@ -299,6 +327,8 @@ def decide(gate: GateSpec, metrics: Metrics) -> Decision:
         gaps.append(f"{m.missing_cells} of {2 * m.expected_cells} cells were not run (deselected, interrupted or skipped)")
     if m.errored_cells:
         gaps.append(f"{m.errored_cells} cells errored")
+    if gate.sweep.loss is not None and set(m.loss_curves) != {"baseline", "candidate"}:
+        gaps.append("the loss curve was not measured on both sides")
     if gaps:
         return Decision("incomplete", tuple(["cannot approve: " + "; ".join(gaps)] + reasons), tuple(checks))
     verdict = "approve" if all(c.passed for c in checks) else "reject"
@@ -309,6 +339,9 @@ def _mib(value: float | None) -> float | None:
     return None if value is None else value / 2**20
 
 
-def evaluate(gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_mismatches: Sequence[str] = ()) -> tuple[Metrics, Decision]:
-    metrics = compute_metrics(gate, cells, fingerprint_mismatches=fingerprint_mismatches)
+def evaluate(
+    gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_mismatches: Sequence[str] = (),
+    loss_curves: Mapping[str, dict[str, Any]] | None = None,
+) -> tuple[Metrics, Decision]:
+    metrics = compute_metrics(gate, cells, fingerprint_mismatches=fingerprint_mismatches, loss_curves=loss_curves)
     return metrics, decide(gate, metrics)

@@ -112,6 +112,15 @@ class VariantSpec:
 
 
 @dataclass(frozen=True)
+class LossSpec:
+    """Next-token loss by position over one long seeded text per side (see loss_curve)."""
+
+    tokens: int
+    buckets: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     lengths: tuple[int, ...]
     depths: tuple[float, ...]
@@ -122,6 +131,7 @@ class SweepSpec:
     repeats: int = 1  # timed, full runs of each prompt
     repeat_statistic: RepeatStatistic = "min"  # how a cell's repeated timings become one number
     cell_timeout_s: float | None = None
+    loss: LossSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,7 @@ class Thresholds:
     latency_confidence: float = 0.95
     effective_length_ratio_min: float | None = None
     effective_length_recall: float = 0.85  # the recall a length must hold to count as effective
+    loss_ratio_max: float | None = None  # worst position bucket's candidate/baseline mean next-token loss
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,7 @@ class GateSpec:
         for key in ("lengths", "depths", "seeds", "middle"):
             sweep[key] = tuple(sweep[key])
         sweep["tasks"] = tuple(_task_from_record(t) for t in sweep["tasks"])
+        sweep["loss"] = None if sweep.get("loss") is None else LossSpec(**sweep["loss"])
 
         def path(key: str) -> Path | None:
             return None if data.get(key) is None else Path(data[key])
@@ -310,11 +322,9 @@ def _rope(r: _Reader, v: dict[str, Any], name: str) -> RopeSettings | None:
         return None
     from .rope_scaling import RopeError, parse_rope
 
-    if v.get("rope_parameters") is None:
-        raise r.fail(f"{name}.max_position_embeddings", "is set without rope_parameters",
-                     "add rope_parameters (e.g. {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 8192})")
     try:
-        return parse_rope(v["rope_parameters"], v.get("max_position_embeddings"))
+        # max_position_embeddings alone keeps the model's own RoPE and changes only the length it accepts.
+        return parse_rope(v.get("rope_parameters") or {}, v.get("max_position_embeddings"))
     except RopeError as exc:
         raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
 
@@ -356,7 +366,7 @@ def _retrieval(r: _Reader, raw: Any, name: str) -> RetrievalSettings | None:
 
 
 def _sweep(r: _Reader, raw: Any) -> SweepSpec:
-    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "repeat_statistic", "cell_timeout_s")}
+    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "repeat_statistic", "cell_timeout_s", "loss")}
     s = r.mapping(raw, "sweep", allowed)
     if "lengths" not in s or "depths" not in s:
         raise r.fail("sweep", "needs both lengths and depths", "add sweep.lengths: [1024, ...] and sweep.depths: [0.0, ..., 1.0]")
@@ -382,7 +392,21 @@ def _sweep(r: _Reader, raw: Any) -> SweepSpec:
         repeats=r.integer(s.get("repeats", 1), "sweep.repeats", low=1),
         repeat_statistic=r.choice(s.get("repeat_statistic", "min"), "sweep.repeat_statistic", get_args(RepeatStatistic)),  # type: ignore[arg-type]
         cell_timeout_s=None if s.get("cell_timeout_s") is None else r.number(s["cell_timeout_s"], "sweep.cell_timeout_s", low=0.001),
+        loss=_loss(r, s.get("loss")),
     )
+
+
+def _loss(r: _Reader, raw: Any) -> LossSpec | None:
+    if raw is None:
+        return None
+    m = r.mapping(raw, "sweep.loss", {"tokens": "", "buckets": "", "seed": ""})
+    if "tokens" not in m:
+        raise r.fail("sweep.loss.tokens", "is missing", "add tokens: 8192 (the length of the text the loss is measured over)")
+    tokens = r.integer(m["tokens"], "sweep.loss.tokens", low=64)
+    buckets = r.integer(m.get("buckets", 8), "sweep.loss.buckets", low=1)
+    if buckets > tokens // 8:
+        raise r.fail("sweep.loss.buckets", f"{buckets} buckets over {tokens} tokens leaves under 8 tokens each", "use fewer buckets")
+    return LossSpec(tokens=tokens, buckets=buckets, seed=r.integer(m.get("seed", 0), "sweep.loss.seed"))
 
 
 def _tasks(r: _Reader, raw: Any) -> tuple[TaskSpec, ...]:
@@ -403,11 +427,12 @@ def _tasks(r: _Reader, raw: Any) -> tuple[TaskSpec, ...]:
 
 def _thresholds(r: _Reader, raw: Any) -> Thresholds:
     keys = {"middle_recall": "", "p95_latency_ratio": "", "p95_prefill_ratio": "", "p95_decode_ratio": "", "memory_ratio": "",
-            "effective_length_ratio": ""}
+            "effective_length_ratio": "", "loss_ratio": ""}
     t = r.mapping(raw if raw is not None else {}, "thresholds", keys)
     mr = r.mapping(t.get("middle_recall", {}), "thresholds.middle_recall", {"min_delta": "", "policy": "", "margin": "", "alpha": ""})
     mem = r.mapping(t.get("memory_ratio", {}), "thresholds.memory_ratio", {"max": "", "source": ""})
     eff = r.mapping(t.get("effective_length_ratio", {}), "thresholds.effective_length_ratio", {"min": "", "recall": ""})
+    loss = r.mapping(t.get("loss_ratio", {}), "thresholds.loss_ratio", {"max": ""})
     latency: dict[str, tuple[float | None, str, float]] = {}
     for name, default in (("p95_latency_ratio", 1.10), ("p95_prefill_ratio", None), ("p95_decode_ratio", None)):
         key = f"thresholds.{name}"
@@ -439,6 +464,7 @@ def _thresholds(r: _Reader, raw: Any) -> Thresholds:
         latency_confidence=latency["p95_latency_ratio"][2],
         effective_length_ratio_min=None if eff.get("min") is None else r.number(eff["min"], "thresholds.effective_length_ratio.min", low=0.0),
         effective_length_recall=r.number(eff.get("recall", 0.85), "thresholds.effective_length_ratio.recall", low=0.0, high=1.0),
+        loss_ratio_max=None if loss.get("max") is None else r.number(loss["max"], "thresholds.loss_ratio.max", low=0.0),
     )
 
 
@@ -460,19 +486,38 @@ def parse_gate(data: Any, *, source: str = "<gate>", base_dir: Path | None = Non
         p = Path(r.string(top[key], key))
         return p if p.is_absolute() or base_dir is None else base_dir / p
 
+    baseline, candidate = _variant(r, top["baseline"], "baseline"), _variant(r, top["candidate"], "candidate")
+    sweep, thresholds = _sweep(r, top["sweep"]), _thresholds(r, top.get("thresholds"))
+    _check_combinations(r, (baseline, candidate), sweep, thresholds)
     return GateSpec(
         name=name,
         path=Path(source) if source != "<gate>" else None,
         model=_model(r, top.get("model")),
-        baseline=_variant(r, top["baseline"], "baseline"),
-        candidate=_variant(r, top["candidate"], "candidate"),
-        sweep=_sweep(r, top["sweep"]),
-        thresholds=_thresholds(r, top.get("thresholds")),
+        baseline=baseline,
+        candidate=candidate,
+        sweep=sweep,
+        thresholds=thresholds,
         report=out_path("report"),
         results=out_path("results"),
         sha256=sha256,
         captured_baseline=_captured_path(r, top, source),
     )
+
+
+def _check_combinations(r: _Reader, variants: tuple[VariantSpec, ...], sweep: SweepSpec, thresholds: Thresholds) -> None:
+    """Settings that are each valid but cannot go together, caught before any model loads."""
+    from .tasks import FAMILIES
+
+    for v in variants:
+        if v.attention is not None and v.planted_window is not None:
+            raise r.fail(f"{v.name}.planted.window", "cannot be combined with attention", "use attention: {window: N} alone")
+        if v.attention is not None and sweep.loss is not None:
+            raise r.fail("sweep.loss", f"is not measured under {v.name}.attention (the loss pass has no windowed mask)",
+                         "drop sweep.loss from this gate, or measure the loss in a gate without attention")
+        if v.packing != "given" and not any(FAMILIES[t.family].arranges for t in sweep.tasks):
+            raise r.fail(f"{v.name}.packing", "needs a task with documents to arrange", "add multi_doc_qa to sweep.tasks")
+    if thresholds.loss_ratio_max is not None and sweep.loss is None:
+        raise r.fail("thresholds.loss_ratio", "needs a loss curve to compare", "add sweep.loss: {tokens: 8192, buckets: 8}")
 
 
 def _captured_path(r: _Reader, top: dict[str, Any], source: str) -> Path | None:

@@ -66,7 +66,7 @@ class LongctxSession:
         return [item for gate in self.gates for item in make_gate_items(session, self.runs[gate.name])]
 
     def record(self, nodeid: str, user_properties: list[tuple[str, Any]]) -> None:
-        from .nodes import CELL_PROPERTY, TIMING_PROPERTY
+        from .nodes import CELL_PROPERTY, LOSS_PROPERTY, TIMING_PROPERTY
 
         gate_name = nodeid.split("::", 1)[0]
         run = self.runs.get(gate_name)
@@ -75,6 +75,8 @@ class LongctxSession:
                 run.record(CellResult.from_dict(value))
             elif run is not None and name == TIMING_PROPERTY:
                 run.record_samples([TimingSample.from_dict(v) for v in value])
+            elif run is not None and name == LOSS_PROPERTY:
+                run.record_loss(value)
 
     def finish(self) -> int:
         """Decide every gate, write its outputs; return 0 when all approve, else 1."""

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 CELL_PROPERTY = "longctx_cell"
 TIMING_PROPERTY = "longctx_timing"
+LOSS_PROPERTY = "longctx_loss"
 
 
 class GateNode(pytest.Collector):
@@ -27,6 +28,10 @@ class GateNode(pytest.Collector):
         for variant, cell in interleaved(self.run.gate):
             if variant.name in variants:
                 yield CellItem.from_parent(variants[variant.name], name=cell.id, run=self.run, variant=variant, cell=cell)
+        if self.run.gate.sweep.loss is not None:
+            for variant in self.run.variants:
+                yield LossItem.from_parent(variants[variant.name], name=f"loss[{self.run.gate.sweep.loss.tokens}]",
+                                           run=self.run, variant=variant)
         # Timed runs come after every recall run, in passes over the whole sweep (see GateRun.timing_pass).
         for number in range(1, self.run.timing_passes + 1):
             yield TimingPassItem.from_parent(self, name=f"timing-pass-{number}", run=self.run, number=number)
@@ -60,6 +65,21 @@ class CellItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.cell.id}"
+
+
+class LossItem(pytest.Item):
+    """One side's next-token loss by position over the gate's long text."""
+
+    def __init__(self, *, run: GateRun, variant: VariantSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run = run
+        self.variant = variant
+
+    def runtest(self) -> None:
+        self.user_properties.append((LOSS_PROPERTY, self.run.loss_curve(self.variant)))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.name}"
 
 
 class TimingPassItem(pytest.Item):

@@ -177,6 +177,9 @@ class Metrics:
     effective_length: dict[str, int | None] = field(default_factory=dict)
     effective_length_ratio: float | None = None
     failures: dict[str, dict[str, int]] = field(default_factory=dict)  # miss categories per side
+    loss_curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # per side: edges, losses, counts, tokens
+    loss_ratio: float | None = None  # worst bucket's candidate/baseline mean next-token loss
+    loss_worst_bucket: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

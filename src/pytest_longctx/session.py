@@ -51,6 +51,7 @@ class GateRun:
         self._fingerprint: dict[str, str] | None = None
         self.cells: list[CellResult] = []
         self.samples: list[TimingSample] = []
+        self.loss_curves: dict[str, dict[str, Any]] = {}
         # What this process has timed so far, so a timing pass only runs the samples still owed.
         self._timed: dict[tuple[str, Cell], int] = {}
         self._failed: set[tuple[str, Cell]] = set()
@@ -150,6 +151,23 @@ class GateRun:
             samples.append(sample)
         return samples
 
+    def loss_curve(self, variant: VariantSpec) -> dict[str, Any]:
+        """Next-token loss by position over the gate's long seeded text, through `variant`'s model and cache."""
+        from .kv_cache import make_cache
+        from .loss_curve import long_text, loss_by_position
+
+        spec = self.gate.sweep.loss
+        assert spec is not None
+        backend = self.backend(variant)
+        ids = backend.tokenizer(long_text(backend.tokenizer, spec.tokens, spec.seed), add_special_tokens=False)["input_ids"]
+        cache = make_cache(variant.kv_cache_dtype, backend.model.config, kv_scale=variant.kv_scale)
+        curve = loss_by_position(backend.model, ids, buckets=spec.buckets, cache=cache)
+        return {"variant": variant.name, "edges": list(curve.edges), "losses": list(curve.losses),
+                "counts": list(curve.counts), "tokens": curve.tokens}
+
+    def record_loss(self, record: dict[str, Any]) -> None:
+        self.loss_curves[record["variant"]] = record
+
     def record(self, cell: CellResult) -> None:
         self.cells.append(cell)
 
@@ -195,7 +213,7 @@ class GateRun:
                 problems = mismatches(capture, self.gate, current)
             except (CaptureError, CellError) as exc:
                 problems = [str(exc)]
-        metrics, decision = evaluate(self.gate, cells, fingerprint_mismatches=problems)
+        metrics, decision = evaluate(self.gate, cells, fingerprint_mismatches=problems, loss_curves=self.loss_curves)
         return GateResults(
             gate=self.gate.to_dict(),
             decision=decision,

@@ -200,3 +200,22 @@ def test_prompt_layout_changes_pair_on_content_not_on_identical_tokens():
     candidate = [dataclasses.replace(c, prompt_sha256="other") for c in relabel(full("candidate"))]
     metrics, decision = evaluate(gate, relabel(full("baseline")) + candidate)
     assert metrics.prompt_mismatches == 0 and decision.verdict == "approve"
+
+
+def _curve(losses):
+    return {"edges": [0, 100, 200, 300], "losses": list(losses), "counts": [99, 100, 100], "tokens": 300}
+
+
+def test_loss_ratio_reads_the_worst_bucket_and_a_missing_curve_blocks_approval():
+    gate = parse_gate({
+        "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
+        "sweep": {"lengths": [512, 1024], "depths": [0.0, 0.5, 1.0], "seeds": [0, 1], "loss": {"tokens": 300, "buckets": 3}},
+        "thresholds": {"loss_ratio": {"max": 1.10}},
+    })
+    cells = full("baseline") + full("candidate")
+    curves = {"baseline": _curve([3.0, 2.5, 2.4]), "candidate": _curve([3.0, 2.6, 3.0])}
+    metrics, decision = evaluate(gate, cells, loss_curves=curves)
+    assert metrics.loss_ratio == pytest.approx(1.25) and metrics.loss_worst_bucket == 2
+    assert decision.verdict == "reject" and "positions 200-300" in next(r for r in decision.reasons if "loss" in r)
+    metrics, decision = evaluate(gate, cells, loss_curves={"baseline": curves["baseline"]})
+    assert decision.verdict == "incomplete" and "loss curve was not measured" in decision.reasons[0]

@@ -113,7 +113,8 @@ def test_every_change_a_variant_can_carry_round_trips_through_results():
     [
         ({"rope_parameters": {"rope_type": "yarn"}}, "candidate.rope_parameters.factor", "add factor"),
         ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "beta_fast": 32}}, "candidate.rope_parameters.beta_fast", "remove it"),
-        ({"max_position_embeddings": 16384}, "candidate.max_position_embeddings", "add rope_parameters"),
+        ({"max_position_embeddings": 0}, "candidate.max_position_embeddings", "context length in tokens"),
+        ({"rope_parameters": {}}, "candidate.rope_parameters", "give a rope_type"),
         ({"attention": {"sink_tokens": 4}}, "candidate.attention.window", "add window"),
         ({"attention": {"window": 0}}, "candidate.attention.window", "integer >= 1"),
         ({"history": {"budget": -1}}, "candidate.history.budget", "positive integer"),
