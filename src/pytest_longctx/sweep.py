@@ -72,11 +72,11 @@ def build_prompt(tokenizer: Any, spec: TaskSpec, cell: Cell, variant: VariantSpe
     from .tasks import FAMILIES, build_task
 
     arrange = None
-    if variant is not None and variant.packing != "given":
+    # Packing re-orders documents; a family without documents keeps its prompt (the gate checked that some
+    # family of the sweep has documents).
+    if variant is not None and variant.packing != "given" and FAMILIES[spec.family].arranges:
         from .prompt_layout import arrange as packing
 
-        if not FAMILIES[spec.family].arranges:
-            raise ValueError(f"packing: {variant.packing} needs a task with documents (multi_doc_qa), not {spec.family}")
         arrange = packing(variant.packing)
     return build_task(tokenizer, spec, length=cell.length, depth=cell.depth, seed=cell.seed, arrange=arrange)
 
