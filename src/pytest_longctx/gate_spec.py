@@ -516,6 +516,8 @@ def _check_combinations(r: _Reader, variants: tuple[VariantSpec, ...], sweep: Sw
                          "drop sweep.loss from this gate, or measure the loss in a gate without attention")
         if v.packing != "given" and not any(FAMILIES[t.family].arranges for t in sweep.tasks):
             raise r.fail(f"{v.name}.packing", "needs a task with documents to arrange", "add multi_doc_qa to sweep.tasks")
+        if v.history is not None and not any(FAMILIES[t.family].takes_history for t in sweep.tasks):
+            raise r.fail(f"{v.name}.history", "needs a task with a chat history", "add conversation to sweep.tasks")
     if thresholds.loss_ratio_max is not None and sweep.loss is None:
         raise r.fail("thresholds.loss_ratio", "needs a loss curve to compare", "add sweep.loss: {tokens: 8192, buckets: 8}")
 

@@ -78,7 +78,8 @@ def build_prompt(tokenizer: Any, spec: TaskSpec, cell: Cell, variant: VariantSpe
         from .prompt_layout import arrange as packing
 
         arrange = packing(variant.packing)
-    return build_task(tokenizer, spec, length=cell.length, depth=cell.depth, seed=cell.seed, arrange=arrange)
+    history = variant.history if variant is not None and FAMILIES[spec.family].takes_history else None
+    return build_task(tokenizer, spec, length=cell.length, depth=cell.depth, seed=cell.seed, arrange=arrange, history=history)
 
 
 def run_cell(

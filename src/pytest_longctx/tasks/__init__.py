@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from . import aggregation, multi_doc_qa, niah, variable_tracking
+from . import aggregation, conversation_qa, multi_doc_qa, niah, variable_tracking
 from .family import Family, Option, TaskError
 from .multi_doc_qa import Arrange
 from .prompt import Document, Miss, Score, Scoring, TaskPrompt
@@ -19,7 +19,7 @@ __all__ = [
 
 FAMILIES: Mapping[str, Family] = MappingProxyType({
     family.name: family
-    for module in (niah, variable_tracking, aggregation, multi_doc_qa)
+    for module in (niah, variable_tracking, aggregation, multi_doc_qa, conversation_qa)
     for family in module.FAMILIES
 })
 
@@ -72,7 +72,8 @@ def parse_task(raw: Any) -> TaskSpec:
 
 
 def build_task(
-    tokenizer: Any, spec: TaskSpec, *, length: int, depth: float, seed: int, arrange: Arrange | None = None
+    tokenizer: Any, spec: TaskSpec, *, length: int, depth: float, seed: int, arrange: Arrange | None = None,
+    history: Any = None,
 ) -> TaskPrompt:
     """Build the spec's prompt of `length` tokens for `tokenizer` (exact when reachable, always within 1%).
 
@@ -80,6 +81,8 @@ def build_task(
         depth: where the evidence sits, 0.0 to 1.0; recorded but unused where `uses_depth(spec)` is False.
         arrange: reorders a multi-document prompt's documents before rendering (edge packing, say); only for
             families whose documents can be arranged (`FAMILIES[spec.family].arranges`), else ValueError.
+        history: a `prompt_layout.HistoryBudget` that cuts a conversation to its newest turns; only for
+            families with `takes_history`, else ValueError.
     """
     family = _family(spec.family)
     options = {}
@@ -92,6 +95,10 @@ def build_task(
         if not family.arranges:
             raise ValueError(f"{family.name} has no documents to arrange")
         options["arrange"] = arrange
+    if history is not None:
+        if not family.takes_history:
+            raise ValueError(f"{family.name} has no chat history to cut")
+        options["history"] = history
     return family.build(tokenizer, length=length, depth=depth, seed=seed, **options)
 
 

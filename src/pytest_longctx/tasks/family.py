@@ -47,7 +47,8 @@ class Family:
     """A task family: `build(tokenizer, *, length, depth, seed, **options)` makes its TaskPrompt.
 
     `uses_depth` is False where the position of the evidence is not swept (aggregation over the whole
-    context, chains spread through it); `arranges` is True where `build` takes `arrange=` (documents).
+    context, chains spread through it); `arranges` is True where `build` takes `arrange=` (documents), and
+    `takes_history` where it takes `history=` (a conversation a history budget can cut).
     """
 
     name: str
@@ -56,6 +57,7 @@ class Family:
     build: Callable[..., TaskPrompt]
     uses_depth: bool = True
     arranges: bool = False
+    takes_history: bool = False  # `build` takes `history=` (a chat-history budget)
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)

@@ -1,0 +1,43 @@
+"""The conversation family and the history budget as a prompt-level change of a sweep."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_longctx.gate_spec import GateError, parse_gate
+from pytest_longctx.sweep import Cell, build_prompt
+
+
+def _gate(**candidate):
+    return parse_gate({
+        "name": "g", "baseline": {}, "candidate": candidate,
+        "sweep": {"lengths": [1024], "depths": [0.0, 0.5, 1.0], "tasks": ["conversation"]},
+    })
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_the_conversation_prompt_is_token_exact_and_holds_its_fact(smollm_tokenizer, depth):
+    gate = _gate()
+    prompt = build_prompt(smollm_tokenizer, gate.sweep.tasks[0], Cell("conversation", 1024, depth, 0), gate.baseline)
+    assert abs(prompt.tokens - 1024) <= 10
+    (start, end), = prompt.evidence_spans
+    assert prompt.answers[0] in smollm_tokenizer.decode(prompt.token_ids[start:end])
+    assert prompt.score(f"It is {prompt.answers[0]}.", hit_limit=False).found
+
+
+def test_a_history_budget_drops_an_old_fact_and_keeps_a_recent_one(smollm_tokenizer):
+    gate = _gate(history={"budget": 512})
+    spec = gate.sweep.tasks[0]
+    old = build_prompt(smollm_tokenizer, spec, Cell("conversation", 1024, 0.0, 0), gate.candidate)
+    recent = build_prompt(smollm_tokenizer, spec, Cell("conversation", 1024, 1.0, 0), gate.candidate)
+    assert old.tokens <= 512 and recent.tokens <= 512
+    assert old.evidence_spans == () and old.answers[0] not in old.prompt_text
+    assert recent.evidence_spans and recent.answers[0] in recent.prompt_text
+    # The baseline keeps the whole conversation: same content, laid out without the budget.
+    assert build_prompt(smollm_tokenizer, spec, Cell("conversation", 1024, 0.0, 0), gate.baseline).answers == old.answers
+
+
+def test_a_history_budget_needs_a_conversation_task():
+    with pytest.raises(GateError, match="key 'candidate.history': needs a task with a chat history. Fix: add conversation"):
+        parse_gate({"name": "g", "baseline": {}, "candidate": {"history": {"budget": 512}},
+                    "sweep": {"lengths": [1024], "depths": [0.5]}})
