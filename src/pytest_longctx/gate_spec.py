@@ -121,6 +121,16 @@ class LossSpec:
 
 
 @dataclass(frozen=True)
+class TimingSpec:
+    """Which cells are timed (full, uncached runs; latency metrics read them): those whose length, depth and
+    seed are all listed (None lists every value). Untimed cells only answer, and may reuse cached prefixes."""
+
+    lengths: tuple[int, ...] | None = None
+    depths: tuple[float, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     lengths: tuple[int, ...]
     depths: tuple[float, ...]
@@ -132,6 +142,15 @@ class SweepSpec:
     repeat_statistic: RepeatStatistic = "min"  # how a cell's repeated timings become one number
     cell_timeout_s: float | None = None
     loss: LossSpec | None = None
+    timing: TimingSpec = TimingSpec()
+
+    def timed(self, length: int, depth: float, seed: int) -> bool:
+        t = self.timing
+        return (
+            (t.lengths is None or length in t.lengths)
+            and (t.depths is None or any(abs(depth - d) < 1e-9 for d in t.depths))
+            and (t.seeds is None or seed in t.seeds)
+        )
 
 
 @dataclass(frozen=True)
@@ -191,6 +210,8 @@ class GateSpec:
             sweep[key] = tuple(sweep[key])
         sweep["tasks"] = tuple(_task_from_record(t) for t in sweep["tasks"])
         sweep["loss"] = None if sweep.get("loss") is None else LossSpec(**sweep["loss"])
+        timing = sweep.get("timing") or {}
+        sweep["timing"] = TimingSpec(**{k: None if v is None else tuple(v) for k, v in timing.items()})
 
         def path(key: str) -> Path | None:
             return None if data.get(key) is None else Path(data[key])
@@ -366,7 +387,7 @@ def _retrieval(r: _Reader, raw: Any, name: str) -> RetrievalSettings | None:
 
 
 def _sweep(r: _Reader, raw: Any) -> SweepSpec:
-    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "repeat_statistic", "cell_timeout_s", "loss")}
+    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "repeat_statistic", "cell_timeout_s", "loss", "timing")}
     s = r.mapping(raw, "sweep", allowed)
     if "lengths" not in s or "depths" not in s:
         raise r.fail("sweep", "needs both lengths and depths", "add sweep.lengths: [1024, ...] and sweep.depths: [0.0, ..., 1.0]")
@@ -393,7 +414,25 @@ def _sweep(r: _Reader, raw: Any) -> SweepSpec:
         repeat_statistic=r.choice(s.get("repeat_statistic", "min"), "sweep.repeat_statistic", get_args(RepeatStatistic)),  # type: ignore[arg-type]
         cell_timeout_s=None if s.get("cell_timeout_s") is None else r.number(s["cell_timeout_s"], "sweep.cell_timeout_s", low=0.001),
         loss=_loss(r, s.get("loss")),
+        timing=_timing(r, s.get("timing"), lengths, depths, seeds),
     )
+
+
+def _timing(r: _Reader, raw: Any, lengths: tuple[int, ...], depths: tuple[float, ...], seeds: tuple[int, ...]) -> TimingSpec:
+    if raw is None:
+        return TimingSpec()
+    m = r.mapping(raw, "sweep.timing", {"lengths": "", "depths": "", "seeds": ""})
+    picked: dict[str, Any] = {}
+    for key, swept in (("lengths", lengths), ("depths", depths), ("seeds", seeds)):
+        if m.get(key) is None:
+            continue
+        values = tuple(r.listing(m[key], f"sweep.timing.{key}"))
+        for value in values:
+            if value not in swept:
+                raise r.fail(f"sweep.timing.{key}", f"{value!r} is not one of the swept {key} {list(swept)}",
+                             f"time a subset of sweep.{key}")
+        picked[key] = values
+    return TimingSpec(**picked)
 
 
 def _loss(r: _Reader, raw: Any) -> LossSpec | None:

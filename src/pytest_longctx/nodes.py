@@ -33,7 +33,7 @@ class GateNode(pytest.Collector):
                 yield LossItem.from_parent(variants[variant.name], name=f"loss[{self.run.gate.sweep.loss.tokens}]",
                                            run=self.run, variant=variant)
         # Timed runs come after every recall run, in passes over the whole sweep (see GateRun.timing_pass).
-        for number in range(1, self.run.timing_passes + 1):
+        for number in self.run.timing_passes:
             yield TimingPassItem.from_parent(self, name=f"timing-pass-{number}", run=self.run, number=number)
 
 

@@ -52,8 +52,7 @@ class GateRun:
         self.cells: list[CellResult] = []
         self.samples: list[TimingSample] = []
         self.loss_curves: dict[str, dict[str, Any]] = {}
-        # What this process has timed so far, so a timing pass only runs the samples still owed.
-        self._timed: dict[tuple[str, Cell], int] = {}
+        # Cells whose recall run failed here: their timing passes would fail the same way.
         self._failed: set[tuple[str, Cell]] = set()
         self._started = time.perf_counter()
 
@@ -105,27 +104,32 @@ class GateRun:
         return self._prompts[key]
 
     def measure(self, variant: VariantSpec, cell: Cell) -> CellResult:
-        """The recall run of one cell; on failure return an errored record (the caller reports it and fails the item)."""
+        """The recall run of one cell; on failure return an errored record (the caller reports it and fails the item).
+
+        A timed cell's recall run is a full, uncached run and its first timing sample; an untimed cell may
+        reuse the cached prefix it shares with a cell run before it (same side, same cache settings).
+        """
         prompt = None
         try:
             prompt = self.prompt(cell, variant)
             sweep = self.gate.sweep
             result = run_cell(
-                self.backend(variant), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens, timeout_s=sweep.cell_timeout_s
+                self.backend(variant), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens,
+                timeout_s=sweep.cell_timeout_s, timed=sweep.timed(cell.length, cell.depth, cell.seed),
             )
         except Exception as exc:  # noqa: BLE001 - any failure of a cell (OOM and timeouts too) is recorded
             _release_device_memory()
             self._failed.add((variant.name, cell))
             return errored_cell(variant, cell, f"{type(exc).__name__}: {exc}", prompt)
-        self._timed[(variant.name, cell)] = len(result.total_samples)
         return result
 
     @property
-    def timing_passes(self) -> int:
-        return self.gate.sweep.repeats
+    def timing_passes(self) -> tuple[int, ...]:
+        """The numbers of the timing passes after the recall pass (whose timed cells give sample 1)."""
+        return tuple(range(2, self.gate.sweep.repeats + 1))
 
     def timing_pass(self, number: int) -> list[TimingSample]:
-        """Timing pass `number` (1-based): one full, uncached run of every cell still owed its `number`-th sample.
+        """Timing pass `number`: one more full, uncached run of every timed cell.
 
         Passes sweep the whole gate in ABBA order, flipping which side leads from one pass to the next, so a
         cell's repeats are minutes apart and a burst of load on a shared runner cannot hit all of them.
@@ -134,7 +138,7 @@ class GateRun:
         samples = []
         for variant, cell in interleaved(self.gate, self.variants, flip=number % 2 == 0):
             key = (variant.name, cell)
-            if key in self._failed or self._timed.get(key, 0) >= number:
+            if key in self._failed or not sweep.timed(cell.length, cell.depth, cell.seed):
                 continue
             try:
                 prompt = self.prompt(cell, variant)
@@ -143,11 +147,11 @@ class GateRun:
                 samples.append(TimingSample(variant.name, cell.task, cell.length, cell.depth, cell.seed, None, None, None, "",
                                             f"{type(exc).__name__}: {exc}"))
                 continue
-            sample = timed_run(self.backend(variant), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens, timeout_s=sweep.cell_timeout_s)
+            sample = timed_run(self.backend(variant), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens,
+                               timeout_s=sweep.cell_timeout_s)
             if sample.error is not None:
                 _release_device_memory()
                 self._failed.add(key)
-            self._timed[key] = self._timed.get(key, 0) + 1
             samples.append(sample)
         return samples
 
@@ -177,7 +181,11 @@ class GateRun:
     def merged_cells(self) -> list[CellResult]:
         """Recorded recall cells with every timing pass's samples folded in."""
         sweep = self.gate.sweep
-        return [merge_samples(c, self.samples, repeats=sweep.repeats, statistic=sweep.repeat_statistic) for c in self.cells]
+        return [
+            merge_samples(c, self.samples, repeats=sweep.repeats if sweep.timed(c.length, c.depth, c.seed) else 0,
+                          statistic=sweep.repeat_statistic)
+            for c in self.cells
+        ]
 
     def fingerprint(self) -> dict[str, str]:
         """The baseline model's fingerprint, computed once (it hashes the tokenizer's whole vocabulary).

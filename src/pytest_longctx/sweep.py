@@ -84,16 +84,16 @@ def build_prompt(tokenizer: Any, spec: TaskSpec, cell: Cell, variant: VariantSpe
 
 def run_cell(
     backend: Backend, variant: VariantSpec, cell: Cell, prompt: TaskPrompt, *, max_new_tokens: int,
-    timeout_s: float | None = None,
+    timeout_s: float | None = None, timed: bool = True,
 ) -> CellResult:
     """The recall run of one cell: generate greedily and score it with the task's own scoring.
 
-    A run that prefilled the whole prompt itself is also the cell's first timed sample; the timing passes add
-    the rest (see `merge_samples`).
+    A timed cell's run is a full, uncached run of the prompt and the cell's first timing sample (the timing
+    passes add the rest, see `merge_samples`); an untimed cell's run records no timings.
     """
     gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
     reused = getattr(gen, "reused_tokens", 0)
-    timed = reused == 0
+    timed = timed and reused == 0
     score = prompt.score(gen.answer, hit_limit=gen.hit_limit)
     return CellResult(
         variant=variant.name,
@@ -156,6 +156,8 @@ def merge_samples(cell: CellResult, samples: Iterable[TimingSample], *, repeats:
     if problem is None:
         problem = next((f"a timed run answered {s.answer!r} where the recall run answered {cell.answer!r}; greedy runs must agree"
                         for s in own if s.answer != cell.answer), None)
+    if repeats == 0:  # an untimed cell: its answer is all it gives
+        return cell if problem is None else dataclasses.replace(cell, error=problem, failure="error")
     prefill = cell.prefill_samples + tuple(s.prefill_s for s in own if s.prefill_s is not None)
     decode = cell.decode_samples + tuple(s.decode_s_per_token for s in own if s.decode_s_per_token is not None)
     total = cell.total_samples + tuple(s.total_s for s in own if s.total_s is not None)

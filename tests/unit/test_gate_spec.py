@@ -96,7 +96,7 @@ CHANGES = {
 
 
 def test_every_change_a_variant_can_carry_round_trips_through_results():
-    gate = parse_gate(minimal(candidate=CHANGES, sweep={"lengths": [256], "depths": [0.5], "tasks": ["niah", {"family": "multi_doc_qa"}]}))
+    gate = parse_gate(minimal(candidate=CHANGES, sweep={"lengths": [256], "depths": [0.5], "tasks": ["niah", {"family": "multi_doc_qa"}, "conversation"]}))
     c = gate.candidate
     assert c.model.ref == "other/model-dir" and c.model_spec(gate.model).dtype == "bfloat16"
     assert c.rope.rope_type == "yarn" and c.rope.max_position_embeddings == 32768
@@ -141,3 +141,11 @@ def test_bad_changes_name_the_variant_key_and_fix(candidate, key, fix):
 def test_bad_task_entries_name_their_index(tasks, key):
     with pytest.raises(GateError, match=rf"gates/x.yaml: key '{re.escape(key)}'"):
         parse_gate(minimal(sweep={"lengths": [256], "depths": [0.5], "tasks": tasks}), source="gates/x.yaml")
+
+
+def test_a_timing_subset_must_come_from_the_sweep():
+    gate = parse_gate(minimal(sweep={"lengths": [256, 512], "depths": [0.0, 0.5], "timing": {"depths": [0.5]}}))
+    assert gate.sweep.timed(256, 0.5, 0) and not gate.sweep.timed(256, 0.0, 0)
+    assert GateSpec.from_dict(gate.to_dict()) == gate
+    with pytest.raises(GateError, match="key 'sweep.timing.lengths': 1024 is not one of the swept lengths"):
+        parse_gate(minimal(sweep={"lengths": [256], "depths": [0.5], "timing": {"lengths": [1024]}}))

@@ -57,7 +57,7 @@ class CountingBackend:
                           kv_bytes_analytic=1, kv_tokens=1, peak_bytes=None)
 
 
-def test_timing_passes_run_only_the_samples_still_owed_and_merge_into_cells(monkeypatch):
+def test_timing_passes_rerun_every_timed_cell_and_merge_into_cells(monkeypatch):
     import dataclasses
 
     from pytest_longctx import session as session_module
@@ -69,7 +69,7 @@ def test_timing_passes_run_only_the_samples_still_owed_and_merge_into_cells(monk
     for variant, cell in interleaved(gate):
         run.record(run.measure(variant, cell))
     warm = len(backend.calls)
-    assert run.timing_pass(1) == []  # the recall runs were full runs: they are the first samples
+    assert run.timing_passes == (2, 3)  # the recall runs were full runs: they are the first samples
     second = run.timing_pass(2)
     third = run.timing_pass(3)
     assert len(second) == len(third) == 4 and len(backend.calls) == warm + 8
@@ -85,3 +85,22 @@ def FakeHaystack(cell):  # noqa: N802 - reads like the class it stands in for
 
     return TaskPrompt(family="niah", prompt_text=f"x {cell.id}", token_ids=(1, 2, 3), length=3, depth=cell.depth, seed=0,
                       question="q", answers=("x",), distractors=(), evidence_spans=((0, 1),), scoring="all", value_pattern="x")
+
+
+def test_untimed_cells_answer_only_and_are_left_out_of_the_timing_passes(monkeypatch):
+    import dataclasses
+
+    from pytest_longctx import session as session_module
+    from pytest_longctx.gate_spec import TimingSpec
+
+    sweep = dataclasses.replace(GATE.sweep, repeats=2, timing=TimingSpec(depths=(0.5,)))
+    gate = dataclasses.replace(GATE, sweep=sweep)
+    monkeypatch.setattr(session_module, "build_prompt", lambda tokenizer, spec, cell, variant: FakeHaystack(cell))
+    run = GateRun(gate, backend_factory=lambda g, v: CountingBackend())
+    for variant, cell in interleaved(gate):
+        run.record(run.measure(variant, cell))
+    run.record_samples(run.timing_pass(2))
+    assert {(s.variant, s.depth) for s in run.samples} == {("baseline", 0.5), ("candidate", 0.5)}
+    cells = {(c.variant, c.depth): c for c in run.merged_cells()}
+    assert cells[("baseline", 0.0)].total_s is None and cells[("baseline", 0.0)].error is None
+    assert cells[("baseline", 0.5)].repeats == 2 and cells[("baseline", 0.5)].error is None
