@@ -69,7 +69,7 @@ def build_frequent_words(tokenizer: Any, *, length: int, depth: float, seed: int
     )
     counts = [-(-2 * (top_k + 1) // r) for r in range(1, top_k + 1)]
 
-    def entries(rng: random.Random, per_round: int) -> Iterator[str]:
+    def entries(rng: random.Random, per_round: int) -> Iterator[str]:  # blocks have a fixed size: per_round unused
         words = list(vocabulary)
         rng.shuffle(words)
         top, tail_count = words[:top_k], sum(counts)

@@ -72,6 +72,11 @@ _TEMPLATES = (
     "{opener} {det} {adj} {noun} {intr} {prep} {det} {adj} {noun}.",
 )
 
+_POOLS: dict[str, tuple[str, ...]] = {
+    "det": _DETERMINERS, "adj": ADJECTIVES, "noun": NOUNS, "verb": VERBS, "intr": INTRANSITIVE,
+    "adv": ADVERBS, "prep": PREPOSITIONS, "opener": OPENERS,
+}
+
 # Values hidden as "special magic words"; none of them occurs in the essay vocabulary above.
 VALUE_WORDS = (
     "saxophone", "marzipan", "kaleidoscope", "trombone", "avalanche", "porcupine", "telescope", "periscope",
@@ -125,12 +130,6 @@ def essay_sentence(rng: random.Random) -> str:
             out[i] = "an"
     text = "".join(out)
     return text[0].upper() + text[1:]
-
-
-_POOLS: dict[str, tuple[str, ...]] = {
-    "det": _DETERMINERS, "adj": ADJECTIVES, "noun": NOUNS, "verb": VERBS, "intr": INTRANSITIVE,
-    "adv": ADVERBS, "prep": PREPOSITIONS, "opener": OPENERS,
-}
 
 
 def make_keys(rng: random.Random, count: int) -> list[str]:

@@ -120,7 +120,7 @@ def _magic(
             f"What are all the special magic {noun}s for {about} mentioned in the provided text? "
             f"Reply with the {noun}s only, separated by commas, on one line."
         )
-    depths = spread(depth, len(targets)) + [rng.random() for _ in distractors + near]
+    depths = _spread(depth, len(targets)) + [rng.random() for _ in distractors + near]
     built = build_multi_haystack(
         tokenizer, length=length, needles=targets + distractors + near, depths=depths, seed=seed,
         filler=haystack_lines(haystack, seed), question=question,
@@ -133,7 +133,7 @@ def _magic(
     return _prompt(family, built, depth, answers=len(targets), scoring=scoring, pattern=value_pattern(value))
 
 
-def spread(depth: float, count: int, band: float = _BAND) -> list[float]:
+def _spread(depth: float, count: int, band: float = _BAND) -> list[float]:
     """`count` depths evenly over a band of width `band` centred on `depth`, shifted to stay within [0, 1]."""
     if count == 1:
         return [float(depth)]
