@@ -1,4 +1,4 @@
-"""Whether a CUDA device is usable here, and if not, the reason a `gpu`-marked test is skipped."""
+"""CUDA devices: whether one is usable here (else why a `gpu` test skips), and which one an xdist worker gets."""
 
 from __future__ import annotations
 
@@ -18,3 +18,16 @@ def cuda_unavailable_reason() -> str | None:
         build = "a CPU-only torch build" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
         return f"needs a CUDA device: torch.cuda.is_available() is False ({build})"
     return None
+
+
+def worker_device(worker_id: str, visible: str | None) -> str:
+    """The CUDA device an xdist worker (`gw0`, `gw1`, ...) is pinned to, as a CUDA_VISIBLE_DEVICES value.
+
+    Worker N takes the N-th of the devices already visible (round robin when workers outnumber them), or
+    device N when nothing restricts them, so `pytest -n 4` on a 4-GPU runner gives each worker its own.
+    """
+    if not worker_id.startswith("gw") or not worker_id[2:].isdigit():
+        raise ValueError(f"not an xdist worker id: {worker_id!r}")
+    number = int(worker_id[2:])
+    devices = [d.strip() for d in (visible or "").split(",") if d.strip()]
+    return devices[number % len(devices)] if devices else str(number)

@@ -27,12 +27,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   "gate's, else embedded:smollm2-135m-instruct)", default="")
     group.addoption("--longctx-capture", action="store_true", dest="longctx_capture", default=False,
                     help="run the baseline side alone and write it as the gate's captured baseline (atomically)")
+    group.addoption("--longctx-pin-gpu", action="store_true", dest="longctx_pin_gpu", default=False,
+                    help="under pytest-xdist, pin each worker to one CUDA device (CUDA_VISIBLE_DEVICES from its id)")
     group.addoption("--longctx-overwrite-baseline", action="store_true", dest="longctx_overwrite_baseline", default=False,
                     help="let --longctx-capture replace an existing captured baseline")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     _register_test_markers(config)
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker is not None and config.getoption("longctx_pin_gpu"):
+        import os
+
+        from .devices import worker_device
+
+        # Before anything initialises CUDA in this worker process.
+        os.environ["CUDA_VISIBLE_DEVICES"] = worker_device(worker, os.environ.get("CUDA_VISIBLE_DEVICES"))
     paths = config.getoption("longctx_gates")
     if not paths:
         return

@@ -1,0 +1,20 @@
+"""Pinning xdist workers to CUDA devices."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_longctx.devices import worker_device
+
+
+@pytest.mark.parametrize(
+    "worker,visible,expected",
+    [("gw0", None, "0"), ("gw3", "", "3"), ("gw1", "4,5,6,7", "5"), ("gw5", "2,3", "3"), ("gw0", " 6 ", "6")],
+)
+def test_each_worker_gets_its_own_device(worker, visible, expected):
+    assert worker_device(worker, visible) == expected
+
+
+def test_a_non_worker_id_is_refused():
+    with pytest.raises(ValueError, match="not an xdist worker id"):
+        worker_device("master", None)
