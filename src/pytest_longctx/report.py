@@ -7,13 +7,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from .results import CellResult, GateResults, write_atomic
+from .results import CellResult, Failure, GateResults, write_atomic
 from .summary import (
+    LOSS_METRIC,
     NA,
     VERDICT_MEANING,
     cell_counts,
+    effective_length_recall,
     fmt_bytes,
     fmt_millis,
     fmt_number,
@@ -23,7 +25,11 @@ from .summary import (
     metric_rows,
     model_ref,
     other_metrics,
+    setting_rows,
+    task_families,
+    task_recall_rows,
     variant_settings,
+    worst_bucket_span,
 )
 
 __all__ = ["fmt_bytes", "fmt_number", "render_html", "write_html"]
@@ -147,7 +153,7 @@ class AxisLabel:
 
 @dataclass(frozen=True)
 class HeatGrid:
-    """One SVG heatmap, laid out: rows are depths, columns are lengths."""
+    """One SVG heatmap, laid out: rows are depths (one row for a position-free task), columns are lengths."""
 
     title: str
     kind: Literal["recall", "difference"]
@@ -158,12 +164,17 @@ class HeatGrid:
     cells: tuple[HeatCell, ...]
     rows: tuple[AxisLabel, ...]
     cols: tuple[AxisLabel, ...]
+    corner: str = "depth ↓ / length →"
 
 
 @dataclass(frozen=True)
 class HeatPanel:
+    """One task's three grids; `positioned` is False for a family where the evidence has no position."""
+
     task: str
     grids: tuple[HeatGrid, ...]
+    family: str = ""
+    positioned: bool = True
 
 
 def _recall_cell(tally: Tally | None, where: str, x: int, y: int) -> HeatCell:
@@ -200,16 +211,19 @@ def _grid(
     kind: Literal["recall", "difference"],
     lengths: Sequence[int],
     depths: Sequence[float],
-    middle: tuple[float, float],
+    middle: tuple[float, float] | None,
     cell_for: CellMaker,
 ) -> HeatGrid:
+    """Depth rows by length columns; `middle` None lays out a position-free task: one row, no middle band."""
     cells: list[HeatCell] = []
     for r, depth in enumerate(depths):
         for col, length in enumerate(lengths):
             x, y = GRID_LEFT + col * CELL_W, GRID_TOP + r * CELL_H
-            cells.append(cell_for(length, depth, f"length {length} · depth {depth:.2f}", x, y))
+            where = f"length {length} · depth {depth:.2f}" if middle is not None else f"length {length}"
+            cells.append(cell_for(length, depth, where, x, y))
     rows = tuple(
         AxisLabel(GRID_LEFT - 12, GRID_TOP + r * CELL_H + CELL_H // 2, f"{d:.2f}", middle[0] <= d <= middle[1])
+        if middle is not None else AxisLabel(GRID_LEFT - 12, GRID_TOP + r * CELL_H + CELL_H // 2, "all")
         for r, d in enumerate(depths)
     )
     cols = tuple(AxisLabel(GRID_LEFT + c * CELL_W + CELL_W // 2, GRID_TOP - 8, str(n)) for c, n in enumerate(lengths))
@@ -223,6 +237,7 @@ def _grid(
         cells=tuple(cells),
         rows=rows,
         cols=cols,
+        corner="depth ↓ / length →" if middle is not None else "length →",
     )
 
 
@@ -240,16 +255,38 @@ def variant_names(results: GateResults) -> tuple[str, str]:
     )
 
 
+def _task_order(results: GateResults) -> list[str]:
+    """Tasks in the order the gate swept them, then any other task a cell records."""
+    listed = list(task_families(results))
+    recorded = {c.task for c in results.cells}
+    return [t for t in listed if t in recorded] + sorted(recorded - set(listed))
+
+
+def _positioned(family: str, depths: set[float]) -> bool:
+    """Whether a task's evidence has a position: the family registry says; an unknown family, its cells do."""
+    from .tasks import FAMILIES
+
+    known = FAMILIES.get(family)
+    return known.uses_depth if known is not None else len(depths) > 1
+
+
 def heatmap_panels(results: GateResults) -> tuple[HeatPanel, ...]:
-    """Per task: baseline recall, candidate recall, and candidate minus baseline, over depth x length."""
+    """Per task: baseline recall, candidate recall, and candidate minus baseline, over depth x length.
+
+    A position-free task (an aggregation family, filed under one depth) gets a single row by length.
+    """
     baseline, candidate = variant_names(results)
     sweep = results.gate.get("sweep", {})
     lengths = sorted({c.length for c in results.cells} | {int(n) for n in sweep.get("lengths", ())})
-    depths = sorted({round(c.depth, 6) for c in results.cells} | {round(float(d), 6) for d in sweep.get("depths", ())})
+    swept = {round(float(d), 6) for d in sweep.get("depths", ())}
     middle = _middle_band(results.gate)
-    tasks = sorted({c.task for c in results.cells})
+    families = task_families(results)
     panels = []
-    for task in tasks:
+    for task in _task_order(results):
+        recorded = {round(c.depth, 6) for c in results.cells if c.task == task}
+        positioned = _positioned(families.get(task, task), recorded)
+        depths = sorted(recorded | swept) if positioned else sorted(recorded)
+        band = middle if positioned else None
         base = recall_grid(results.cells, baseline, task)
         cand = recall_grid(results.cells, candidate, task)
 
@@ -257,14 +294,14 @@ def heatmap_panels(results: GateResults) -> tuple[HeatPanel, ...]:
             return lambda n, d, where, x, y: _recall_cell(grid.get((n, d)), f"{name} · {where}", x, y)
 
         grids = (
-            _grid(f"{baseline} recall", "recall", lengths, depths, middle, recall_cell(base, baseline)),
-            _grid(f"{candidate} recall", "recall", lengths, depths, middle, recall_cell(cand, candidate)),
+            _grid(f"{baseline} recall", "recall", lengths, depths, band, recall_cell(base, baseline)),
+            _grid(f"{candidate} recall", "recall", lengths, depths, band, recall_cell(cand, candidate)),
             _grid(
-                f"difference ({candidate} − {baseline})", "difference", lengths, depths, middle,
+                f"difference ({candidate} − {baseline})", "difference", lengths, depths, band,
                 lambda n, d, where, x, y: _difference_cell(base.get((n, d)), cand.get((n, d)), f"difference · {where}", x, y),
             ),
         )
-        panels.append(HeatPanel(task=task, grids=grids))
+        panels.append(HeatPanel(task=task, grids=grids, family=families.get(task, task), positioned=positioned))
     return tuple(panels)
 
 
@@ -440,6 +477,133 @@ def latency_rows(results: GateResults) -> tuple[LatencyRow, ...]:
     )
 
 
+# ----------------------------------------------------------------------------- loss by position
+
+
+@dataclass(frozen=True)
+class LossSeries:
+    """One side's curve: its points at bucket centres, joined by `path` (broken where a bucket has no loss)."""
+
+    variant: str
+    colour: str
+    shape: Literal["circle", "square"]
+    path: str
+    points: tuple[Dot, ...]
+
+
+@dataclass(frozen=True)
+class LossChart:
+    width: int
+    height: int
+    plot_top: int
+    plot_bottom: int
+    plot_left: int
+    plot_right: int
+    x_ticks: tuple[AxisLabel, ...]
+    y_ticks: tuple[AxisLabel, ...]
+    series: tuple[LossSeries, ...]
+    worst_x: float | None  # the worst bucket's band, when the run recorded one
+    worst_w: float
+    worst_title: str
+
+
+@dataclass(frozen=True)
+class LossRow:
+    positions: str
+    baseline: str
+    candidate: str
+    ratio: str
+    worst: bool
+
+
+LOSS_W = 640
+LOSS_H = 250
+LOSS_LEFT = 58
+LOSS_RIGHT = LOSS_W - 20
+LOSS_TOP = 24
+LOSS_BOTTOM = LOSS_H - 40
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _loss_sides(results: GateResults) -> list[tuple[str, str, Literal["circle", "square"], dict[str, Any]]]:
+    """(label, colour, marker, curve) for each side that recorded a loss curve."""
+    names = variant_names(results)
+    shapes: tuple[Literal["circle", "square"], ...] = ("circle", "square")
+    return [(names[i], VARIANT_COLOURS[i], shapes[i], results.metrics.loss_curves[side])
+            for i, side in enumerate(("baseline", "candidate")) if side in results.metrics.loss_curves]
+
+
+def loss_chart(results: GateResults) -> LossChart | None:
+    """Mean next-token loss per position bucket, a line per side, the worst bucket shaded; None without curves."""
+    sides = [side for side in _loss_sides(results) if len(side[3].get("edges") or ()) >= 2]
+    values = [v for _, _, _, c in sides for v in c.get("losses", ()) if _finite(v)]
+    if not values:
+        return None
+    end = max(int(c["edges"][-1]) for _, _, _, c in sides)
+    lo, hi = min(values), max(values)
+    step = _nice_step(hi - lo if hi > lo else max(abs(hi), 1.0) / 5)
+    y_min, y_max = step * math.floor(lo / step), step * math.ceil(hi / step)
+    if y_max <= y_min:
+        y_max = y_min + step
+
+    def x_of(position: float) -> float:
+        return round(LOSS_LEFT + position / end * (LOSS_RIGHT - LOSS_LEFT), 1)
+
+    def y_of(loss: float) -> float:
+        return round(LOSS_BOTTOM - (loss - y_min) / (y_max - y_min) * (LOSS_BOTTOM - LOSS_TOP), 1)
+
+    series = []
+    for name, colour, shape, curve in sides:
+        edges, losses, counts = curve.get("edges", ()), curve.get("losses", ()), curve.get("counts", ())
+        points, path, pen_down = [], [], False
+        for i, loss in enumerate(losses):
+            if i + 1 >= len(edges) or not _finite(loss):
+                pen_down = False
+                continue
+            x, y = x_of((edges[i] + edges[i + 1]) / 2), y_of(loss)
+            count = f" over {counts[i]} predictions" if i < len(counts) else ""
+            points.append(Dot(x, y, f"{name} · positions {edges[i]}-{edges[i + 1]}: mean loss {loss:.3f} nats{count}"))
+            path.append(f"{'L' if pen_down else 'M'}{x} {y}")
+            pen_down = True
+        series.append(LossSeries(name, colour, shape, " ".join(path), tuple(points)))
+    edges = sides[0][3]["edges"]
+    every = max(1, math.ceil((len(edges) - 1) / 8))
+    x_ticks = tuple(AxisLabel(int(x_of(e)), LOSS_BOTTOM + 16, str(e)) for i, e in enumerate(edges) if i % every == 0 or i == len(edges) - 1)
+    y_ticks = tuple(AxisLabel(LOSS_LEFT - 6, int(y_of(y_min + i * step)), f"{y_min + i * step:g}")
+                    for i in range(int(round((y_max - y_min) / step)) + 1))
+    span = worst_bucket_span(results)
+    ratio = results.metrics.loss_ratio
+    worst_title = "" if span is None else (f"worst bucket, positions {span[0]}-{span[1]}: candidate/baseline loss "
+                                           f"{fmt_number(ratio)}")
+    return LossChart(
+        width=LOSS_W, height=LOSS_H, plot_top=LOSS_TOP, plot_bottom=LOSS_BOTTOM, plot_left=LOSS_LEFT, plot_right=LOSS_RIGHT,
+        x_ticks=x_ticks, y_ticks=y_ticks, series=tuple(series),
+        worst_x=None if span is None else x_of(span[0]), worst_w=0.0 if span is None else x_of(span[1]) - x_of(span[0]),
+        worst_title=worst_title,
+    )
+
+
+def loss_rows(results: GateResults) -> tuple[LossRow, ...]:
+    """Per bucket: both sides' mean loss and the candidate/baseline ratio; the worst bucket flagged."""
+    curves = results.metrics.loss_curves
+    base, cand = curves.get("baseline", {}), curves.get("candidate", {})
+    edges = base.get("edges") or cand.get("edges") or []
+
+    def at(curve: dict[str, Any], i: int) -> float | None:
+        losses = curve.get("losses") or []
+        return losses[i] if i < len(losses) and _finite(losses[i]) else None
+
+    rows = []
+    for i in range(len(edges) - 1):
+        b, c = at(base, i), at(cand, i)
+        rows.append(LossRow(f"{edges[i]}-{edges[i + 1]}", fmt_number(b), fmt_number(c),
+                            fmt_number(None if b is None or c is None or b == 0 else c / b), i == results.metrics.loss_worst_bucket))
+    return tuple(rows)
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -496,6 +660,8 @@ class CellRow:
     kv_bytes: str
     error: str
     status: Literal["found", "missed", "error"]
+    timed_runs: tuple[str, ...] = ()  # "3 timed runs: 1.210 / 1.190 / 1.250 s, min used", then prefill and decode
+    reused: str = ""  # set when the recall run took part of its prompt's K/V from a cache (so it was not timed)
 
 
 def _variant_order(results: GateResults) -> Callable[[str], tuple[int, str]]:
@@ -509,10 +675,52 @@ def _split_on(text: str, value: str) -> tuple[str, str, str]:
     return (text, "", "") if at < 0 else (text[:at], value, text[at + len(value):])
 
 
+def _samples(values: Sequence[float], fmt: Callable[[float | None], str]) -> str:
+    return " / ".join(fmt(v) for v in values)
+
+
+def timed_runs(cell: CellResult, statistic: str) -> tuple[str, ...]:
+    """The cell's timed runs in words: end-to-end seconds of each, which statistic the cell's timings are, and
+    the prefill and decode of each run; () for a cell that records no samples (older results files)."""
+    total = tuple(getattr(cell, "total_samples", ()) or ())
+    if not total:
+        return ()
+    used = f", {statistic} used" if len(total) > 1 else ""
+    lines = [f"{len(total)} timed run{'s' if len(total) > 1 else ''}: {_samples(total, fmt_seconds)} s{used}"]
+    if cell.prefill_samples:
+        lines.append(f"prefill {_samples(cell.prefill_samples, fmt_seconds)} s")
+    if cell.decode_samples:
+        lines.append(f"decode {_samples(cell.decode_samples, fmt_millis)} ms/token")
+    return tuple(lines)
+
+
+def _repeat_statistic(results: GateResults) -> str:
+    return str(results.gate.get("sweep", {}).get("repeat_statistic", "min"))
+
+
+def repeat_note(results: GateResults) -> str:
+    """How a cell's timings came from its timed runs, when cells have more than one; "" otherwise."""
+    runs = max((len(getattr(c, "total_samples", ()) or ()) for c in results.cells), default=0)
+    if runs < 2:
+        return ""
+    return (f"A cell's timing is the {_repeat_statistic(results)} of its timed runs (up to {runs}, spread over separate "
+            f"passes); the cells table lists every run.")
+
+
+def _failure_text(c: CellResult) -> str:
+    failure = str(getattr(c, "failure", None) or "")
+    score = getattr(c, "score", None)
+    if failure and score is not None and 0 < score < 1:
+        return f"{failure} ({score:.2f} credit)"
+    return failure
+
+
 def cell_rows(results: GateResults) -> tuple[CellRow, ...]:
     """Every cell, baseline first. `answer`, `excerpt` and `error` are untrusted text, left for autoescape."""
     order = _variant_order(results)
-    cells = sorted(results.cells, key=lambda c: (order(c.variant), c.task, c.length, c.depth, c.seed))
+    tasks = _task_order(results)
+    statistic = _repeat_statistic(results)
+    cells = sorted(results.cells, key=lambda c: (order(c.variant), tasks.index(c.task), c.length, c.depth, c.seed))
     return tuple(
         CellRow(
             variant=c.variant,
@@ -523,7 +731,7 @@ def cell_rows(results: GateResults) -> tuple[CellRow, ...]:
             seed=c.seed,
             needle_at=NA if c.needle_start is None else f"token {c.needle_start}",
             found="—" if c.error is not None else ("✓" if c.found else "✗"),
-            failure=str(getattr(c, "failure", None) or ""),
+            failure=_failure_text(c),
             expected=c.expected,
             answer=c.answer,
             excerpt=_split_on(str(getattr(c, "excerpt", "") or ""), c.expected),
@@ -533,20 +741,98 @@ def cell_rows(results: GateResults) -> tuple[CellRow, ...]:
             kv_bytes=fmt_bytes(c.kv_bytes),
             error=c.error or "",
             status="error" if c.error is not None else ("found" if c.found else "missed"),
+            timed_runs=timed_runs(c, statistic),
+            reused=f"recall run reused {c.reused_tokens} cached prompt tokens: not timed" if getattr(c, "reused_tokens", 0) else "",
         )
         for c in cells
     )
 
 
-def failure_counts(results: GateResults) -> tuple[tuple[str, int, int], ...]:
-    """(failure category, baseline cells, candidate cells) over the cells that record one."""
+@dataclass(frozen=True)
+class FailureRow:
+    """Why cells missed: one category, counted per side over every recorded cell, and where (per task)."""
+
+    category: str
+    baseline: int
+    candidate: int
+    by_task: str  # "niah_multikey 1/3 · common_words 0/1": baseline/candidate cells per task
+
+
+def failure_rows(results: GateResults) -> tuple[FailureRow, ...]:
+    """One row per miss category any cell records, in the order `results.Failure` lists them."""
     baseline, candidate = variant_names(results)
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for c in results.cells:
         failure = getattr(c, "failure", None)
         if failure and c.variant in (baseline, candidate):
-            counts[str(failure)][0 if c.variant == baseline else 1] += 1
-    return tuple((k, v[0], v[1]) for k, v in sorted(counts.items()))
+            counts[str(failure)][c.task][0 if c.variant == baseline else 1] += 1
+    known = list(get_args(Failure))
+    order = sorted(counts, key=lambda k: (known.index(k) if k in known else len(known), k))
+    tasks = _task_order(results)
+    rows = []
+    for category in order:
+        per_task = counts[category]
+        where = " · ".join(f"{t} {per_task[t][0]}/{per_task[t][1]}" for t in tasks if t in per_task)
+        rows.append(FailureRow(category, sum(v[0] for v in per_task.values()), sum(v[1] for v in per_task.values()),
+                               where if len(tasks) > 1 else ""))
+    return tuple(rows)
+
+
+@dataclass(frozen=True)
+class LengthRow:
+    """Recall at one length for both sides; `*_held` while every length up to this one holds the recall bar."""
+
+    length: int
+    baseline: str
+    candidate: str
+    delta: str
+    baseline_held: bool
+    candidate_held: bool
+    baseline_effective: bool
+    candidate_effective: bool
+
+
+def length_rows(results: GateResults) -> tuple[LengthRow, ...]:
+    """Recall by length over paired cells (`Metrics.recall_by_length`), the effective length marked per side."""
+    table = results.metrics.recall_by_length
+    base, cand = table.get("baseline", {}), table.get("candidate", {})
+    effective = results.metrics.effective_length
+    lengths = sorted({int(n) for n in base} | {int(n) for n in cand})
+
+    def held(side: str, length: int) -> bool:
+        limit = effective.get(side)
+        return limit is not None and length <= limit
+
+    rows = []
+    for n in lengths:
+        b, c = base.get(str(n)), cand.get(str(n))
+        rows.append(LengthRow(
+            length=n, baseline=fmt_number(b), candidate=fmt_number(c),
+            delta=fmt_number(None if b is None or c is None else c - b, signed=True),
+            baseline_held=held("baseline", n), candidate_held=held("candidate", n),
+            baseline_effective=effective.get("baseline") == n, candidate_effective=effective.get("candidate") == n,
+        ))
+    return tuple(rows)
+
+
+def effective_length_note(results: GateResults) -> str:
+    """One sentence: each side's effective context length and their ratio; "" when the run did not record one."""
+    m = results.metrics
+    if not m.effective_length:
+        return ""
+    bar = effective_length_recall(results)
+
+    def side(name: str) -> str:
+        value = m.effective_length.get(name)
+        if value is not None:
+            return f"{value} tokens"
+        table = {int(n): r for n, r in m.recall_by_length.get(name, {}).items() if r is not None}
+        shortest = min(table, default=None)
+        return f"none (recall {table[shortest]:.2f} already at {shortest})" if shortest is not None and table[shortest] < bar else NA
+
+    ratio = "" if m.effective_length_ratio is None else f" (ratio {fmt_number(m.effective_length_ratio)})"
+    return (f"Effective context length, the longest length up to which recall stays at or above {bar:.2f}: "
+            f"baseline {side('baseline')}, candidate {side('candidate')}{ratio}.")
 
 
 def run_rows(results: GateResults) -> tuple[tuple[str, str], ...]:
@@ -579,6 +865,7 @@ def _context(results: GateResults) -> dict[str, Any]:
     verdict = results.decision.verdict
     lo, hi = _middle_band(results.gate)
     rows = metric_rows(results)
+    cells = cell_rows(results)
     failed = sum(1 for r in rows if r.status == "fail")
     judged = sum(1 for r in rows if r.status in ("pass", "fail"))
     return {
@@ -590,6 +877,14 @@ def _context(results: GateResults) -> dict[str, Any]:
         "tally": f"{judged - failed} of {judged} thresholds met" if judged else "no threshold could be evaluated",
         "reasons": results.decision.reasons,
         "variants": variant_settings(results),
+        "setting_rows": setting_rows(results),
+        "task_rows": task_recall_rows(results),
+        "length_rows": length_rows(results),
+        "effective_note": effective_length_note(results),
+        "failure_rows": failure_rows(results),
+        "loss_chart": loss_chart(results),
+        "loss_rows": loss_rows(results),
+        "loss_check": next((r for r in rows if r.metric == LOSS_METRIC), None),
         "metric_rows": rows,
         "other_metrics": other_metrics(results),
         "counts": cell_counts(results),
@@ -598,10 +893,11 @@ def _context(results: GateResults) -> dict[str, Any]:
         "middle_band": f"[{lo:.2f}, {hi:.2f}]",
         "latency_charts": latency_charts(results),
         "latency_rows": latency_rows(results),
+        "repeat_note": repeat_note(results),
         "variant_keys": tuple(zip(variant_names(results), VARIANT_COLOURS, ("circle", "square"))),
         "memory_rows": memory_rows(results),
-        "cell_rows": cell_rows(results),
-        "failure_counts": failure_counts(results),
+        "cell_rows": cells,
+        "show_runs": any(c.timed_runs or c.reused for c in cells),  # older results record no timed runs
         "errored": sum(1 for c in results.cells if c.error is not None),
         "run_rows": run_rows(results),
         "environment": environment_rows(results.environment),

@@ -1,7 +1,8 @@
 """The HTML report of the default gate's real run, opened in headless Chromium (Debian's `chromium`).
 
 The page must load without a console message, a `<script>` planted in a model answer must stay text, and a
-screenshot must show the banner, the metrics and the heatmaps. Without chromium (or Pillow) the tests skip
+screenshot must show the banner, the metrics and the heatmaps. A multi-family run's report (what changed, recall per
+task and length, the loss curve, timed runs) must load as cleanly and draw its loss chart. Without chromium (or Pillow) the tests skip
 locally, and fail when `CI` is set: `.ci/run` installs both.
 """
 
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_longctx.report import VARIANT_COLOURS, VERDICT_COLOURS, diverging_colour, sequential_colour, write_html
+from pytest_longctx.report import VARIANT_COLOURS, VERDICT_COLOURS, diverging_colour, loss_chart, sequential_colour, write_html
 from pytest_longctx.results import load_results
 
 FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"
+FAMILIES_RESULTS = Path(__file__).parents[1] / "data" / "families-results.json"  # six task families, a loss curve
 PAYLOAD = ("<script>document.title='pwned';document.body.setAttribute('data-pwned','1');console.log('pwned')</script>"
            "<img src=x onerror=\"document.body.setAttribute('data-pwned','2')\">")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -119,3 +121,57 @@ def test_screenshot_shows_banner_metrics_and_heatmaps(chromium: str, report: Pat
     latency = [rows_with(colour) for colour in VARIANT_COLOURS]
     assert all(latency) and min(latency[1]) > max(max(rows) for rows in heat)
     assert len(image.resize((140, 300)).getcolors(maxcolors=100_000) or ()) > 200  # a real page, not a blank
+
+
+@pytest.fixture(scope="module")
+def families_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The multi-family run's report, with the payload planted in one candidate answer."""
+    results = load_results(FAMILIES_RESULTS)
+    cells = list(results.cells)
+    i = next(i for i, c in enumerate(cells) if c.variant == "candidate" and c.failure == "partial")
+    cells[i] = dataclasses.replace(cells[i], answer=PAYLOAD)
+    path = tmp_path_factory.mktemp("report") / "families.html"
+    write_html(dataclasses.replace(results, cells=tuple(cells)), path)
+    return path
+
+
+def test_families_report_loads_without_console_messages(chromium: str, families_report: Path, tmp_path: Path) -> None:
+    out = _run(chromium, tmp_path, families_report, "--dump-dom")
+
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _console(out.stderr) == []
+    dom = out.stdout
+    assert "<title>longctx gate yarn-families: reject</title>" in dom
+    assert 'data-pwned="' not in dom and "<script" not in dom and "<img" not in dom
+    for section in ("decision", "changes", "metrics", "recall", "heatmaps", "loss", "latency", "memory", "cells", "environment"):
+        assert f'<section id="{section}"' in dom
+    assert dom.count('<path class="series"') == 2 and dom.count('class="worst-band"') == 1
+    assert dom.count("effective length</span>") == 2 and "position-free" in dom and "3 timed runs:" in dom
+
+
+def test_screenshot_shows_the_loss_curves_and_the_worst_bucket(chromium: str, families_report: Path, tmp_path: Path) -> None:
+    try:
+        from PIL import Image
+    except ImportError:
+        _missing("Pillow", "pip install -e '.[dev]'")
+    shot = tmp_path / "families.png"
+    height = 6000  # down past the heatmaps of six tasks to the loss chart
+
+    out = _run(chromium, tmp_path, families_report, f"--screenshot={shot}", f"--window-size={WIDTH},{height}")
+
+    assert out.returncode == 0 and shot.is_file(), out.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    pixels = image.load()
+    chart = loss_chart(load_results(FAMILIES_RESULTS))
+    assert chart is not None and chart.worst_x is not None
+
+    def columns_of(colour: str, y: int) -> list[int]:
+        rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        return [x for x in range(WIDTH) if pixels[x, y] == rgb]
+
+    band = [y for y in range(0, height, 2) if len(columns_of("#fbe3d6", y)) >= 0.8 * chart.worst_w]
+    assert band, "the worst bucket's band is on screen"
+    assert chart.plot_bottom - chart.plot_top - 8 <= max(band) - min(band) <= chart.plot_bottom - chart.plot_top + 2
+    inside = range(min(band), max(band) + 1, 2)
+    for colour in VARIANT_COLOURS:  # both curves are drawn through the plot the band spans
+        assert sum(1 for y in inside if columns_of(colour, y)) > 20

@@ -15,19 +15,25 @@ import pytest
 from pytest_longctx.report import (
     diverging_colour,
     environment_rows,
+    failure_rows,
     fmt_bytes,
     heatmap_panels,
     latency_charts,
     latency_rows,
+    length_rows,
+    loss_chart,
     percentile,
     recall_grid,
     render_html,
     sequential_colour,
+    timed_runs,
     write_html,
 )
 from pytest_longctx.results import CellResult, Check, Decision, GateResults, Metrics, load_results
 
 FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores
+# A made-up, schema-exact run of six task families with a YaRN candidate and a loss curve (tests/data/families_results.py)
+FAMILIES_RESULTS = Path(__file__).parents[1] / "data" / "families-results.json"
 
 LENGTHS = (1024, 2048)
 DEPTHS = (0.0, 0.5, 1.0)
@@ -348,8 +354,8 @@ def test_an_older_results_file_without_new_fields_still_renders(tmp_path: Path) 
         for key in ("ci_low", "ci_high", "policy"):
             check.pop(key, None)
     for cell in data["cells"]:
-        cell.pop("failure", None)
-        cell.pop("excerpt", None)
+        for key in ("failure", "excerpt", "score", "prefill_samples", "decode_samples", "total_samples", "reused_tokens"):
+            cell.pop(key, None)
     path = tmp_path / "old.json"
     path.write_text(json.dumps(data))
 
@@ -357,6 +363,9 @@ def test_an_older_results_file_without_new_fields_still_renders(tmp_path: Path) 
 
     assert "middle-band recall 0.611 0.500 -0.111 (delta) — >= 0.00 ✗ fail" in _text(_section(page, "metrics"))
     assert "prompt around the needle" not in page and "why a cell missed" not in page
+    assert '<section id="recall"' not in page and '<section id="loss"' not in page
+    assert "timed run" not in page and "effective length" not in page
+    assert "kv_cache_dtype auto fp8_e4m3" in _text(_section(page, "changes"))
 
 
 def test_latency_charts_mark_p95_per_variant_and_length() -> None:
@@ -404,7 +413,8 @@ def test_drill_down_shows_failure_needle_position_and_marked_excerpt() -> None:
     text = _text(row)
     assert f"token {missed.needle_start}" in text and "partial" in text and missed.expected in text
     assert f"<mark>{missed.expected}</mark>" in row
-    assert "why a cell missed baseline candidate partial 1 1 truncated 10 12" in _text(cells)
+    # one task: no per-task breakdown of the misses
+    assert "why a cell missed baseline candidate partial 1 1 truncated 10 12" in _text(_section(render_html(results), "recall"))
 
 
 def test_prompt_excerpt_is_escaped_too() -> None:
@@ -430,3 +440,208 @@ def test_page_forbids_scripts_by_content_security_policy() -> None:
     page = render_html(make_results())
 
     assert re.search(r'<meta http-equiv="Content-Security-Policy" content="default-src \'none\';', page)
+
+
+# ----------------------------------------------------------------------------- task families, loss, timed runs
+
+
+def test_what_changed_lists_the_settings_each_side_changes() -> None:
+    changes = _section(render_html(load_results(FAMILIES_RESULTS)), "changes")
+
+    rows = [_text(r) for r in re.findall(r"<tr>(.*?)</tr>", changes, re.S)]
+    assert rows == [
+        "setting baseline candidate",
+        "rope the model's own yarn factor 4 (original 8192), max_position_embeddings 32768",
+        "kv_cache_dtype auto fp8_e4m3",
+        "packing given edge",
+    ]
+    assert changes.count('class="default"') == 3 and changes.count('class="changed"') == 3  # the baseline keeps every default
+
+
+def test_what_changed_shows_a_window_with_sinks_and_a_model_swap() -> None:
+    from pytest_longctx.attention_window import AttentionWindow
+    from pytest_longctx.gate_spec import ModelSpec, VariantSpec
+    from pytest_longctx.rope_scaling import parse_rope
+
+    results = load_results(FAMILIES_RESULTS)
+    baseline = VariantSpec(name="baseline", model=ModelSpec(ref="hf:org/base", dtype="bfloat16"))
+    candidate = VariantSpec(name="candidate", rope=parse_rope({}, 32768), attention=AttentionWindow(window=1024, sink_tokens=4))
+    gate = {**results.gate, "baseline": baseline.to_dict(), "candidate": candidate.to_dict()}
+
+    changes = _text(_section(render_html(dataclasses.replace(results, gate=gate)), "changes"))
+
+    assert "model hf:org/base (dtype bfloat16) the gate's" in changes
+    assert "rope the model's own the model's own, max_position_embeddings 32768" in changes
+    assert "attention full window 1024 + 4 sinks" in changes
+    assert "kv_cache_dtype" not in changes and "packing" not in changes
+
+
+def test_each_task_gets_its_own_heatmaps_and_a_position_free_task_one_row() -> None:
+    results = load_results(FAMILIES_RESULTS)
+
+    panels = {p.task: p for p in heatmap_panels(results)}
+
+    assert list(panels) == [t["name"] for t in results.gate["sweep"]["tasks"]]  # in the gate's order
+    assert panels["niah_single(value=uuid)"].family == "niah_single"
+    niah = panels["niah"].grids[0]
+    assert [r.text for r in niah.rows] == ["0.00", "0.50", "1.00"] and [r.middle for r in niah.rows] == [False, True, False]
+    for task in ("variable_tracking", "common_words"):
+        assert not panels[task].positioned
+        for grid in panels[task].grids:
+            assert [r.text for r in grid.rows] == ["all"] and not any(r.middle for r in grid.rows)
+            assert len(grid.cells) == 3  # one per length
+    words = panels["common_words"].grids
+    assert [(c.label, c.sublabel) for c in words[1].cells] == [("1.00", "2/2"), ("0.50", "1/2"), ("0.00", "0/2")]
+    assert [c.label for c in words[2].cells] == ["0.00", "-0.50", "-0.50"]
+    heading = re.search(r"<h3>task common_words.*?</h3>", render_html(results), re.S)
+    assert heading and "position-free" in _text(heading.group(0))
+
+
+def test_recall_per_task_table_shows_the_recorded_recall_of_each_side() -> None:
+    data = json.loads(FAMILIES_RESULTS.read_text())
+
+    recall = _text(_section(render_html(load_results(FAMILIES_RESULTS)), "recall"))
+
+    families = {t["name"]: t["family"] for t in data["gate"]["sweep"]["tasks"]}
+    for task, values in data["metrics"]["recall_by_task"].items():
+        base, cand = values["baseline"], values["candidate"]
+        assert f"{task} {families[task]} {base:.3f} {cand:.3f} {cand - base:+.3f}" in recall
+    assert "variable_tracking variable_tracking 1.000 0.667 -0.333" in recall
+
+
+def test_recall_by_length_marks_each_sides_effective_length() -> None:
+    results = load_results(FAMILIES_RESULTS)
+
+    rows = length_rows(results)
+    recall = _section(render_html(results), "recall")
+
+    assert [(r.length, r.baseline, r.candidate) for r in rows] == [(1024, "1.000", "1.000"), (2048, "1.000", "0.929"), (4096, "0.929", "0.643")]
+    assert [r.length for r in rows if r.baseline_effective] == [4096] and [r.length for r in rows if r.candidate_effective] == [2048]
+    assert [r.candidate_held for r in rows] == [True, True, False] and all(r.baseline_held for r in rows)
+    text = _text(recall)
+    assert "2048 1.000 0.929 effective length -0.071" in text and "4096 0.929 effective length 0.643 -0.286" in text
+    assert "recall stays at or above 0.85: baseline 4096 tokens, candidate 2048 tokens (ratio 0.500)" in text
+
+
+def test_an_effective_length_below_the_shortest_length_says_so() -> None:
+    results = load_results(FAMILIES_RESULTS)
+    metrics = dataclasses.replace(
+        results.metrics, effective_length={"baseline": 4096, "candidate": None}, effective_length_ratio=0.0,
+        recall_by_length={**results.metrics.recall_by_length, "candidate": {"1024": 0.5, "2048": 0.9, "4096": 0.2}},
+    )
+
+    text = _text(_section(render_html(dataclasses.replace(results, metrics=metrics)), "recall"))
+
+    assert "candidate none (recall 0.50 already at 1024) (ratio 0.000)" in text
+    assert text.count("effective length") == 2  # the baseline's badge and the sentence; no badge for the candidate
+
+
+def test_failure_categories_are_counted_per_side_and_per_task() -> None:
+    results = load_results(FAMILIES_RESULTS)
+
+    rows = failure_rows(results)
+
+    assert [r.category for r in rows] == ["missing", "wrong_value", "partial", "truncated", "refusal/other"]  # results.Failure order
+    for side in ("baseline", "candidate"):  # a complete run: every cell is paired, so the metrics count the same misses
+        counted = {r.category: getattr(r, side) for r in rows if getattr(r, side)}
+        assert counted == results.metrics.failures[side]
+    wrong = next(r for r in rows if r.category == "wrong_value")
+    assert wrong.by_task == "niah_single(value=uuid) 0/1 · niah_multikey 1/3"
+    assert "partial 1 4 variable_tracking 0/2 · common_words 1/2" in _text(_section(render_html(results), "recall"))
+
+
+def test_loss_chart_draws_both_curves_and_shades_the_worst_bucket() -> None:
+    results = load_results(FAMILIES_RESULTS)
+
+    chart = loss_chart(results)
+
+    assert chart is not None
+    baseline, candidate = chart.series
+    assert (baseline.variant, candidate.variant) == ("baseline", "candidate") and (baseline.shape, candidate.shape) == ("circle", "square")
+    assert len(baseline.points) == len(candidate.points) == 8
+    assert [p.x for p in baseline.points] == sorted(p.x for p in baseline.points)
+    assert candidate.points[-1].y < baseline.points[-1].y  # the higher loss is drawn higher up
+    assert candidate.points[0].y < candidate.points[1].y  # 3.431 at the start, then falling to 3.002
+    assert all(chart.plot_top <= p.y <= chart.plot_bottom for s in chart.series for p in s.points)
+    assert chart.worst_x is not None and chart.worst_x < candidate.points[-1].x < chart.worst_x + chart.worst_w
+    assert "positions 7168-8192: mean loss 2.986 nats over 1024 predictions" in candidate.points[-1].title
+    assert baseline.path.startswith("M") and baseline.path.count("L") == 7
+
+
+def test_loss_section_shows_the_loss_ratio_check_and_every_bucket() -> None:
+    section = _section(render_html(load_results(FAMILIES_RESULTS)), "loss")
+    text = _text(section)
+
+    assert "loss ratio, worst bucket: 1.123 (ratio) , threshold <= 1.05 · ✗ fail" in text
+    assert "worst position bucket at positions 7168-8192" in text
+    assert "7168-8192 (worst) 2.660 2.986 1.123" in text and "0-1024 3.412 3.431 1.006" in text
+    assert section.count('class="worst-band"') == 1 and '<path class="series"' in section
+
+
+def test_a_bucket_without_a_loss_breaks_the_line() -> None:
+    results = load_results(FAMILIES_RESULTS)
+    curve = dict(results.metrics.loss_curves["candidate"])
+    curve["losses"] = [*curve["losses"][:3], float("nan"), *curve["losses"][4:]]
+    metrics = dataclasses.replace(results.metrics, loss_curves={**results.metrics.loss_curves, "candidate": curve})
+
+    chart = loss_chart(dataclasses.replace(results, metrics=metrics))
+
+    assert chart is not None
+    candidate = chart.series[1]
+    assert len(candidate.points) == 7 and candidate.path.count("M") == 2
+
+
+def test_a_loss_curve_of_one_side_only_is_drawn_without_a_worst_bucket() -> None:
+    results = load_results(FAMILIES_RESULTS)
+    metrics = dataclasses.replace(results.metrics, loss_curves={"baseline": results.metrics.loss_curves["baseline"]},
+                                  loss_ratio=None, loss_worst_bucket=None)
+    checks = tuple(dataclasses.replace(c, value=None, passed=False) if c.name == "loss_ratio" else c for c in results.decision.checks)
+    results = dataclasses.replace(results, metrics=metrics, decision=dataclasses.replace(results.decision, checks=checks))
+
+    chart = loss_chart(results)
+    section = _section(render_html(results), "loss")
+
+    assert chart is not None and [s.variant for s in chart.series] == ["baseline"] and chart.worst_x is None
+    assert "worst-band" not in section and "shaded band" not in section
+    assert "loss ratio, worst bucket: n/a" in _text(section) and "0-1024 3.412 n/a n/a" in _text(section)
+
+
+def test_drill_down_lists_timed_runs_and_marks_a_reused_prefix() -> None:
+    results = load_results(FAMILIES_RESULTS)
+    reused = next(c for c in results.cells if c.reused_tokens)
+    cells = _section(render_html(results), "cells")
+
+    rows = [_text(r) for r in re.findall(r"<tr class=\"(?:found|missed)\">(.*?)</tr>", cells, re.S)]
+    samples = " / ".join(f"{v:.3f}" for v in reused.total_samples)
+    prefill = " / ".join(f"{v:.3f}" for v in reused.prefill_samples)
+    row = next(r for r in rows if f"3 timed runs: {samples} s, min used" in r)
+    assert f"prefill {prefill} s" in row
+    assert f"recall run reused {reused.reused_tokens} cached prompt tokens: not timed" in row
+    assert sum("cached prompt tokens: not timed" in r for r in rows) == sum(1 for c in results.cells if c.reused_tokens)
+    assert all("3 timed runs:" in r for r in rows)
+    assert "A cell's timing is the min of its timed runs (up to 3," in _text(_section(render_html(results), "latency"))
+
+
+def test_a_single_timed_run_names_no_statistic() -> None:
+    cell = dataclasses.replace(make_cells()[0], total_samples=(0.5,), prefill_samples=(0.1,), decode_samples=(0.012,))
+
+    assert timed_runs(cell, "median") == ("1 timed run: 0.500 s", "prefill 0.100 s", "decode 12.00 ms/token")
+    assert timed_runs(make_cells()[0], "min") == ()
+
+
+def test_partial_credit_is_shown_with_the_failure() -> None:
+    cells = _text(_section(render_html(load_results(FAMILIES_RESULTS)), "cells"))
+
+    assert "partial (0.60 credit)" in cells and "partial (0.80 credit)" in cells
+    assert "wrong_value (" not in cells  # no credit to show for an all-or-nothing miss
+
+
+def test_families_page_is_pure_self_contained_and_script_free() -> None:
+    results = load_results(FAMILIES_RESULTS)
+
+    page = render_html(results)
+
+    assert page == render_html(results)
+    assert "<script" not in page.lower() and not re.search(r"https?://", page) and "url(" not in page
+    for section in ("decision", "changes", "metrics", "recall", "heatmaps", "loss", "latency", "memory", "cells", "environment"):
+        assert f'<section id="{section}"' in page

@@ -12,14 +12,18 @@ from pytest_longctx.report import render_html
 from pytest_longctx.results import Decision, load_results
 from pytest_longctx.summary import (
     append_step_summary,
+    describe_variant,
     junit_properties,
     markdown,
     md_escape,
     metric_rows,
     terminal_lines,
+    variant_settings,
 )
 
 FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores
+# A made-up, schema-exact run of six task families with a YaRN candidate and a loss curve (tests/data/families_results.py)
+FAMILIES_RESULTS = Path(__file__).parents[1] / "data" / "families-results.json"
 
 
 def _markdown_table(text: str) -> list[list[str]]:
@@ -140,3 +144,101 @@ def test_rows_are_one_list_for_every_output() -> None:
     assert [r.metric for r in rows] == ["middle-band recall", "recall, all depths", "p95 latency (s)", "p95 prefill (s)",
                                         "p95 decode (ms/token)", "memory (kv_bytes)"]
     assert [r.status for r in rows] == ["fail", "info", "fail", "info", "info", "pass"]
+
+
+def test_effective_length_and_loss_ratio_are_rows_of_every_output() -> None:
+    data = json.loads(FAMILIES_RESULTS.read_text())
+    results = load_results(FAMILIES_RESULTS)
+    m, checks = data["metrics"], {c["name"]: c for c in data["decision"]["checks"]}
+
+    rows = {r.metric: r for r in metric_rows(results)}
+
+    effective = rows["effective length (tokens, recall >= 0.85)"]
+    assert (effective.baseline, effective.candidate) == (str(m["effective_length"]["baseline"]), str(m["effective_length"]["candidate"]))
+    assert effective.change == f"{checks['effective_length_ratio']['value']:.3f} (ratio)" and effective.threshold == ">= 1.00"
+    assert effective.status == "fail"
+    loss = rows["next-token loss, worst bucket (nats)"]
+    worst = m["loss_worst_bucket"]
+    assert (loss.baseline, loss.candidate) == tuple(f"{m['loss_curves'][s]['losses'][worst]:.3f}" for s in ("baseline", "candidate"))
+    assert loss.change == f"{m['loss_ratio']:.3f} (ratio)" and loss.threshold == "<= 1.05" and loss.status == "fail"
+    md_rows = _markdown_table(markdown(results).split("**Recall by task**")[0])  # the metrics table, not the tasks'
+    html_rows = _html_metric_rows(render_html(results))
+    assert len(md_rows) == len(html_rows) == 8 and [r[:6] for r in md_rows] == [r[:6] for r in html_rows]
+    lines = terminal_lines(results)
+    assert any(re.search(r"effective length \(tokens, recall >= 0\.85\)\s+4096\s+2048\s+0\.500 \(ratio\)\s+—\s+>= 1\.00\s+FAIL$", line)
+               for line in lines)
+    assert any(re.search(r"next-token loss, worst bucket \(nats\)\s+2\.660\s+2\.986\s+1\.123 \(ratio\)", line) for line in lines)
+
+
+def test_without_a_threshold_the_loss_row_is_information_that_names_the_worst_bucket() -> None:
+    results = load_results(FAMILIES_RESULTS)
+    checks = tuple(c for c in results.decision.checks if c.name != "loss_ratio")
+    results = dataclasses.replace(results, decision=dataclasses.replace(results.decision, checks=checks))
+
+    loss = next(r for r in metric_rows(results) if r.metric.startswith("next-token loss"))
+
+    assert (loss.change, loss.threshold, loss.status) == ("1.123 (ratio)", "—", "info")
+    assert loss.detail == "worst bucket: positions 7168-8192; not part of the rule"
+
+
+def test_terminal_lists_recall_per_task_when_the_gate_swept_several() -> None:
+    data = json.loads(FAMILIES_RESULTS.read_text())
+
+    lines = terminal_lines(load_results(FAMILIES_RESULTS))
+
+    start = next(i for i, line in enumerate(lines) if line.split()[:3] == ["recall", "by", "task"])
+    body = lines[start + 2 : start + 2 + len(data["metrics"]["recall_by_task"])]
+    for line, (task, values) in zip(body, data["metrics"]["recall_by_task"].items()):
+        base, cand = values["baseline"], values["candidate"]
+        assert line.split() == [task, f"{base:.3f}", f"{cand:.3f}", f"{cand - base:+.3f}"]
+    assert lines[start + 2 + len(body)].startswith("  FAIL ")  # then the reasons
+    assert not any("recall by task" in line for line in terminal_lines(load_results(FP8_RESULTS)))  # one task: no table
+
+
+def test_markdown_has_a_recall_per_task_table_and_each_sides_changes() -> None:
+    data = json.loads(FAMILIES_RESULTS.read_text())
+
+    text = markdown(load_results(FAMILIES_RESULTS))
+
+    assert ("**baseline**: defaults · **candidate**: rope yarn factor 4 (original 8192), max_position_embeddings 32768; "
+            "kv_cache_dtype fp8_e4m3; packing edge") in text
+    tasks = text.split("**Recall by task**", 1)[1]
+    rows = {row[0]: row[1:] for row in _markdown_table(tasks)}
+    for task, values in data["metrics"]["recall_by_task"].items():
+        base, cand = values["baseline"], values["candidate"]
+        assert rows[task] == [task.split("(")[0], f"{base:.3f}", f"{cand:.3f}", f"{cand - base:+.3f}"]
+    assert "**Recall by task**" not in markdown(load_results(FP8_RESULTS))
+
+
+def test_describe_variant_names_each_change_and_hides_the_defaults() -> None:
+    from pytest_longctx.attention_window import AttentionWindow
+    from pytest_longctx.gate_spec import VariantSpec
+    from pytest_longctx.prompt_layout import HistoryBudget
+    from pytest_longctx.retrieval import parse_retrieval
+    from pytest_longctx.rope_scaling import parse_rope
+
+    spec = VariantSpec(
+        name="candidate", kv_cache_dtype="int4", kv_scale="channel", attn_implementation="eager",
+        rope=parse_rope({"rope_type": "linear", "factor": 2.0}), attention=AttentionWindow(window=512, sink_tokens=1),
+        history=HistoryBudget(budget=2048), retrieval=parse_retrieval({"method": "bm25", "top_k": 4}),
+        planted_decode_delay=0.25, planted_kv_copies=3,
+    )
+
+    described = dict(describe_variant(spec.to_dict()))
+
+    assert described == {
+        "attn_implementation": "eager",
+        "rope": "linear factor 2",
+        "attention": "window 512 + 1 sink",
+        "kv_cache_dtype": "int4",
+        "kv_scale": "channel",
+        "history": "budget 2048 tokens, newest_first",
+        "retrieval": "bm25, top 4 chunks of 256 tokens, order rank",
+        "planted": "decode delay 0.25, 3 KV copies",
+    }
+    assert describe_variant(VariantSpec(name="baseline").to_dict()) == ()
+    assert dict(describe_variant({"name": "x", "speculative_draft": "tiny"})) == {"speculative_draft": "tiny"}  # a key added later
+    budgeted = parse_retrieval({"method": "hybrid", "budget_tokens": 6000})
+    assert dict(describe_variant(VariantSpec(name="c", retrieval=budgeted).to_dict()))["retrieval"] == (
+        f"hybrid, best chunks of 256 tokens up to 6000 tokens, order {budgeted.order}")
+    assert variant_settings(load_results(FP8_RESULTS)) == (("baseline", "defaults"), ("candidate", "kv_cache_dtype fp8_e4m3"))
