@@ -149,6 +149,7 @@ def compute_metrics(
     curves = {label: dict((loss_curves or {})[n]) for label, n in zip(("baseline", "candidate"), names) if n in (loss_curves or {})}
     loss_ratio, worst = _loss_ratio(curves)
     return Metrics(
+        prefill_tokens={label: _mean(float(c.tokens) for c in side(n, paired)) for label, n in zip(("baseline", "candidate"), names)},
         loss_curves=curves,
         loss_ratio=loss_ratio,
         loss_worst_bucket=worst,

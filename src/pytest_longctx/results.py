@@ -53,6 +53,7 @@ class CellResult:
     decode_samples: tuple[float, ...] = ()
     total_samples: tuple[float, ...] = ()
     reused_tokens: int = 0  # prompt tokens whose K/V the recall run took from an earlier cell (never timed)
+    retrieval: dict[str, Any] | None = None  # what a retrieval side selected (chunks, prefill tokens, seconds)
 
     @property
     def key(self) -> tuple[str, int, float, int]:
@@ -177,6 +178,7 @@ class Metrics:
     effective_length: dict[str, int | None] = field(default_factory=dict)
     effective_length_ratio: float | None = None
     failures: dict[str, dict[str, int]] = field(default_factory=dict)  # miss categories per side
+    prefill_tokens: dict[str, float | None] = field(default_factory=dict)  # mean prompt tokens per query, per side
     loss_curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # per side: edges, losses, counts, tokens
     loss_ratio: float | None = None  # worst bucket's candidate/baseline mean next-token loss
     loss_worst_bucket: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
 import time
@@ -97,10 +98,16 @@ class GateRun:
         token ids (built once); a prompt-level change or another tokenizer gets its own."""
         variant = variant or self.variants[0]
         tokenizer = self.backend(variant).tokenizer
-        layout = (variant.packing, variant.history, variant.retrieval)
-        key = (id(tokenizer), layout, cell)
+        key = (id(tokenizer), variant.packing, variant.history, variant.retrieval, cell)
         if key not in self._prompts:
-            self._prompts[key] = build_prompt(tokenizer, task_spec(self.gate.sweep, cell.task), cell, variant)
+            if variant.retrieval is not None:
+                from .retrieval_prompt import retrieval_prompt
+
+                # Retrieval works on the very prompt the other side gets in full.
+                full = self.prompt(cell, dataclasses.replace(variant, retrieval=None))
+                self._prompts[key] = retrieval_prompt(tokenizer, full, variant.retrieval)
+            else:
+                self._prompts[key] = build_prompt(tokenizer, task_spec(self.gate.sweep, cell.task), cell, variant)
         return self._prompts[key]
 
     def measure(self, variant: VariantSpec, cell: Cell) -> CellResult:

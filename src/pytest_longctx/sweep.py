@@ -13,6 +13,7 @@ from .results import CellResult, TimingSample
 
 if TYPE_CHECKING:
     from .backend import Backend
+    from .retrieval_prompt import RetrievedPrompt
     from .tasks import TaskPrompt, TaskSpec
 
 
@@ -91,10 +92,15 @@ def run_cell(
     A timed cell's run is a full, uncached run of the prompt and the cell's first timing sample (the timing
     passes add the rest, see `merge_samples`); an untimed cell's run records no timings.
     """
+    prompt, retrieval = _unwrap(prompt)
     gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
     reused = getattr(gen, "reused_tokens", 0)
     timed = timed and reused == 0
     score = prompt.score(gen.answer, hit_limit=gen.hit_limit)
+    failure = score.failure
+    if not score.found and retrieval is not None and retrieval.not_retrieved:
+        failure = "not_retrieved"  # the evidence never reached the model: the retriever's miss, not the model's
+    extra = retrieval.seconds if retrieval is not None else 0.0  # time to first token includes retrieving
     return CellResult(
         variant=variant.name,
         task=cell.task,
@@ -104,13 +110,13 @@ def run_cell(
         seed=cell.seed,
         found=score.found,
         score=score.fraction,
-        failure=score.failure,
+        failure=failure,
         excerpt=prompt.excerpt(),
         answer=gen.answer,
         expected=prompt.answer,
-        prefill_s=gen.prefill_s if timed else None,
+        prefill_s=gen.prefill_s + extra if timed else None,
         decode_s_per_token=gen.decode_s_per_token if timed else None,
-        total_s=gen.total_s if timed else None,
+        total_s=gen.total_s + extra if timed else None,
         new_tokens=gen.new_tokens,
         kv_bytes=gen.kv_bytes,
         kv_bytes_analytic=gen.kv_bytes_analytic,
@@ -119,24 +125,37 @@ def run_cell(
         prompt_sha256=prompt.prompt_sha256,
         needle_start=prompt.needle_start,
         repeats=1 if timed else 0,
-        prefill_samples=(gen.prefill_s,) if timed else (),
+        prefill_samples=(gen.prefill_s + extra,) if timed else (),
         decode_samples=(gen.decode_s_per_token,) if timed and gen.decode_s_per_token is not None else (),
-        total_samples=(gen.total_s,) if timed else (),
+        total_samples=(gen.total_s + extra,) if timed else (),
         reused_tokens=reused,
+        retrieval=None if retrieval is None else retrieval.record,
     )
+
+
+def _unwrap(prompt: Any) -> tuple[TaskPrompt, RetrievedPrompt | None]:
+    """A retrieval side's prompt comes with what retrieval did; the others are plain task prompts."""
+    from .retrieval_prompt import RetrievedPrompt
+
+    return (prompt.prompt, prompt) if isinstance(prompt, RetrievedPrompt) else (prompt, None)
 
 
 def timed_run(
     backend: Backend, variant: VariantSpec, cell: Cell, prompt: TaskPrompt, *, max_new_tokens: int,
     timeout_s: float | None = None,
 ) -> TimingSample:
-    """One full, uncached run of the prompt, for a timing pass; a failure is recorded, not raised."""
+    """One full, uncached run of the prompt, for a timing pass; a failure is recorded, not raised.
+
+    A retrieval side's timings include the retrieval it did for the prompt."""
+    prompt, retrieval = _unwrap(prompt)
+    extra = retrieval.seconds if retrieval is not None else 0.0
     try:
         gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
     except Exception as exc:  # noqa: BLE001 - a timed run that fails (timeout, OOM) blocks approval via its cell
         return TimingSample(variant.name, cell.task, cell.length, cell.depth, cell.seed, None, None, None, "", f"{type(exc).__name__}: {exc}")
     return TimingSample(
-        variant.name, cell.task, cell.length, cell.depth, cell.seed, gen.prefill_s, gen.decode_s_per_token, gen.total_s, gen.answer
+        variant.name, cell.task, cell.length, cell.depth, cell.seed, gen.prefill_s + extra, gen.decode_s_per_token,
+        gen.total_s + extra, gen.answer,
     )
 
 
@@ -174,6 +193,8 @@ def merge_samples(cell: CellResult, samples: Iterable[TimingSample], *, repeats:
 
 def errored_cell(variant: VariantSpec, cell: Cell, error: str, prompt: Any = None) -> CellResult:
     """The record of a cell that could not be measured: it blocks approval instead of vanishing."""
+    if prompt is not None:
+        prompt, _ = _unwrap(prompt)
     return CellResult(
         variant=variant.name, task=cell.task, length=cell.length, tokens=getattr(prompt, "tokens", 0),
         depth=cell.depth, seed=cell.seed, found=False, answer="", expected=getattr(prompt, "answer", ""),
