@@ -13,7 +13,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from pytest_longctx.backend import TransformersBackend
+from pytest_longctx.backend import Backend
 from pytest_longctx.gate_spec import GateSpec, load_gate
 from pytest_longctx.session import GateRun
 from pytest_longctx.sweep import interleaved
@@ -25,10 +25,13 @@ PLANTED = {
 }
 
 
-def run_gate(gate: GateSpec, backend: TransformersBackend) -> tuple[str, str]:
+def run_gate(gate: GateSpec, backend: Backend) -> tuple[str, str]:
     run = GateRun(gate, backend_factory=lambda *_: backend)
+    # As the pytest items run: the recall pass, then timing passes 2..repeats over the whole sweep.
     for variant, cell in interleaved(gate):
         run.record(run.measure(variant, cell))
+    for number in run.timing_passes:
+        run.record_samples(run.timing_pass(number))
     results = run.results()
     m = results.metrics
     summary = (
@@ -46,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
 
     gate = load_gate(args.gate)
-    backend = TransformersBackend.load(gate.model)
+    backend = GateRun(gate).backend()  # loaded and warmed up once, shared by every run
     approved = rejected = total_planted = 0
     started = time.perf_counter()
     for i in range(args.runs):
