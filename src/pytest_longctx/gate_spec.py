@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .prompt_layout import HistoryBudget
     from .retrieval import RetrievalSettings
     from .rope_scaling import RopeSettings
+    from .server_launch import LaunchSpec
     from .tasks import TaskSpec
 
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4"]
@@ -24,6 +25,8 @@ RepeatStatistic = Literal["min", "median"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 AttnImplementation = Literal["sdpa", "eager"]
+BackendKind = Literal["transformers", "openai"]
+ServedApi = Literal["completions", "chat"]
 Packing = Literal["given", "edge"]
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
@@ -59,6 +62,12 @@ class VariantSpec:
     packing: Packing = "given"
     history: HistoryBudget | None = None
     retrieval: RetrievalSettings | None = None
+    # Served: an OpenAI-compatible engine (vLLM, SGLang, TGI, llama.cpp) at base_urls, or launched per variant.
+    backend: BackendKind = "transformers"
+    base_urls: tuple[str, ...] = ()
+    launch: LaunchSpec | None = None
+    api: ServedApi = "completions"
+    max_concurrency: int = 1
     # Planted regressions, for self-check gates that prove a gate catches what it should:
     planted_decode_delay: float = 0.0  # extra wall time per decode step, as a fraction of the step's own time
     planted_kv_copies: int = 1  # hold this many copies of the KV cache (real memory)
@@ -71,6 +80,8 @@ class VariantSpec:
 
     def load_key(self, gate_model: ModelSpec) -> tuple[Any, ...]:
         """Sides with equal keys share one loaded model; anything applied at load time is in it."""
+        if self.backend == "openai":
+            return (self.backend, self.model_spec(gate_model), self.base_urls, self.launch, self.api, self.max_concurrency)
         return (self.model_spec(gate_model), self.rope, self.attn_implementation)
 
     @property
@@ -84,6 +95,8 @@ class VariantSpec:
         data["attention"] = None if self.attention is None else dataclasses.asdict(self.attention)
         data["history"] = None if self.history is None else dataclasses.asdict(self.history)
         data["retrieval"] = None if self.retrieval is None else self.retrieval.to_dict()
+        data["launch"] = None if self.launch is None else dataclasses.asdict(self.launch)
+        data["base_urls"] = list(self.base_urls)
         return data
 
     @classmethod
@@ -107,6 +120,11 @@ class VariantSpec:
             from .retrieval import parse_retrieval
 
             values["retrieval"] = parse_retrieval(values["retrieval"])
+        if values.get("launch") is not None:
+            from .server_launch import LaunchSpec
+
+            values["launch"] = LaunchSpec(**values["launch"])
+        values["base_urls"] = tuple(values.get("base_urls", ()))
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -311,7 +329,8 @@ def _model(r: _Reader, raw: Any, key: str = "model") -> ModelSpec:
 
 VARIANT_KEYS = (
     "kv_cache_dtype", "kv_scale", "model", "dtype", "attn_implementation", "rope_parameters", "max_position_embeddings",
-    "attention", "packing", "history", "retrieval", "planted",
+    "attention", "packing", "history", "retrieval", "backend", "base_url", "base_urls", "launch", "api", "max_concurrency",
+    "planted",
 )
 
 
@@ -332,10 +351,51 @@ def _variant(r: _Reader, raw: Any, name: str) -> VariantSpec:
         packing=r.choice(v.get("packing", "given"), f"{name}.packing", get_args(Packing)),  # type: ignore[arg-type]
         history=_history(r, v.get("history"), name),
         retrieval=_retrieval(r, v.get("retrieval"), name),
+        **_served(r, v, name),
         planted_decode_delay=r.number(planted.get("decode_delay", 0.0), f"{name}.planted.decode_delay", low=0.0, high=100.0),
         planted_kv_copies=r.integer(planted.get("kv_copies", 1), f"{name}.planted.kv_copies", low=1),
         planted_window=None if window is None else r.integer(window, f"{name}.planted.window", low=1),
     )
+
+
+def _served(r: _Reader, v: dict[str, Any], name: str) -> dict[str, Any]:
+    """A served variant: where its engine is (base_url(s)), or how to start it (launch), and how to talk to it."""
+    kind = r.choice(v.get("backend", "transformers"), f"{name}.backend", get_args(BackendKind))
+    keys = [k for k in ("base_url", "base_urls", "launch", "api", "max_concurrency") if k in v]
+    if kind != "openai":
+        if keys:
+            raise r.fail(f"{name}.{keys[0]}", "only applies to a served model", f"add {name}.backend: openai, or remove it")
+        return {}
+    urls: list[Any] = []
+    if "base_url" in v:
+        urls = [r.string(v["base_url"], f"{name}.base_url")]
+    if "base_urls" in v:
+        if urls:
+            raise r.fail(f"{name}.base_urls", "is given beside base_url", "use one of base_url and base_urls")
+        urls = [r.string(u, f"{name}.base_urls") for u in r.listing(v["base_urls"], f"{name}.base_urls")]
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise r.fail(f"{name}.base_url", f"{url!r} is not an http(s) URL", "write e.g. http://127.0.0.1:8000 (without /v1)")
+    launch = None
+    if "launch" in v:
+        from .server_launch import LaunchError, parse_launch
+
+        try:
+            launch = parse_launch(v["launch"], key="launch")
+        except LaunchError as exc:
+            raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
+    if bool(urls) == (launch is not None):
+        raise r.fail(f"{name}.backend", "openai needs either base_url(s) or launch", "point at a running server, or give launch: {command: ...}")
+    # kv_cache_dtype stays allowed: it says what the engine stores, for the analytic KV estimate.
+    for key in ("rope_parameters", "max_position_embeddings", "attention", "attn_implementation", "dtype", "packing", "history"):
+        if key in v:
+            raise r.fail(f"{name}.{key}", "is applied by the engine of a served model, not by pytest-longctx",
+                         "put the engine's flag in launch.command (e.g. --kv-cache-dtype fp8)")
+    return {
+        "backend": kind, "base_urls": tuple(urls), "launch": launch,
+        "api": r.choice(v.get("api", "completions"), f"{name}.api", get_args(ServedApi)),
+        "max_concurrency": r.integer(v.get("max_concurrency", 1), f"{name}.max_concurrency", low=1),
+    }
 
 
 def _rope(r: _Reader, v: dict[str, Any], name: str) -> RopeSettings | None:

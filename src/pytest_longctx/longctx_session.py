@@ -58,7 +58,8 @@ class LongctxSession:
         from .session import GateRun
 
         for gate in self.gates:
-            self.runs.setdefault(gate.name, GateRun(gate, capture=self.capture))
+            log_dir = self.output_paths(gate)[0].parent
+            self.runs.setdefault(gate.name, GateRun(gate, capture=self.capture, log_dir=log_dir))
 
     def items(self, session: Any) -> list[Any]:
         from .nodes import make_gate_items
@@ -87,6 +88,7 @@ class LongctxSession:
             run = self.runs.get(gate.name)
             if run is None:
                 continue
+            run.close()
             if self.capture:
                 status |= self._write_capture(run)
                 continue

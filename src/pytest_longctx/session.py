@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import subprocess
@@ -27,6 +28,8 @@ def _default_backend(gate: GateSpec, variant: VariantSpec) -> Backend:
     from .backend import TransformersBackend
     from .model_loading import load_model
 
+    if variant.backend == "openai":
+        raise ValueError("a served variant's backend comes from GateRun.served_backend")
     spec = variant.model_spec(gate.model)
     model, tokenizer, fingerprint = load_model(
         spec.ref, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code,
@@ -41,8 +44,14 @@ BackendFactory = Callable[[GateSpec, VariantSpec], "Backend"]
 class GateRun:
     """Measures the cells of one gate (in any order, any subset) and turns what was recorded into results."""
 
-    def __init__(self, gate: GateSpec, *, backend_factory: BackendFactory = _default_backend, capture: bool = False) -> None:
+    def __init__(
+        self, gate: GateSpec, *, backend_factory: BackendFactory = _default_backend, capture: bool = False,
+        log_dir: Path = Path("reports"),
+    ) -> None:
         self.gate = gate
+        self.log_dir = log_dir
+        self.server_logs: dict[str, Path] = {}
+        self._exit = contextlib.ExitStack()
         self.capture = capture
         self._backend_factory = backend_factory
         # One loaded model per distinct load-time setting: sides that differ only in cache or prompt share it.
@@ -82,7 +91,7 @@ class GateRun:
             raise CellError(f"model {spec.ref} failed to load: {self._load_errors[key]}")
         if key not in self._backends:
             try:
-                backend = self._backend_factory(self.gate, variant)
+                backend = self.served_backend(variant) if variant.backend == "openai" else self._backend_factory(self.gate, variant)
                 warm = backend.tokenizer.encode("Warm-up: the first forward pass pays one-off costs.") if hasattr(backend.tokenizer, "encode") else [1, 2, 3]
                 for side in self.variants:
                     if side.load_key(self.gate.model) == key:
@@ -92,6 +101,36 @@ class GateRun:
                 raise
             self._backends[key] = backend
         return self._backends[key]
+
+    def served_backend(self, variant: VariantSpec) -> Backend:
+        """An OpenAI-compatible engine for `variant`: at its base URLs, or started now (and stopped by `close`).
+
+        Prompts stay token-exact with the local tokenizer of the variant's model reference; its config gives
+        the KV shape for the analytic estimate when the engine reports no cache usage.
+        """
+        from .kv_math import KvShape
+        from .model_loading import load_config, load_tokenizer, resolve
+        from .served_backend import ServedBackend
+
+        spec = variant.model_spec(self.gate.model)
+        urls = list(variant.base_urls)
+        if variant.launch is not None:
+            from .server_launch import launched
+
+            resolved = resolve(spec.ref)
+            # {model} in the command: the file or folder the reference resolves to (the GGUF for embedded models).
+            model_arg = str(resolved.gguf_path or resolved.location)
+            self.server_logs[variant.name] = self.log_dir / f"{self.gate.name}.{variant.name}.server.log"
+            urls = [self._exit.enter_context(launched(variant.launch, model=model_arg, log_path=self.server_logs[variant.name]))]
+        return ServedBackend(
+            urls, tokenizer=load_tokenizer(spec.ref, trust_remote_code=spec.trust_remote_code),
+            kv_shape=KvShape.from_config(load_config(spec.ref, trust_remote_code=spec.trust_remote_code)),
+            api=variant.api, max_concurrency=variant.max_concurrency,
+        )
+
+    def close(self) -> None:
+        """Stop the servers this run launched (their logs stay)."""
+        self._exit.close()
 
     def prompt(self, cell: Cell, variant: VariantSpec | None = None) -> Any:
         """The cell's prompt for `variant`. Sides on one tokenizer with one prompt layout get the very same

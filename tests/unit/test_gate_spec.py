@@ -149,3 +149,30 @@ def test_a_timing_subset_must_come_from_the_sweep():
     assert GateSpec.from_dict(gate.to_dict()) == gate
     with pytest.raises(GateError, match="key 'sweep.timing.lengths': 1024 is not one of the swept lengths"):
         parse_gate(minimal(sweep={"lengths": [256], "depths": [0.5], "timing": {"lengths": [1024]}}))
+
+
+def test_a_served_variant_names_its_engine_or_how_to_start_it():
+    gate = parse_gate(minimal(
+        baseline={"backend": "openai", "launch": {"command": "{python} -m llama_cpp.server --model {model} --port {port}"}},
+        candidate={"backend": "openai", "base_urls": ["http://127.0.0.1:8000", "http://127.0.0.1:8001"], "kv_cache_dtype": "int8",
+                   "max_concurrency": 4},
+    ))
+    assert gate.baseline.launch.ready_timeout_s == 600 and gate.candidate.base_urls[1].endswith(":8001")
+    assert gate.baseline.load_key(gate.model) != gate.candidate.load_key(gate.model)
+    assert GateSpec.from_dict(gate.to_dict()) == gate
+
+
+@pytest.mark.parametrize(
+    "candidate,key,fix",
+    [
+        ({"backend": "openai"}, "candidate.backend", "point at a running server"),
+        ({"base_url": "http://x:1"}, "candidate.base_url", "add candidate.backend: openai"),
+        ({"backend": "openai", "base_url": "x:1"}, "candidate.base_url", "without /v1"),
+        ({"backend": "openai", "base_url": "http://x:1", "rope_parameters": {"rope_type": "linear", "factor": 2.0}},
+         "candidate.rope_parameters", "launch.command"),
+        ({"backend": "openai", "launch": {"command": "vllm serve {model}"}}, "candidate.launch.command", "--port {port}"),
+    ],
+)
+def test_bad_served_variants_name_the_key_and_fix(candidate, key, fix):
+    with pytest.raises(GateError, match=rf"key '{re.escape(key)}': .*Fix: .*{re.escape(fix)}"):
+        parse_gate(minimal(candidate=candidate), source="gates/x.yaml")
