@@ -51,6 +51,7 @@ class GateRun:
         self.gate = gate
         self.log_dir = log_dir
         self.server_logs: dict[str, Path] = {}
+        self.load_seconds: dict[str, float] = {}  # per side that loaded a model: how long the load took (warm cache)
         self._exit = contextlib.ExitStack()
         self.capture = capture
         self._backend_factory = backend_factory
@@ -91,7 +92,9 @@ class GateRun:
             raise CellError(f"model {spec.ref} failed to load: {self._load_errors[key]}")
         if key not in self._backends:
             try:
+                started = time.perf_counter()
                 backend = self.served_backend(variant) if variant.backend == "openai" else self._backend_factory(self.gate, variant)
+                self.load_seconds[variant.name] = time.perf_counter() - started
                 warm = backend.tokenizer.encode("Warm-up: the first forward pass pays one-off costs.") if hasattr(backend.tokenizer, "encode") else [1, 2, 3]
                 for side in self.variants:
                     if side.load_key(self.gate.model) == key:
@@ -294,6 +297,10 @@ class GateRun:
         except ImportError:
             pass
         env["libraries"] = _library_versions()
+        if self.load_seconds:
+            env["model_load_s"] = {name: round(seconds, 3) for name, seconds in self.load_seconds.items()}
+        if self.server_logs:
+            env["server_logs"] = {name: str(path) for name, path in self.server_logs.items()}
         if self._backends:
             fp = self.fingerprint()
             env.update(model_fingerprint=fp["model_weights"], tokenizer_sha256=fp["tokenizer"], chat_template_sha256=fp["chat_template"])
