@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .gate_spec import ModelSpec, VariantSpec
 from .kv_math import KvShape
+
+if TYPE_CHECKING:
+    from .prefix_reuse import PrefixStore
+
+StopCheck = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,8 @@ class Generation:
     kv_bytes_analytic: int
     kv_tokens: int
     peak_bytes: int | None
-    hit_limit: bool = False  # stopped by max_new_tokens rather than EOS
+    hit_limit: bool = False  # stopped by max_new_tokens, not by EOS or the stop check
+    reused_tokens: int = 0  # prompt tokens whose K/V were copied from a stored prompt instead of prefilled
 
 
 class Backend(Protocol):
@@ -36,7 +43,10 @@ class Backend(Protocol):
     @property
     def kv_shape(self) -> KvShape: ...
 
-    def generate(self, token_ids: Sequence[int], *, variant: VariantSpec, max_new_tokens: int) -> Generation: ...
+    def generate(
+        self, token_ids: Sequence[int], *, variant: VariantSpec, max_new_tokens: int, timeout_s: float | None = None,
+        stop: StopCheck | None = None,
+    ) -> Generation: ...
 
 
 def cache_keyword(model: Any) -> str:
@@ -85,6 +95,10 @@ class TransformersBackend:
             torch.cuda.synchronize(self.device)
 
     def _forward(self, ids: Any, cache: Any, *, last_only: bool, position: int | None = None) -> Any:
+        return self._forward_rows(ids, cache, last_only=last_only, position=position)[0]
+
+    def _forward_rows(self, ids: Any, cache: Any, *, last_only: bool, position: int | None = None) -> Any:
+        """Each row's next-token logits after feeding `ids` (rows x tokens) through the model with `cache`."""
         kwargs: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
         if last_only:
             kwargs["logits_to_keep"] = 1  # the prompt's other logits are never read; skipping them saves memory
@@ -92,70 +106,241 @@ class TransformersBackend:
             # Absolute positions, so RoPE stays right even when a window has evicted part of the cache.
             import torch
 
-            kwargs["position_ids"] = torch.tensor([[position]], dtype=torch.long, device=self.device)
-        return self.model(input_ids=ids, **kwargs).logits[0, -1]
+            kwargs["position_ids"] = torch.full((ids.shape[0], 1), position, dtype=torch.long, device=self.device)
+        return self.model(input_ids=ids, **kwargs).logits[:, -1]
+
+    @property
+    def prefers_batches(self) -> bool:
+        """Whether cells of one token count should go through `generate_batch`: on CUDA a batch of prompts costs
+        about what one does; on a CPU it costs their sum, so batching would only hold answers back."""
+        return self.device.type == "cuda"
+
+    def _answer_text(self, generated: Sequence[int]) -> str:
+        return str(self.tokenizer.decode([t for t in generated if t not in self._eos], skip_special_tokens=True))
 
     def generate(
-        self, token_ids: Sequence[int], *, variant: VariantSpec, max_new_tokens: int, timeout_s: float | None = None
+        self,
+        token_ids: Sequence[int],
+        *,
+        variant: VariantSpec,
+        max_new_tokens: int,
+        timeout_s: float | None = None,
+        stop: StopCheck | None = None,
+        reuse: PrefixStore | None = None,
+        reuse_prefix: bool = True,
     ) -> Generation:
         """Greedy-decode up to `max_new_tokens` (stopping at EOS) with the variant's KV cache.
+
+        Args:
+            stop: called after each new token with the answer so far (decoded, special tokens skipped, not
+                stripped); True ends generation there. Its own time counts in neither `decode_s_per_token` nor
+                `total_s`. `hit_limit` is True only when `max_new_tokens` ended generation.
+            reuse: caches of prompts run before. The longest common token prefix with a stored prompt of the same
+                model and K/V-relevant variant fields is copied instead of prefilled (`reused_tokens`), and this
+                prompt's cache is stored afterwards. Answers are a fresh run's (see prefix_reuse for the one
+                numerical caveat); `prefill_s`, `total_s` and `peak_bytes` then describe only the part prefilled,
+                so pass a store where answers alone count (a recall pass), never for timed cells. For the same
+                reason a quantized cache then keeps its dequantized K/V beside the codes (the same values, a
+                faster decode, more memory; `kv_bytes` still counts codes and scales alone).
+            reuse_prefix: False runs the prompt from scratch exactly as without a store (timings honest: for a
+                timed cell) and only stores its cache afterwards, for later prompts to reuse.
 
         Raises CellTimeout once `timeout_s` has passed (checked after prefill and after each decode step).
         """
         import torch
 
-        from .kv_cache import bytes_per_element, cache_nbytes, cache_tensors, keep_last, make_cache
+        from .kv_cache import bytes_per_element, cache_nbytes, cache_tensors, crop_to, keep_last, make_cache, reuse_scope
 
-        cache = make_cache(variant.kv_cache_dtype, self.model.config, kv_scale=variant.kv_scale)
-        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        prompt = tuple(token_ids)
+        answers_only = reuse is not None and reuse_prefix
+        # Answers only: a quantized cache may keep its dequantized K/V as well (same values, faster decode).
+        cache = make_cache(variant.kv_cache_dtype, self.model.config, kv_scale=variant.kv_scale, keep_dequantized=answers_only)
+        # A planted window evicts the prompt's start right after prefill: nothing of it is left to store.
+        scope = reuse_scope(cache) if reuse is not None and variant.planted_window is None else None
+        key = self._reuse_key(variant) if scope is not None else None
         on_cuda = self.device.type == "cuda"
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         generated: list[int] = []
+        reused = 0
         with torch.inference_mode():
             self._sync()
             start = time.perf_counter()
             deadline = None if timeout_s is None else start + timeout_s
+            if scope is not None and reuse_prefix:
+                assert reuse is not None
+                hit = reuse.lookup(key, prompt, exact_only=scope == "exact")
+                if hit is not None:
+                    cache, reused = hit.cache, hit.tokens
+            ids = torch.tensor([prompt[reused:]], dtype=torch.long, device=self.device)
             token = int(self._forward(ids, cache, last_only=True).argmax())
             if variant.planted_window is not None:
                 keep_last(cache, variant.planted_window)
             self._sync()
             first = time.perf_counter()
             generated.append(token)
-            while token not in self._eos and len(generated) < max_new_tokens:
+            checking = 0.0  # seconds spent in `stop`, kept out of the timings
+            stopped = False
+            while token not in self._eos:
+                if stop is not None:
+                    check_start = time.perf_counter()
+                    stopped = bool(stop(self._answer_text(generated)))
+                    checking += time.perf_counter() - check_start
+                    if stopped:
+                        break
+                if len(generated) >= max_new_tokens:
+                    break
                 step_start = time.perf_counter()
-                if deadline is not None and step_start > deadline:
+                if deadline is not None and step_start - checking > deadline:
                     raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g} after {len(generated)} new tokens")
                 step = torch.tensor([[token]], dtype=torch.long, device=self.device)
-                token = int(self._forward(step, cache, last_only=False, position=len(token_ids) + len(generated) - 1).argmax())
+                token = int(self._forward(step, cache, last_only=False, position=len(prompt) + len(generated) - 1).argmax())
                 generated.append(token)
                 if variant.planted_decode_delay:
                     self._sync()
                     time.sleep(variant.planted_decode_delay * (time.perf_counter() - step_start))
             self._sync()
-            end = time.perf_counter()
+            end = time.perf_counter() - checking
             # A planted memory regression holds real extra copies of the cache while it is measured.
             shadow = [t.clone() for _ in range(variant.planted_kv_copies - 1) for t in cache_tensors(cache)]
         if deadline is not None and end > deadline:
             raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g}")
         decode_steps = len(generated) - 1
         kv_tokens = cache.get_seq_length()
+        kv_bytes = cache_nbytes(cache) + sum(t.nbytes for t in shadow)
+        if scope is not None:
+            assert reuse is not None
+            crop_to(cache, len(prompt))  # later prompts share the prompt, not this answer
+            reuse.put(key, prompt, cache)
         shape = self.kv_shape
         elem = bytes_per_element(variant.kv_cache_dtype, self.model.dtype)
         scale = None if variant.kv_cache_dtype == "auto" else variant.kv_scale
-        text_ids = [t for t in generated if t not in self._eos]
         return Generation(
-            answer=self.tokenizer.decode(text_ids, skip_special_tokens=True).strip(),
+            answer=self._answer_text(generated).strip(),
             new_tokens=len(generated),
             prefill_s=first - start,
             decode_s_per_token=(end - first) / decode_steps if decode_steps else None,
             total_s=end - start,
-            kv_bytes=cache_nbytes(cache) + sum(t.nbytes for t in shadow),
+            kv_bytes=kv_bytes,
             kv_bytes_analytic=shape.sequence_bytes(kv_tokens, elem, scale=scale) * variant.planted_kv_copies,
             kv_tokens=kv_tokens,
             peak_bytes=int(torch.cuda.max_memory_allocated(self.device)) if on_cuda else None,
-            hit_limit=generated[-1] not in self._eos,
+            hit_limit=not stopped and generated[-1] not in self._eos,
+            reused_tokens=reused,
         )
+
+    def _reuse_key(self, variant: VariantSpec) -> Hashable:
+        from .prefix_reuse import variant_key
+
+        # The model too: a store handed to two backends must not mix their caches.
+        return (id(self.model), self.fingerprint, variant_key(variant))
+
+    def generate_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        variant: VariantSpec,
+        max_new_tokens: int,
+        timeout_s: float | None = None,
+        stop: StopCheck | Sequence[StopCheck | None] | None = None,
+    ) -> list[Generation]:
+        """Greedy-decode prompts of one token count as one batch; each row's answer is the one `generate` gives.
+
+        For CUDA (see `prefers_batches`). Rows need no padding, so no attention mask: row i attends to row i
+        alone, exactly as in a single run. A row that has finished is still fed (its outputs ignored) so that the
+        batch keeps its shape. Per row: answer, new_tokens, hit_limit, and the KV bytes and tokens of that row's
+        own sequence; `prefill_s`, `decode_s_per_token`, `total_s` and `peak_bytes` are the batch's.
+
+        Args:
+            stop: one check for every row, or one per row (None for none), as in `generate`.
+        """
+        import torch
+
+        from .kv_cache import bytes_per_element, cache_tensors, keep_last, make_cache, sequence_nbytes
+
+        rows = [tuple(p) for p in prompts]
+        if not rows:
+            return []
+        length = len(rows[0])
+        if any(len(r) != length for r in rows):
+            raise ValueError(f"generate_batch needs prompts of one token count, got {sorted({len(r) for r in rows})}")
+        checks = list(stop) if isinstance(stop, Sequence) else [stop] * len(rows)
+        if len(checks) != len(rows):
+            raise ValueError(f"give one stop check per prompt ({len(rows)}), got {len(checks)}")
+        cache = make_cache(variant.kv_cache_dtype, self.model.config, kv_scale=variant.kv_scale)
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        generated: list[list[int]] = [[] for _ in rows]
+        done = [False] * len(rows)
+        stopped = [False] * len(rows)
+        with torch.inference_mode():
+            self._sync()
+            start = time.perf_counter()
+            deadline = None if timeout_s is None else start + timeout_s
+            ids = torch.tensor(rows, dtype=torch.long, device=self.device)
+            tokens = self._forward_rows(ids, cache, last_only=True).argmax(-1).tolist()
+            if variant.planted_window is not None:
+                keep_last(cache, variant.planted_window)
+            self._sync()
+            first = time.perf_counter()
+            checking = 0.0
+            steps = 0
+            while True:
+                for i, token in enumerate(tokens):
+                    if done[i]:
+                        continue
+                    generated[i].append(token)
+                    if token in self._eos:
+                        done[i] = True
+                        continue
+                    check = checks[i]
+                    if check is not None:
+                        check_start = time.perf_counter()
+                        stopped[i] = bool(check(self._answer_text(generated[i])))
+                        checking += time.perf_counter() - check_start
+                    done[i] = stopped[i] or len(generated[i]) >= max_new_tokens
+                if all(done):
+                    break
+                step_start = time.perf_counter()
+                if deadline is not None and step_start - checking > deadline:
+                    raise CellTimeout(f"batch exceeded cell_timeout_s={timeout_s:g} after {steps + 1} new tokens")
+                step = torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.device)
+                tokens = self._forward_rows(step, cache, last_only=False, position=length + steps).argmax(-1).tolist()
+                steps += 1
+                if variant.planted_decode_delay:
+                    self._sync()
+                    time.sleep(variant.planted_decode_delay * (time.perf_counter() - step_start))
+            self._sync()
+            end = time.perf_counter() - checking
+            shadow_copies = variant.planted_kv_copies - 1
+            shadow = [t.clone() for _ in range(shadow_copies) for t in cache_tensors(cache)]
+        if deadline is not None and end > deadline:
+            raise CellTimeout(f"batch exceeded cell_timeout_s={timeout_s:g}")
+        del shadow  # held while measured, as in `generate`; each row counts its share below
+        shape = self.kv_shape
+        elem = bytes_per_element(variant.kv_cache_dtype, self.model.dtype)
+        scale = None if variant.kv_cache_dtype == "auto" else variant.kv_scale
+        cache_tokens = cache.get_seq_length()
+        longest = max(len(g) for g in generated)
+        results = []
+        for i, gen in enumerate(generated):
+            # The cache grew by one position per step for every row; this row's own ended when it finished.
+            kv_tokens = cache_tokens - (longest - len(gen))
+            decode_steps = len(gen) - 1
+            results.append(Generation(
+                answer=self._answer_text(gen).strip(),
+                new_tokens=len(gen),
+                prefill_s=first - start,
+                decode_s_per_token=(end - first) / steps if decode_steps and steps else None,
+                total_s=end - start,
+                kv_bytes=sequence_nbytes(cache, i, kv_tokens) * variant.planted_kv_copies,
+                kv_bytes_analytic=shape.sequence_bytes(kv_tokens, elem, scale=scale) * variant.planted_kv_copies,
+                kv_tokens=kv_tokens,
+                peak_bytes=int(torch.cuda.max_memory_allocated(self.device)) if on_cuda else None,
+                hit_limit=not stopped[i] and gen[-1] not in self._eos,
+            ))
+        return results
 
 
 class CellTimeout(TimeoutError):

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Literal
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -16,6 +17,7 @@ FP8_DTYPES = {
 INT_BITS = {"int8": 8, "int4": 4}
 QUANTIZED = (*FP8_DTYPES, *INT_BITS)
 GRANULARITIES = ("token_head", "tensor", "channel")
+ReuseScope = Literal["prefix", "exact"]
 
 
 class Codec:
@@ -96,9 +98,13 @@ class QuantizedLayer(DynamicLayer):
     prefill sees the quantization error exactly as decode does (as in a serving engine with a quantized cache).
     Scales: per token and KV head (`token_head`); one per tensor (`tensor`), or one per KV head and channel
     (`channel`), both calibrated on the first update (the prompt) and then frozen, as static scales are.
+
+    With `keep_dequantized`, the layer also keeps the dequantized K/V and extends them by each update's tokens
+    instead of dequantizing every code on every step: the same values (dequantization is elementwise), a faster
+    decode, and the memory of an unquantized cache on top. For runs where only answers count.
     """
 
-    def __init__(self, codec: Codec, granularity: str = "token_head") -> None:
+    def __init__(self, codec: Codec, granularity: str = "token_head", *, keep_dequantized: bool = False) -> None:
         super().__init__()
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown KV scale granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
@@ -108,6 +114,9 @@ class QuantizedLayer(DynamicLayer):
         self.qvalues: torch.Tensor | None = None
         self.kscale: torch.Tensor | None = None
         self.vscale: torch.Tensor | None = None
+        self.keep_dequantized = keep_dequantized
+        self.dkeys: torch.Tensor | None = None
+        self.dvalues: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -120,9 +129,10 @@ class QuantizedLayer(DynamicLayer):
         elif frozen is not None:
             return frozen
         elif self.granularity == "tensor":
-            amax = states.abs().amax().reshape(1, 1, 1, 1)
-        else:  # channel: over the prompt's tokens, per KV head and head-dim channel
-            amax = states.abs().amax(dim=(0, 2), keepdim=True)
+            # Per sequence, never across the batch: a batched run must quantize each row as a single run would.
+            amax = states.abs().amax(dim=(1, 2, 3), keepdim=True)
+        else:  # channel: over the prompt's tokens, per sequence, KV head and head-dim channel
+            amax = states.abs().amax(dim=2, keepdim=True)
         return (amax.float() / self.codec.qmax).clamp(min=torch.finfo(torch.float32).tiny)
 
     def _dequantize(self, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -139,6 +149,8 @@ class QuantizedLayer(DynamicLayer):
         vs = self._scale_for(value_states, None if self._per_token_scales else self.vscale)
         # Frozen scales can be exceeded by later tokens: codecs saturate instead of overflowing.
         qk, qv = self.codec.encode(key_states.float() / ks), self.codec.encode(value_states.float() / vs)
+        if self.keep_dequantized and self.dkeys is None and self.qkeys is not None:
+            self.dkeys, self.dvalues = self.dequantized()  # codes copied in without their dequantized copy
         if self.qkeys is None:
             self.qkeys, self.qvalues, self.kscale, self.vscale = qk, qv, ks, vs
         else:
@@ -148,7 +160,18 @@ class QuantizedLayer(DynamicLayer):
             if self._per_token_scales:
                 self.kscale = torch.cat([self.kscale, ks], dim=-2)
                 self.vscale = torch.cat([self.vscale, vs], dim=-2)
-        assert self.qvalues is not None and self.kscale is not None and self.vscale is not None
+        if not self.keep_dequantized:
+            return self.dequantized()
+        dk, dv = self._dequantize(qk, ks), self._dequantize(qv, vs)
+        if self.dkeys is None or self.dvalues is None:
+            self.dkeys, self.dvalues = dk, dv
+        else:
+            self.dkeys, self.dvalues = torch.cat([self.dkeys, dk], dim=-2), torch.cat([self.dvalues, dv], dim=-2)
+        return self.dkeys, self.dvalues
+
+    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All stored K and V, dequantized from their codes."""
+        assert self.qkeys is not None and self.qvalues is not None and self.kscale is not None and self.vscale is not None
         return self._dequantize(self.qkeys, self.kscale), self._dequantize(self.qvalues, self.vscale)
 
     def get_seq_length(self) -> int:
@@ -160,6 +183,8 @@ class QuantizedLayer(DynamicLayer):
         self.qkeys, self.qvalues = self.qkeys[..., index, :], self.qvalues[..., index, :]
         if self._per_token_scales:
             self.kscale, self.vscale = self.kscale[..., index, :], self.vscale[..., index, :]
+        if self.dkeys is not None and self.dvalues is not None:
+            self.dkeys, self.dvalues = self.dkeys[..., index, :], self.dvalues[..., index, :]
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove > 0:
@@ -169,7 +194,7 @@ class QuantizedLayer(DynamicLayer):
         self.keep(slice(None, tokens_to_remove))
 
     def reset(self) -> None:
-        self.qkeys = self.qvalues = self.kscale = self.vscale = None
+        self.qkeys = self.qvalues = self.kscale = self.vscale = self.dkeys = self.dvalues = None
         self.is_initialized = False
 
 
@@ -178,13 +203,16 @@ class Fp8Layer(QuantizedLayer):
         super().__init__(Fp8Codec(fp8_dtype), granularity)
 
 
-def make_cache(kv_cache_dtype: str, config: Any, *, kv_scale: str = "token_head") -> Cache:
-    """A fresh cache for one sequence: the model's dynamic cache for `auto`, else a quantized cache."""
+def make_cache(kv_cache_dtype: str, config: Any, *, kv_scale: str = "token_head", keep_dequantized: bool = False) -> Cache:
+    """A fresh cache for one sequence: the model's dynamic cache for `auto`, else a quantized cache (which, with
+    `keep_dequantized`, trades memory for decode speed; see QuantizedLayer)."""
     if kv_cache_dtype == "auto":
         return DynamicCache(config=config)
     codec = codec_for(kv_cache_dtype)
     text = config.get_text_config(decoder=True)
-    return Cache(layers=[QuantizedLayer(codec, kv_scale) for _ in range(text.num_hidden_layers)])
+    return Cache(
+        layers=[QuantizedLayer(codec, kv_scale, keep_dequantized=keep_dequantized) for _ in range(text.num_hidden_layers)]
+    )
 
 
 def cache_tensors(cache: Cache) -> list[torch.Tensor]:
@@ -213,6 +241,100 @@ def keep_last(cache: Cache, tokens: int) -> None:
             layer.keep(slice(excess, None))
         else:
             layer.keys, layer.values = layer.keys[..., excess:, :], layer.values[..., excess:, :]
+
+
+def reuse_scope(cache: Cache) -> ReuseScope | None:
+    """How much of a prompt's cache another prompt may reuse and still get the very codes a fresh run stores.
+
+    `prefix`: a token's K/V (and per-token scales) depend only on the tokens up to it, so any common prefix carries
+    over. `exact`: scales calibrated on the whole prompt (`tensor`, `channel`) also depend on the tokens after any
+    prefix, so only an identical prompt may reuse them. None: layers not known here (a sliding window has evicted
+    tokens; another layer type may keep state that slicing would not carry), so never reuse.
+    """
+    if not cache.layers:
+        return None
+    scopes: set[ReuseScope] = set()
+    for layer in cache.layers:
+        # Exact types: a subclass (a windowed layer, say) may evict or keep state the copies below would not carry.
+        if type(layer) is DynamicLayer:
+            scopes.add("prefix")
+        elif type(layer) in (QuantizedLayer, Fp8Layer):
+            scopes.add("prefix" if layer._per_token_scales else "exact")
+        else:
+            return None
+    return "exact" if "exact" in scopes else "prefix"
+
+
+def copy_prefix(cache: Cache, tokens: int, *, device: torch.device | str | None = None) -> Cache:
+    """A new cache holding copies of the first `tokens` positions of every layer of `cache` (on `device`, else
+    where they are), which is left as it was.
+
+    Frozen scales are copied as they are; whether they fit the new prompt is `reuse_scope`'s question.
+    """
+    new = copy.copy(cache)
+    new.layers = [_copy_layer(layer, tokens, None if device is None else torch.device(device)) for layer in cache.layers]
+    return new
+
+
+def cache_device(cache: Cache) -> torch.device | None:
+    """Where the cache's tensors are (None while it holds none)."""
+    tensors = cache_tensors(cache)
+    return tensors[0].device if tensors else None
+
+
+def _copy_layer(layer: Any, tokens: int, device: torch.device | None) -> Any:
+    new = copy.copy(layer)
+    if device is not None and getattr(layer, "device", None) is not None:
+        new.device = device
+
+    def head(t: torch.Tensor) -> torch.Tensor:
+        return t[..., :tokens, :].to(device=device or t.device, memory_format=torch.contiguous_format, copy=True)
+
+    if isinstance(layer, QuantizedLayer):
+        if layer.qkeys is not None:
+            assert layer.qvalues is not None and layer.kscale is not None and layer.vscale is not None
+            new.qkeys, new.qvalues = head(layer.qkeys), head(layer.qvalues)
+            if layer._per_token_scales:
+                new.kscale, new.vscale = head(layer.kscale), head(layer.vscale)
+            else:
+                new.kscale = layer.kscale.to(device=device or layer.kscale.device, copy=True)
+                new.vscale = layer.vscale.to(device=device or layer.vscale.device, copy=True)
+        new.dkeys = new.dvalues = None  # a kept dequantized copy is rebuilt from the codes on the next update
+    elif getattr(layer, "keys", None) is not None:
+        new.keys, new.values = head(layer.keys), head(layer.values)
+    return new
+
+
+def drop_dequantized(cache: Cache) -> None:
+    """Free the dequantized copies that quantized layers keep for speed (a stored cache needs only its codes)."""
+    for layer in cache.layers:
+        if isinstance(layer, QuantizedLayer):
+            layer.dkeys = layer.dvalues = None
+
+
+def crop_to(cache: Cache, tokens: int) -> None:
+    """Keep only the first `tokens` positions of every layer (drops what decoding appended after a prompt)."""
+    for layer in cache.layers:
+        if layer.get_seq_length() <= tokens:
+            continue
+        if isinstance(layer, QuantizedLayer):
+            layer.keep(slice(None, tokens))
+        else:
+            layer.keys, layer.values = layer.keys[..., :tokens, :], layer.values[..., :tokens, :]
+
+
+def sequence_nbytes(cache: Cache, row: int, tokens: int) -> int:
+    """Bytes that batch row `row` takes for its first `tokens` positions: what a single run's cache of it would hold."""
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, QuantizedLayer):
+            per_token = [layer.qkeys, layer.qvalues] + ([layer.kscale, layer.vscale] if layer._per_token_scales else [])
+            whole = [] if layer._per_token_scales else [layer.kscale, layer.vscale]
+        else:
+            per_token, whole = [getattr(layer, "keys", None), getattr(layer, "values", None)], []
+        total += sum(t[row, ..., :tokens, :].nbytes for t in per_token if t is not None)
+        total += sum(t[row].nbytes for t in whole if t is not None)
+    return total
 
 
 def bytes_per_element(kv_cache_dtype: str, model_dtype: torch.dtype) -> float:

@@ -100,3 +100,106 @@ def test_channel_scales_are_frozen_after_the_prompt():
     layer.update(torch.randn(1, 2, 1, 16) * 100, torch.randn(1, 2, 1, 16))
     assert torch.equal(layer.kscale, scale) and layer.kscale.shape == (1, 2, 1, 16)
     assert layer.get_seq_length() == 9
+
+
+def _prefilled(model, ids, dtype, kv_scale="token_head"):
+    return _prefill_logits(model, ids, dtype, kv_scale)[1]
+
+
+@pytest.mark.parametrize("dtype,kv_scale", [("auto", "token_head"), ("fp8_e4m3", "token_head"), ("int4", "tensor")])
+def test_copy_prefix_copies_the_first_positions_and_leaves_the_source_alone(tiny_llama, dtype, kv_scale):
+    from pytest_longctx.kv_cache import cache_tensors, copy_prefix
+
+    cache = _prefilled(tiny_llama, torch.randint(2, 96, (1, 40)), dtype, kv_scale)
+    before = [t.clone() for t in cache_tensors(cache)]
+    copied = copy_prefix(cache, 25)
+    assert copied.get_seq_length() == 25 and cache.get_seq_length() == 40
+    for src, dst in zip(cache_tensors(cache), cache_tensors(copied)):
+        per_token = dst.shape[-2] == 25
+        assert torch.equal(dst, src[..., :25, :] if per_token else src)  # frozen scales are copied whole
+    for t in cache_tensors(copied):
+        t.zero_()
+    copied.update(torch.ones(1, 2, 1, 16), torch.ones(1, 2, 1, 16), 0)
+    assert all(torch.equal(a, b) for a, b in zip(before, cache_tensors(cache)))
+
+
+@pytest.mark.parametrize("dtype", ["auto", "int8"])
+def test_crop_to_keeps_the_first_positions(tiny_llama, dtype):
+    from pytest_longctx.kv_cache import cache_tensors, crop_to
+
+    cache = _prefilled(tiny_llama, torch.randint(2, 96, (1, 30)), dtype)
+    first = [t[..., :18, :].clone() for t in cache_tensors(cache)]
+    crop_to(cache, 18)
+    assert cache.get_seq_length() == 18
+    assert all(torch.equal(a, b) for a, b in zip(first, cache_tensors(cache)))
+
+
+def test_reuse_scope_follows_what_a_tokens_codes_depend_on(tiny_llama):
+    from pytest_longctx.kv_cache import reuse_scope
+    from tests.conftest import tiny_llama_config
+
+    config = tiny_llama.config
+    assert reuse_scope(make_cache("auto", config)) == "prefix"
+    assert reuse_scope(make_cache("fp8", config)) == reuse_scope(make_cache("int4", config)) == "prefix"
+    # Scales calibrated on the whole prompt: a shared prefix was quantized with another prompt's scale.
+    assert reuse_scope(make_cache("int8", config, kv_scale="tensor")) == "exact"
+    assert reuse_scope(make_cache("fp8", config, kv_scale="channel")) == "exact"
+    sliding = tiny_llama_config(sliding_window=8, layer_types=["sliding_attention", "full_attention"])
+    assert reuse_scope(make_cache("auto", sliding)) is None
+
+
+@pytest.mark.parametrize("kv_scale", ["tensor", "channel", "token_head"])
+def test_batched_rows_get_the_scales_and_codes_of_single_runs(kv_scale):
+    from pytest_longctx.kv_cache import QuantizedLayer, codec_for
+
+    k = torch.randn(2, 2, 9, 16) * torch.tensor([1.0, 40.0]).view(2, 1, 1, 1)  # rows of very different ranges
+    v = torch.randn(2, 2, 9, 16)
+    batched = QuantizedLayer(codec_for("int8"), kv_scale)
+    k_back, _ = batched.update(k, v)
+    for row in range(2):
+        single = QuantizedLayer(codec_for("int8"), kv_scale)
+        single_back, _ = single.update(k[row : row + 1], v[row : row + 1])
+        assert torch.equal(k_back[row : row + 1], single_back)
+        assert torch.equal(batched.kscale[row : row + 1], single.kscale)
+
+
+@pytest.mark.parametrize("dtype,kv_scale", [("auto", "token_head"), ("fp8", "token_head"), ("int4", "channel")])
+def test_sequence_nbytes_is_what_a_single_run_holds(tiny_llama, dtype, kv_scale):
+    from pytest_longctx.kv_cache import sequence_nbytes
+
+    ids = torch.randint(2, 96, (2, 24))
+    batched = _prefilled(tiny_llama, ids, dtype, kv_scale)
+    single = _prefilled(tiny_llama, ids[1:, :20], dtype, kv_scale)
+    assert sequence_nbytes(batched, 1, 20) == cache_nbytes(single)
+
+
+@pytest.mark.parametrize("dtype", ["fp8_e4m3", "int8", "int4"])
+@pytest.mark.parametrize("kv_scale", ["token_head", "tensor", "channel"])
+def test_a_kept_dequantized_copy_holds_exactly_what_dequantizing_all_codes_gives(dtype, kv_scale):
+    from pytest_longctx.kv_cache import QuantizedLayer, codec_for
+
+    plain = QuantizedLayer(codec_for(dtype), kv_scale)
+    kept = QuantizedLayer(codec_for(dtype), kv_scale, keep_dequantized=True)
+    g = torch.Generator().manual_seed(4)
+    for tokens in (12, 1, 1, 3):  # a prompt, then decode steps
+        k, v = torch.randn(1, 2, tokens, 16, generator=g) * 3, torch.randn(1, 2, tokens, 16, generator=g)
+        for a, b in zip(plain.update(k, v), kept.update(k, v)):
+            assert torch.equal(a, b)
+    assert torch.equal(plain.qkeys, kept.qkeys)  # the codes, and so the measured bytes, are the same
+
+
+def test_a_copied_prefix_rebuilds_its_dequantized_copy_from_the_codes():
+    from transformers.cache_utils import Cache
+
+    from pytest_longctx.kv_cache import QuantizedLayer, codec_for, copy_prefix, drop_dequantized
+
+    cache = Cache(layers=[QuantizedLayer(codec_for("fp8"), keep_dequantized=True)])
+    k, v = torch.randn(1, 2, 10, 16), torch.randn(1, 2, 10, 16)
+    cache.update(k, v, 0)
+    copied = copy_prefix(cache, 6)
+    drop_dequantized(cache)
+    assert cache.layers[0].dkeys is None and copied.layers[0].dkeys is None
+    keys, _ = copied.update(k[..., 6:7, :], v[..., 6:7, :], 0)
+    fresh = QuantizedLayer(codec_for("fp8"))
+    fresh.update(k[..., :6, :], v[..., :6, :])
+    assert torch.equal(keys, fresh.update(k[..., 6:7, :], v[..., 6:7, :])[0])

@@ -1,0 +1,197 @@
+"""Does the recall pass (prefix KV reuse + early stop) answer as a naive model.generate loop does, and how much faster?
+
+Loads the gate's model once, builds the sweep's prompts, and runs both in one process, block by block (one block
+per variant and seed, alternating which side goes first so that load drift on a shared machine hits both):
+
+  recall: TransformersBackend.generate(..., stop=prompt.answer_complete, reuse=PrefixStore()), cells in
+          reuse_order, the store kept across blocks;
+  naive:  model.generate from scratch on every prompt: greedy, the gate's max_new_tokens, the variant's cache
+          object, EOS as the only stop.
+
+Answers are compared per cell after trimming the naive tokens to what early stop keeps: the shortest prefix
+whose last token is EOS or after which the task's `answer_complete` accepts the decoded text (all of them when
+neither happens). A cell agrees when that prefix has the recall pass's tokens (same count, same decoded answer)
+and the task scores the recall answer found exactly when it scores the naive (untrimmed) answer found. Ends with
+exactly one line:
+
+    speedup=X.XX answers_identical=True|False outside_forward=Y.Y%
+
+`outside_forward` is the share of the recall pass's wall time spent outside the model's forward calls (timed by
+hooks on the model): the harness's own overhead.
+
+    nice -n 5 python benchmarks/sweep_vs_naive.py [--gate gates/fp8.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_longctx.backend import TransformersBackend, cache_keyword
+from pytest_longctx.gate_spec import VariantSpec, load_gate
+from pytest_longctx.kv_cache import make_cache
+from pytest_longctx.prefix_reuse import PrefixStore, reuse_order
+from pytest_longctx.sweep import Cell, build_prompt, plan_cells, task_spec
+from pytest_longctx.tasks import TaskPrompt
+
+@dataclass(frozen=True)
+class Outcome:
+    answer: str
+    new_tokens: int
+    found: bool
+    failure: str | None
+
+
+class ForwardClock:
+    """Wall time inside the model's top-level forward calls, from hooks (generate's and ours alike)."""
+
+    def __init__(self, model: Any) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+        model.register_forward_pre_hook(self._pre)
+        model.register_forward_hook(self._post)
+
+    def _pre(self, *_: Any) -> None:
+        self._started = time.perf_counter()
+
+    def _post(self, *_: Any) -> None:
+        self.seconds += time.perf_counter() - self._started
+
+
+def run_recall(
+    backend: TransformersBackend, variant: VariantSpec, cells: Sequence[Cell], prompts: dict[Cell, TaskPrompt],
+    max_new_tokens: int, store: PrefixStore,
+) -> dict[Cell, Outcome]:
+    out = {}
+    for cell in cells:
+        prompt = prompts[cell]
+        gen = backend.generate(
+            prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, stop=prompt.answer_complete, reuse=store
+        )
+        score = prompt.score(gen.answer, hit_limit=gen.hit_limit)
+        out[cell] = Outcome(gen.answer, gen.new_tokens, score.found, score.failure)
+    return out
+
+
+def run_naive(
+    backend: TransformersBackend, variant: VariantSpec, prompts: Sequence[Sequence[int]], max_new_tokens: int
+) -> list[list[int]]:
+    """Each prompt's generated token ids (up to and with the first EOS), from model.generate run from scratch."""
+    import torch
+    from transformers import GenerationConfig
+
+    model = backend.model
+    eos = sorted(backend._eos)
+    # A fresh config: greedy with EOS as the only stop, none of the checkpoint's sampling or penalty defaults.
+    config = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0] if eos else None
+    )
+    out = []
+    for token_ids in prompts:
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=backend.device)
+        cache = make_cache(variant.kv_cache_dtype, model.config, kv_scale=variant.kv_scale)
+        with torch.inference_mode():
+            seq = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                **{cache_keyword(model): cache},
+            )
+        new = seq[0, ids.shape[1]:].tolist()
+        end = next((i + 1 for i, t in enumerate(new) if t in backend._eos), len(new))
+        out.append(new[:end])
+    return out
+
+
+def trimmed(backend: TransformersBackend, tokens: list[int], stop: Callable[[str], bool]) -> list[int]:
+    """The prefix of a full run's tokens that early stop would have produced: up to the first EOS, or the first
+    token after which `stop` accepts the text so far, or all of them."""
+    for i, token in enumerate(tokens, start=1):
+        if token in backend._eos or stop(backend._answer_text(tokens[:i])):
+            return tokens[:i]
+    return tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gate", type=Path, default=Path(__file__).resolve().parents[1] / "gates" / "fp8.yaml")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--min-reuse", type=int, default=64, help="shortest common prefix worth reusing, in tokens")
+    args = parser.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gate = load_gate(args.gate)
+    backend = TransformersBackend.load(gate.model)
+    max_new_tokens = gate.sweep.max_new_tokens
+    cells = plan_cells(gate.sweep)
+    prompts = {
+        v.name: {c: build_prompt(backend.tokenizer, task_spec(gate.sweep, c.task), c, v) for c in cells} for v in gate.variants
+    }
+    # Untimed warm-up of both paths, so neither pays one-off costs inside its timing.
+    warm = prompts[gate.variants[0].name][cells[0]].token_ids[:64]
+    for variant in gate.variants:
+        backend.generate(warm, variant=variant, max_new_tokens=2)
+        run_naive(backend, variant, [warm], 2)
+    clock = ForwardClock(backend.model)
+
+    store = PrefixStore(min_tokens=args.min_reuse)
+    recall: dict[tuple[str, Cell], Outcome] = {}
+    naive: dict[tuple[str, Cell], list[int]] = {}
+    recall_s = naive_s = recall_forward_s = recall_cpu = naive_cpu = 0.0
+    blocks = [(v, s) for v in gate.variants for s in gate.sweep.seeds]
+    for i, (variant, seed) in enumerate(blocks):
+        block = [c for c in cells if c.seed == seed]
+        side_prompts = prompts[variant.name]
+        ordered = reuse_order([(c, side_prompts[c].token_ids) for c in block])
+        for side in ("recall", "naive") if i % 2 == 0 else ("naive", "recall"):
+            forward_before = clock.seconds
+            started, cpu_started = time.perf_counter(), time.process_time()
+            if side == "recall":
+                got = run_recall(backend, variant, ordered, side_prompts, max_new_tokens, store)
+                recall_s += time.perf_counter() - started
+                recall_cpu += time.process_time() - cpu_started
+                recall_forward_s += clock.seconds - forward_before
+                recall.update({(variant.name, c): o for c, o in got.items()})
+            else:
+                tokens = run_naive(backend, variant, [side_prompts[c].token_ids for c in block], max_new_tokens)
+                naive_s += time.perf_counter() - started
+                naive_cpu += time.process_time() - cpu_started
+                naive.update({(variant.name, c): t for c, t in zip(block, tokens)})
+        print(f"block {variant.name} seed {seed}: recall {recall_s:.1f} s, naive {naive_s:.1f} s so far", flush=True)
+
+    agree = same_failure = 0
+    recall_tokens = naive_tokens = 0
+    for (name, cell), outcome in recall.items():
+        full = naive[(name, cell)]
+        prompt = prompts[name][cell]
+        kept = trimmed(backend, full, prompt.answer_complete)
+        kept_answer = backend._answer_text(kept).strip()
+        naive_hit_limit = len(full) >= max_new_tokens and full[-1] not in backend._eos
+        naive_score = prompt.score(backend._answer_text(full).strip(), hit_limit=naive_hit_limit)
+        same = kept_answer == outcome.answer and len(kept) == outcome.new_tokens and naive_score.found == outcome.found
+        agree += same
+        same_failure += naive_score.failure == outcome.failure
+        recall_tokens += outcome.new_tokens
+        naive_tokens += len(full)
+        if not same:
+            print(f"DIFFER {name} {cell.id}: recall {outcome.answer!r} ({outcome.new_tokens} tokens, found={outcome.found}) "
+                  f"naive kept {kept_answer!r} ({len(kept)} tokens), naive found={naive_score.found}")
+    total_prompt = sum(len(p.token_ids) for side in prompts.values() for p in side.values())
+    print(f"gate {gate.name}: {len(cells)} cells x {len(gate.variants)} variants, max_new_tokens={max_new_tokens}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"recall pass: {recall_s:.1f} s (forward {recall_forward_s:.1f} s, CPU {recall_cpu:.1f} s), reused {store.reused_tokens}/{total_prompt} "
+          f"prompt tokens in {store.hits} hits, {recall_tokens} new tokens")
+    print(f"naive loop:  {naive_s:.1f} s (CPU {naive_cpu:.1f} s, ratio {naive_cpu / recall_cpu:.2f}), {naive_tokens} new tokens")
+    print(f"cells agreeing: {agree}/{len(recall)} (miss category too: {same_failure}/{len(recall)}; early stop "
+          f"ends an answer before the token limit, so a cut-off miss may read `missing` instead of `truncated`)")
+    outside = 100.0 * (recall_s - recall_forward_s) / recall_s
+    print(f"speedup={naive_s / recall_s:.2f} answers_identical={agree == len(recall)} outside_forward={outside:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
