@@ -617,6 +617,11 @@ def _check_combinations(r: _Reader, variants: tuple[VariantSpec, ...], sweep: Sw
             raise r.fail(f"{v.name}.packing", "needs a task with documents to arrange", "add multi_doc_qa to sweep.tasks")
         if v.history is not None and not any(FAMILIES[t.family].takes_history for t in sweep.tasks):
             raise r.fail(f"{v.name}.history", "needs a task with a chat history", "add conversation to sweep.tasks")
+    from .tasks import uses_depth
+
+    if not any(uses_depth(t) for t in sweep.tasks):
+        raise r.fail("sweep.tasks", "has no family where the evidence has a position, so middle-depth recall is undefined",
+                     "add a positioned family such as niah or multi_doc_qa beside the aggregation ones")
     if thresholds.loss_ratio_max is not None and sweep.loss is None:
         raise r.fail("thresholds.loss_ratio", "needs a loss curve to compare", "add sweep.loss: {tokens: 8192, buckets: 8}")
 

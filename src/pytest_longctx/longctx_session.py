@@ -88,7 +88,6 @@ class LongctxSession:
             run = self.runs.get(gate.name)
             if run is None:
                 continue
-            run.close()
             if self.capture:
                 status |= self._write_capture(run)
                 continue
@@ -100,6 +99,11 @@ class LongctxSession:
 
         append_step_summary(self.finished, os.environ.get("GITHUB_STEP_SUMMARY"))  # GitHub Actions' job summary
         return status
+
+    def close(self) -> None:
+        """Stop whatever the runs started (servers of served variants); idempotent."""
+        for run in self.runs.values():
+            run.close()
 
     def _write_capture(self, run: Any) -> int:
         from .baseline_capture import CaptureError, capture_path, write_capture

@@ -111,6 +111,12 @@ def _add_junit_properties(config: pytest.Config, properties: list[tuple[str, str
         xml.add_global_property(name, value)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Every process that launched a server (an xdist worker too) stops it, whatever ended the run.
+    if SESSION_KEY in config.stash:
+        config.stash[SESSION_KEY].close()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     if SESSION_KEY in config.stash:
         terminalreporter.section("longctx gate")

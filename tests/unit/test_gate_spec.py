@@ -176,3 +176,8 @@ def test_a_served_variant_names_its_engine_or_how_to_start_it():
 def test_bad_served_variants_name_the_key_and_fix(candidate, key, fix):
     with pytest.raises(GateError, match=rf"key '{re.escape(key)}': .*Fix: .*{re.escape(fix)}"):
         parse_gate(minimal(candidate=candidate), source="gates/x.yaml")
+
+
+def test_a_sweep_of_position_free_families_alone_is_refused():
+    with pytest.raises(GateError, match="key 'sweep.tasks': has no family where the evidence has a position"):
+        parse_gate(minimal(sweep={"lengths": [256], "depths": [0.5], "tasks": ["common_words", "variable_tracking"]}))
