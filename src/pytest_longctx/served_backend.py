@@ -64,9 +64,11 @@ class ServedBackend:
     KV element for the analytic estimate (`kv_bytes_per_element` overrides it).
 
     Prompts are sent token-exact as a list of ids in `prompt` on /v1/completions (llama.cpp, vLLM); a
-    server that rejects that (400/422) is sent the decoded text instead (`prompt_format="auto"`). Either
-    way the server's `usage.prompt_tokens` must equal our count, or PromptTokenMismatch is raised; a server
-    whose stream carries no usage is asked once per prompt with a non-streamed one-token request.
+    server that rejects that (4xx, or 500 from llama-cpp-python) is sent the decoded text instead, from
+    then on (`prompt_format="auto"`). Text is exact only when the server tokenizes it back to the same ids,
+    which a prompt built with its own tokenizer (RemoteTokenizer) guarantees. Either way the server's
+    `usage.prompt_tokens` must equal our count, or PromptTokenMismatch is raised; a server whose stream
+    carries no usage is asked once per prompt with a non-streamed one-token request.
     `api="chat"` sends the user message recovered from the ids through the tokenizer's chat template, so
     it only suits prompts built with that template.
 
@@ -201,10 +203,16 @@ class ServedBackend:
         except _IdsRejected as rejected:
             if self.prompt_format != "auto":
                 raise ServedBackendError(f"{url} rejected a prompt of token ids: {rejected}") from None
-            # The server wants text: fall back for this and every later request, and let the usage check
-            # prove the text tokenizes back to the same count.
+            try:
+                generation = self._stream(url, ids, "text", variant, max_new_tokens, timeout_s, stop, alone=alone)
+            except PromptTokenMismatch:
+                self._ids_rejected = True  # text was taken, only counted differently: no need to offer ids again
+                raise
+            except ServedBackendError as exc:
+                raise ServedBackendError(f"{exc} (as token ids it had answered {rejected})") from exc
+            # The server wants text: send text from now on; the count check proves it tokenizes back exactly.
             self._ids_rejected = True
-            return self._stream(url, ids, "text", variant, max_new_tokens, timeout_s, stop, alone=alone)
+            return generation
 
     def _count_prompt(self, url: str, ids: list[int], mode: str) -> int:
         """The server's prompt token count from a non-streamed one-token request, for streams without usage
@@ -275,7 +283,9 @@ class ServedBackend:
             start = time.perf_counter()
             deadline = None if timeout_s is None else start + timeout_s
             response = _post(conn, parts.path.rstrip("/") + path, payload, url, timeout_s)
-            if response.status in (400, 422) and mode == "ids":
+            # A server that does not take ids says so with 400 or 422, or with 500 (llama-cpp-python reports
+            # its validation errors so). Retrying as text costs one request; the count check keeps it exact.
+            if mode == "ids" and (400 <= response.status < 500 or response.status == 500):
                 raise _IdsRejected(f"HTTP {response.status}: {_excerpt(response.read())}")
             if response.status != 200:
                 raise ServedBackendError(f"{url}{path} answered HTTP {response.status}: {_excerpt(response.read())}")
@@ -317,7 +327,8 @@ class ServedBackend:
             raise PromptTokenMismatch(
                 f"{url} counted {counted} prompt tokens, but the prompt has {prompt_tokens} (sent {sent}): "
                 "the server's tokenizer or chat template differs from ours, so lengths and depths would be off. "
-                "Serve the same tokenizer, or use api: completions with a server that takes token ids"
+                "Build the prompts with the server's tokenizer (RemoteTokenizer), or use api: completions with a server "
+                "that takes token ids (llama.cpp's llama-server, vLLM)"
             )
         new_tokens = int(usage["completion_tokens"]) if usage is not None and usage.get("completion_tokens") is not None else chunks
         kv_tokens = prompt_tokens + max(new_tokens, 1) - 1  # the last token sampled is never fed back
@@ -354,7 +365,7 @@ class ServedBackend:
 
 
 class _IdsRejected(Exception):
-    """The server answered 400/422 to a prompt given as token ids."""
+    """The server answered a prompt given as token ids with a client error (or llama-cpp-python's 500)."""
 
 
 class _Replicas:
@@ -482,21 +493,33 @@ def chat_content(tokenizer: Any, ids: Sequence[int]) -> str:
 
 
 class RemoteTokenizer:
-    """Tokenize through the server when no tokenizer is local.
+    """Token ids from the served engine's own tokenizer, for prompts that are token-exact on that engine.
 
     One request suits both llama.cpp (POST /tokenize {content, add_special} -> {tokens}) and vLLM
     (POST /tokenize {prompt, add_special_tokens} -> {tokens}); llama-cpp-python's server is asked at
-    POST /extras/tokenize {input} instead (it always adds the model's special tokens). Decoding uses the
-    matching /detokenize. It has no chat template, so haystacks built with it end in "\\nAnswer:".
+    POST /extras/tokenize {input} instead (it adds the model's own special tokens, none for most chat models).
+
+    `local`, a tokenizer of the same vocabulary, lends its chat template and decodes; decoding a byte-level
+    vocabulary is a lookup that any copy gets right, where encoding can differ (llama.cpp's pre-tokenizer
+    keeps "\n\n" as one token where SmolLM2's Hugging Face tokenizer splits it before a digit). Without it,
+    decoding asks the server's /detokenize, and there is no chat template, so haystacks end in "\nAnswer:".
     """
 
-    chat_template = None
-
-    def __init__(self, base_url: str, *, model: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, model: str | None = None, timeout_s: float = 30.0, local: Any = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout_s = timeout_s
+        self.local = local
         self._extras = False  # llama-cpp-python's paths, once /tokenize answered 404
+
+    @property
+    def chat_template(self) -> Any:
+        return getattr(self.local, "chat_template", None)
+
+    def apply_chat_template(self, messages: Any, **kwargs: Any) -> Any:
+        if self.chat_template is None:
+            raise ServedBackendError("this RemoteTokenizer has no chat template: pass local= a tokenizer that has one")
+        return self.local.apply_chat_template(messages, **kwargs)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         if not self._extras:
@@ -511,8 +534,10 @@ class RemoteTokenizer:
         return self._tokens(status, answer, "/extras/tokenize")
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        # The servers' detokenizers keep special tokens as text; `skip_special_tokens` is accepted for the
-        # transformers call shape only.
+        if self.local is not None:
+            return str(self.local.decode(list(ids), skip_special_tokens=skip_special_tokens))
+        # The servers' detokenizers decide for themselves whether special tokens show (llama-cpp-python's
+        # drop them); `skip_special_tokens` is accepted for the transformers call shape only.
         path, key = ("/extras/detokenize", "text") if self._extras else ("/detokenize", None)
         status, answer = self._post(path, {"tokens": list(ids)})
         if status != 200:

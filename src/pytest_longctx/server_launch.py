@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +96,9 @@ def launched(spec: LaunchSpec, *, model: str, log_path: Path, stop_grace_s: floa
 
     The server runs in its own process group with stdout and stderr appended to `log_path`, which is kept.
     Ready means GET /health answers 200, or, for servers without /health (404), GET /v1/models does.
-    On exit the whole group gets SIGTERM, then SIGKILL after `stop_grace_s`.
+    On exit the whole group gets SIGTERM, then SIGKILL after `stop_grace_s`. On Linux the server is also
+    sent SIGTERM if the calling thread dies first, so call this from a thread that outlives the server
+    (the main thread, or a pytest fixture), not from a short-lived worker thread.
 
     Raises ServerStartError if the command cannot start, exits early, or is not ready within
     `spec.ready_timeout_s`; the message ends with the log's last lines.
@@ -109,7 +111,10 @@ def launched(spec: LaunchSpec, *, model: str, log_path: Path, stop_grace_s: floa
         log.flush()
         try:
             # Its own session, so stopping it reaches the workers it forks (vLLM's engine cores) too.
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_parent_death_signal(),
+            )
         except OSError as exc:
             raise ServerStartError(f"cannot start {argv[0]!r}: {exc.strerror or exc}; is it installed and on PATH?") from exc
     base_url = f"http://{HOST}:{port}"
@@ -118,6 +123,18 @@ def launched(spec: LaunchSpec, *, model: str, log_path: Path, stop_grace_s: floa
         yield base_url
     finally:
         stop(process, grace_s=stop_grace_s)
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, a function for the child to run before exec so that the kernel SIGTERMs the server when the
+    thread that started it dies without reaching `stop` (a CI timeout's SIGKILL, say): no server, and no GPU
+    memory, outlives the run. libc is looked up here, in the parent: the forked child should only call it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _wait_ready(process: subprocess.Popen[bytes], base_url: str, timeout_s: float, log_path: Path) -> None:

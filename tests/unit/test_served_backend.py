@@ -365,6 +365,17 @@ def test_remote_tokenizer_round_trips_through_the_server(servers):
     assert remote.encode("code: Z9") == [ord(c) for c in "code: Z9"]
     assert remote.decode([72, 105]) == "Hi"
     assert remote(["ab", "c"])["input_ids"] == [[97, 98], [99]]
+    # A local tokenizer of the same vocabulary lends its chat template and decodes; ids still come from the server.
+    class Shouting(CharTokenizer):
+        def decode(self, ids, skip_special_tokens=True):
+            return super().decode(ids).upper()
+
+    hybrid = RemoteTokenizer(servers["plain"], local=Shouting())
+    assert hybrid.chat_template == TOKENIZER.chat_template
+    assert hybrid.apply_chat_template([{"role": "user", "content": "x"}]) == "<user>x</user><assistant>"
+    assert hybrid.decode([72, 105]) == "HI"
+    with pytest.raises(ServedBackendError, match="no chat template"):
+        remote.apply_chat_template([{"role": "user", "content": "x"}])
     # Without a local tokenizer the backend uses the server's.
     served = ServedBackend([servers["plain"]])
     assert isinstance(served.tokenizer, RemoteTokenizer)

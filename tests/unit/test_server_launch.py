@@ -160,6 +160,34 @@ def test_stopping_kills_the_whole_group_even_when_sigterm_is_ignored(server_scri
     assert not alive(leader) and not alive(worker)
 
 
+def test_a_server_does_not_outlive_a_killed_test_run(server_script, tmp_path):
+    """SIGKILL leaves no chance to run `stop`; the server still goes (Linux), as after a CI timeout."""
+    pids = tmp_path / "pids"
+    runner = tmp_path / "runner.py"
+    runner.write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from pytest_longctx.server_launch import LaunchSpec, launched
+        with launched(LaunchSpec({str(spec(server_script, "slow", pids).command)!r}), model="m", log_path=Path({str(tmp_path / "s.log")!r})):
+            print("ready", flush=True)
+            time.sleep(60)
+    """))
+    import subprocess
+
+    parent = subprocess.Popen([sys.executable, str(runner)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "ready\n"
+        server = int(pids.read_text())
+        assert alive(server)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while alive(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(server)
+
+
 def test_a_server_that_exits_early_reports_its_log(tmp_path):
     command = "{python} -c \"import sys; print('CUDA error: no kernel image'); sys.exit(3)\" --port {port}"
     with pytest.raises(ServerStartError, match=r"(?s)exited with status 3 before it was ready.*CUDA error: no kernel image"):

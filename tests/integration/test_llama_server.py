@@ -1,0 +1,117 @@
+"""A real engine: the embedded GGUF served by llama-cpp-python's OpenAI-compatible server, launched per KV type."""
+
+from __future__ import annotations
+
+import importlib.util
+from contextlib import ExitStack
+
+import pytest
+
+from pytest_longctx.gate_spec import VariantSpec
+from pytest_longctx.haystack import build_haystack
+from pytest_longctx.kv_math import KvShape
+from pytest_longctx.served_backend import PromptTokenMismatch, RemoteTokenizer, ServedBackend
+from pytest_longctx.server_launch import LaunchSpec, launched
+
+
+def _server_installed() -> bool:
+    # find_spec, not import: importing llama_cpp loads its shared library, which a skip should not cost.
+    return all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context"))
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not _server_installed(), reason="llama-cpp-python[server] is not installed (build it with .ci/install-llama-cpp .venv)"),
+]
+
+# llama-cpp-python runs one sequence at a time and by default aborts a running request when another arrives.
+# One thread: on a busy 2-core machine ggml's spinning thread barrier made decoding with two threads 70 times
+# slower (4.7 s against 0.067 s per token, measured). Logits for the last position only.
+SERVE = (
+    "{python} -m llama_cpp.server --model {model} --host 127.0.0.1 --port {port} --n_ctx 4096"
+    " --n_threads 1 --n_threads_batch 1 --logits_all false --interrupt_requests false"
+)
+# ggml type 8 is q8_0; a quantized V cache needs flash attention.
+SERVE_Q8 = SERVE + " --type_k 8 --type_v 8 --flash_attn true"
+Q8_0_BYTES = 34 / 32  # 32 int8 values and one fp16 scale per block
+LENGTH = 512
+CELLS = ((1, 0.5), (2, 0.5))  # (seed, depth): needles this 135M model finds at 512 tokens
+F16 = VariantSpec(name="baseline")
+Q8 = VariantSpec(name="candidate", kv_cache_dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def kv_shape(smollm_tokenizer) -> KvShape:
+    from transformers import AutoConfig
+
+    return KvShape.from_config(AutoConfig.from_pretrained(smollm_tokenizer.name_or_path))
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """An f16-KV and a q8_0-KV server of the embedded model, as two variants would be launched."""
+    from pytest_longctx.model_loading import resolve
+
+    gguf = str(resolve("embedded:smollm2-135m-instruct").gguf_path)
+    logs = tmp_path_factory.mktemp("llama-server")
+    with ExitStack() as stack:
+        yield {
+            name: stack.enter_context(launched(LaunchSpec(command, ready_timeout_s=120), model=gguf, log_path=logs / f"{name}.log"))
+            for name, command in (("f16", SERVE), ("q8_0", SERVE_Q8))
+        }
+
+
+@pytest.fixture(scope="module")
+def server_tokenizer(servers, smollm_tokenizer) -> RemoteTokenizer:
+    """Token ids from the engine itself, with the embedded tokenizer's chat template and decoding."""
+    return RemoteTokenizer(servers["f16"], local=smollm_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def haystacks(server_tokenizer):
+    return [build_haystack(server_tokenizer, length=LENGTH, depth=depth, seed=seed) for seed, depth in CELLS]
+
+
+def test_prompts_tokenized_elsewhere_are_refused_not_skewed(servers, smollm_tokenizer, kv_shape):
+    """llama-cpp-python takes no token ids, and its tokenizer keeps "\\n\\n" whole where SmolLM2's Hugging Face
+    tokenizer splits it before a digit: a prompt built with the latter is one token shorter on this server."""
+    hay = build_haystack(smollm_tokenizer, length=192, depth=0.5, seed=0)  # short, but with a filler line after the "\n\n"
+    served = ServedBackend([servers["f16"]], tokenizer=smollm_tokenizer, kv_shape=kv_shape, timeout_s=120)
+    with pytest.raises(PromptTokenMismatch, match=r"counted 191 prompt tokens, but the prompt has 192 \(sent as text"):
+        served.generate(hay.token_ids, variant=F16, max_new_tokens=1)
+    assert served._ids_rejected  # it offered token ids first
+
+
+def test_f16_kv_finds_the_needles_token_exact(servers, server_tokenizer, kv_shape, haystacks):
+    served = ServedBackend([servers["f16"]], tokenizer=server_tokenizer, kv_shape=kv_shape, timeout_s=120)
+    for hay in haystacks:
+        assert hay.tokens == LENGTH
+        gen = served.generate(hay.token_ids, variant=F16, max_new_tokens=24)
+        assert gen.prompt_tokens == LENGTH  # the server counted the same 512 tokens (a mismatch raises)
+        assert hay.answer in gen.answer, f"seed {hay.seed} depth {hay.depth}: {gen.answer!r}"
+        assert gen.prefill_s > 0 and gen.decode_s_per_token is not None and gen.decode_s_per_token > 0
+        assert gen.total_s > gen.prefill_s
+        assert 1 <= gen.new_tokens <= 24
+        assert gen.kv_tokens == LENGTH + gen.new_tokens - 1
+        # llama-cpp-python exports no /metrics: the KV figure is the f16 estimate, and says so.
+        assert gen.kv_source == "analytic"
+        assert gen.kv_bytes == gen.kv_bytes_analytic == kv_shape.sequence_bytes(gen.kv_tokens, 2.0)
+
+
+def test_q8_0_kv_server_answers(servers, server_tokenizer, kv_shape, haystacks):
+    served = ServedBackend([servers["q8_0"]], tokenizer=server_tokenizer, kv_shape=kv_shape, kv_bytes_per_element=Q8_0_BYTES, timeout_s=120)
+    hay = haystacks[0]
+    gen = served.generate(hay.token_ids, variant=Q8, max_new_tokens=24)
+    assert gen.prompt_tokens == LENGTH
+    assert hay.answer in gen.answer, gen.answer  # 8-bit K and V at 512 tokens still recall
+    assert gen.prefill_s > 0 and gen.decode_s_per_token is not None and gen.decode_s_per_token > 0
+    assert gen.kv_bytes == gen.kv_bytes_analytic == kv_shape.sequence_bytes(gen.kv_tokens, Q8_0_BYTES)
+
+
+def test_early_stop_ends_the_answer_at_the_needle(servers, server_tokenizer, haystacks):
+    hay = haystacks[-1]  # the f16 server's last prompt: llama-cpp-python reuses its cached prefix, so this is quick
+    served = ServedBackend([servers["f16"]], tokenizer=server_tokenizer, timeout_s=120)
+    gen = served.generate(hay.token_ids, variant=F16, max_new_tokens=24, stop=lambda text: hay.answer in text)
+    assert gen.stopped_early and not gen.hit_limit
+    assert gen.answer.endswith(hay.answer)
+    assert gen.prompt_tokens == LENGTH  # counted by a separate request: the closed stream sent no usage
