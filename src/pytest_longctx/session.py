@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .gate_spec import GateSpec, VariantSpec
+from .gate_spec import GateSpec, TimingSpec, VariantSpec
 from .results import CellResult, GateResults, TimingSample, save_results
 from .sweep import Cell, build_prompt, errored_cell, interleaved, merge_samples, run_cell, task_spec, timed_run
 
@@ -65,6 +65,7 @@ class GateRun:
         self.loss_curves: dict[str, dict[str, Any]] = {}
         # Cells whose recall run failed here: their timing passes would fail the same way.
         self._failed: set[tuple[str, Cell]] = set()
+        self._prefix_store: Any = None
         self._started = time.perf_counter()
 
     @property
@@ -165,12 +166,26 @@ class GateRun:
             result = run_cell(
                 self.backend(variant), variant, cell, prompt, max_new_tokens=sweep.max_new_tokens,
                 timeout_s=sweep.cell_timeout_s, timed=sweep.timed(cell.length, cell.depth, cell.seed),
+                reuse=self.prefix_store(variant),
             )
         except Exception as exc:  # noqa: BLE001 - any failure of a cell (OOM and timeouts too) is recorded
             _release_device_memory()
             self._failed.add((variant.name, cell))
             return errored_cell(variant, cell, f"{type(exc).__name__}: {exc}", prompt)
         return result
+
+    def prefix_store(self, variant: VariantSpec) -> Any:
+        """The recall pass's cache of prompts run so far, for untimed cells to start from (in-process models
+        only, and only when some cell is untimed: a timed cell always runs from scratch)."""
+        sweep = self.gate.sweep
+        if variant.backend != "transformers" or sweep.timing == TimingSpec():
+            return None
+        if self._prefix_store is None:
+            from .prefix_reuse import PrefixStore
+
+            # One entry per haystack a depth cell can share a prefix with: per seed and task, before the next length.
+            self._prefix_store = PrefixStore(max_entries_per_key=min(8, len(sweep.seeds) * len(sweep.tasks) + 1))
+        return self._prefix_store
 
     @property
     def timing_passes(self) -> tuple[int, ...]:

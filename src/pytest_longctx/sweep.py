@@ -85,15 +85,19 @@ def build_prompt(tokenizer: Any, spec: TaskSpec, cell: Cell, variant: VariantSpe
 
 def run_cell(
     backend: Backend, variant: VariantSpec, cell: Cell, prompt: TaskPrompt, *, max_new_tokens: int,
-    timeout_s: float | None = None, timed: bool = True,
+    timeout_s: float | None = None, timed: bool = True, reuse: Any = None,
 ) -> CellResult:
     """The recall run of one cell: generate greedily and score it with the task's own scoring.
 
     A timed cell's run is a full, uncached run of the prompt and the cell's first timing sample (the timing
-    passes add the rest, see `merge_samples`); an untimed cell's run records no timings.
+    passes add the rest, see `merge_samples`); an untimed cell's run records no timings and may start from a
+    prefix cached in `reuse` (a prefix_reuse.PrefixStore), which every run of the pass feeds. Decoding stops
+    once the task says the answer is complete (its value given, a wrong complete value, or the line ended).
     """
     prompt, retrieval = _unwrap(prompt)
-    gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
+    extra_kw: dict[str, Any] = {} if reuse is None else {"reuse": reuse, "reuse_prefix": not timed}
+    gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s,
+                           stop=prompt.answer_complete, **extra_kw)
     reused = getattr(gen, "reused_tokens", 0)
     timed = timed and reused == 0
     score = prompt.score(gen.answer, hit_limit=gen.hit_limit)
@@ -150,7 +154,8 @@ def timed_run(
     prompt, retrieval = _unwrap(prompt)
     extra = retrieval.seconds if retrieval is not None else 0.0
     try:
-        gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
+        gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s,
+                               stop=prompt.answer_complete)
     except Exception as exc:  # noqa: BLE001 - a timed run that fails (timeout, OOM) blocks approval via its cell
         return TimingSample(variant.name, cell.task, cell.length, cell.depth, cell.seed, None, None, None, "", f"{type(exc).__name__}: {exc}")
     return TimingSample(

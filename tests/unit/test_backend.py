@@ -202,3 +202,44 @@ def test_a_store_only_run_is_a_fresh_run_that_feeds_later_prompts(tiny_backend):
     assert timed.reused_tokens == 0 and len(store) == 2
     again = tiny_backend.generate(prompts[(120, 0.5)], variant=variant, max_new_tokens=4, reuse=store)
     assert again.reused_tokens == len(prompts[(120, 0.5)]) - 1 and again.answer == timed.answer
+
+
+def test_a_windowed_side_prefills_and_decodes_within_its_window(tiny_backend):
+    import torch
+
+    from pytest_longctx.attention_window import AttentionWindow
+    from pytest_longctx.gate_spec import VariantSpec
+    from pytest_longctx.kv_math import KvShape
+
+    prompt = torch.randint(2, 90, (300,), generator=torch.Generator().manual_seed(3)).tolist()
+    window = AttentionWindow(window=64, sink_tokens=4)
+    windowed = tiny_backend.generate(prompt, variant=VariantSpec("w", attention=window), max_new_tokens=6)
+    full = tiny_backend.generate(prompt, variant=VariantSpec("f"), max_new_tokens=6)
+    seen = len(prompt) + windowed.new_tokens - 1
+    assert windowed.kv_tokens == 68 and full.kv_tokens == seen
+    shape = KvShape.from_config(tiny_backend.model.config)
+    assert windowed.kv_bytes == windowed.kv_bytes_analytic == shape.sequence_bytes(68, 4)
+    assert windowed.kv_bytes < full.kv_bytes / 4
+    # A window that holds the whole prompt is plain causal attention: the same answer as full attention.
+    wide = tiny_backend.generate(prompt, variant=VariantSpec("wide", attention=AttentionWindow(window=4096)), max_new_tokens=6)
+    assert wide.answer == full.answer
+
+
+def test_the_rest_after_a_reused_prefix_is_prefilled_in_chunks_on_cpu(tiny_backend, monkeypatch):
+    from pytest_longctx import backend as backend_module
+    from pytest_longctx.prefix_reuse import PrefixStore
+
+    monkeypatch.setattr(backend_module, "_CPU_REUSE_CHUNK", 16)
+    prompts = _sweep_prompts(lengths=(120,), depths=(0.5, 1.0))
+    variant = VariantSpec("v", kv_cache_dtype="int8")
+    store = PrefixStore(min_tokens=16)
+    tiny_backend.generate(prompts[(120, 1.0)], variant=variant, max_new_tokens=3, reuse=store)
+    calls: list[int] = []
+    hook = tiny_backend.model.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        reused = tiny_backend.generate(prompts[(120, 0.5)], variant=variant, max_new_tokens=3, reuse=store)
+    finally:
+        hook.remove()
+    rest = len(prompts[(120, 0.5)]) - reused.reused_tokens
+    assert calls[: -2] == [16] * (rest // 16) + ([rest % 16] if rest % 16 else []) and calls[-2:] == [1, 1]
+    assert reused.answer == tiny_backend.generate(prompts[(120, 0.5)], variant=variant, max_new_tokens=3).answer

@@ -48,7 +48,7 @@ class CountingBackend:
         self.tokenizer = CharTokenizer()
         self.calls = []
 
-    def generate(self, token_ids, *, variant, max_new_tokens, timeout_s=None):
+    def generate(self, token_ids, *, variant, max_new_tokens, timeout_s=None, **_):
         from pytest_longctx.backend import Generation
 
         self.calls.append(variant.name)

@@ -39,7 +39,7 @@ class ScriptedBackend:
             for t, a in zip(totals, answers)
         ]
 
-    def generate(self, token_ids, *, variant, max_new_tokens, timeout_s=None):
+    def generate(self, token_ids, *, variant, max_new_tokens, timeout_s=None, **_):
         return self.gens.pop(0)
 
 
