@@ -54,7 +54,9 @@ def test_approve_writes_report_and_json_and_exits_zero(pytester, write_gate, tin
 
 def test_reject_exits_one_and_names_the_failing_threshold(pytester, write_gate, tiny_model_dir):
     # An FP8 baseline against a full-precision candidate: the candidate stores 4-byte floats, the baseline 1 byte plus a 4-byte scale per 16-wide head row: 3.2x.
-    gate = write_gate(baseline={"kv_cache_dtype": "fp8"}, candidate={"kv_cache_dtype": "auto"}, report="reports/tiny.html")
+    # KV bytes on any device: on CUDA the default memory source would be peak allocation, which weights dominate.
+    gate = write_gate(baseline={"kv_cache_dtype": "fp8"}, candidate={"kv_cache_dtype": "auto"}, report="reports/tiny.html",
+                      thresholds={"p95_latency_ratio": {"max": 100.0}, "memory_ratio": {"max": 1.05, "source": "kv_bytes"}})
     result = run_gate(pytester, gate, tiny_model_dir)
     assert result.ret == 1
     result.assert_outcomes(passed=12)  # misses and regressions are data: no item fails
