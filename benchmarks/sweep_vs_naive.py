@@ -1,10 +1,10 @@
 """Does the recall pass (prefix KV reuse + early stop) answer as a naive model.generate loop does, and how much faster?
 
-Loads the gate's model once, builds the sweep's prompts, and runs both in one process, block by block (one block
-per variant and seed, alternating which side goes first so that load drift on a shared machine hits both):
+Loads the gate's model once, builds the sweep's prompts, and runs both in one process, cell by cell (alternating
+which side goes first, so that load drift on a shared machine hits both):
 
-  recall: TransformersBackend.generate(..., stop=prompt.answer_complete, reuse=PrefixStore()), cells in
-          reuse_order, the store kept across blocks;
+  recall: TransformersBackend.generate(..., stop=prompt.answer_complete, reuse=PrefixStore()), each variant's
+          cells in reuse_order, one store throughout;
   naive:  model.generate from scratch on every prompt: greedy, the gate's max_new_tokens, the variant's cache
           object, EOS as the only stop.
 
@@ -117,7 +117,9 @@ def trimmed(backend: TransformersBackend, tokens: list[int], stop: Callable[[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gate", type=Path, default=Path(__file__).resolve().parents[1] / "gates" / "fp8.yaml")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    # One thread by default: on a shared 2-core machine, two OpenMP threads wait on each other whenever another
+    # process holds a core (a 256-token forward of SmolLM2-135M took 7.3 s with two threads, 0.9 s with one).
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides (0: torch's choice)")
     parser.add_argument("--min-reuse", type=int, default=64, help="shortest common prefix worth reusing, in tokens")
     args = parser.parse_args()
 
@@ -143,26 +145,28 @@ def main() -> None:
     recall: dict[tuple[str, Cell], Outcome] = {}
     naive: dict[tuple[str, Cell], list[int]] = {}
     recall_s = naive_s = recall_forward_s = recall_cpu = naive_cpu = 0.0
-    blocks = [(v, s) for v in gate.variants for s in gate.sweep.seeds]
-    for i, (variant, seed) in enumerate(blocks):
-        block = [c for c in cells if c.seed == seed]
+    for variant in gate.variants:
         side_prompts = prompts[variant.name]
-        ordered = reuse_order([(c, side_prompts[c].token_ids) for c in block])
-        for side in ("recall", "naive") if i % 2 == 0 else ("naive", "recall"):
-            forward_before = clock.seconds
-            started, cpu_started = time.perf_counter(), time.process_time()
-            if side == "recall":
-                got = run_recall(backend, variant, ordered, side_prompts, max_new_tokens, store)
-                recall_s += time.perf_counter() - started
-                recall_cpu += time.process_time() - cpu_started
-                recall_forward_s += clock.seconds - forward_before
-                recall.update({(variant.name, c): o for c, o in got.items()})
-            else:
-                tokens = run_naive(backend, variant, [side_prompts[c].token_ids for c in block], max_new_tokens)
-                naive_s += time.perf_counter() - started
-                naive_cpu += time.process_time() - cpu_started
-                naive.update({(variant.name, c): t for c, t in zip(block, tokens)})
-        print(f"block {variant.name} seed {seed}: recall {recall_s:.1f} s, naive {naive_s:.1f} s so far", flush=True)
+        ordered = reuse_order([(c, side_prompts[c].token_ids) for c in cells])
+        for i, cell in enumerate(ordered):
+            # Side by side cell by cell, alternating which goes first, so drift in the machine's load hits both.
+            for side in ("recall", "naive") if i % 2 == 0 else ("naive", "recall"):
+                forward_before = clock.seconds
+                started, cpu_started = time.perf_counter(), time.process_time()
+                if side == "recall":
+                    got = run_recall(backend, variant, [cell], side_prompts, max_new_tokens, store)
+                    recall_s += time.perf_counter() - started
+                    recall_cpu += time.process_time() - cpu_started
+                    recall_forward_s += clock.seconds - forward_before
+                    recall[(variant.name, cell)] = got[cell]
+                else:
+                    (tokens,) = run_naive(backend, variant, [side_prompts[cell].token_ids], max_new_tokens)
+                    naive_s += time.perf_counter() - started
+                    naive_cpu += time.process_time() - cpu_started
+                    naive[(variant.name, cell)] = tokens
+            if (i + 1) % 10 == 0 or i + 1 == len(ordered):
+                print(f"{variant.name}: {i + 1}/{len(ordered)} cells; recall {recall_s:.1f} s, naive {naive_s:.1f} s so far",
+                      flush=True)
 
     agree = same_failure = 0
     recall_tokens = naive_tokens = 0

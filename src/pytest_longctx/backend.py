@@ -161,8 +161,8 @@ class TransformersBackend:
                 prompt's cache is stored afterwards. Answers are a fresh run's (see prefix_reuse for the one
                 numerical caveat); `prefill_s`, `total_s` and `peak_bytes` then describe only the part prefilled,
                 so pass a store where answers alone count (a recall pass), never for timed cells. For the same
-                reason a quantized cache then keeps its dequantized K/V beside the codes (the same values, a
-                faster decode, more memory; `kv_bytes` still counts codes and scales alone).
+                reason the cache then trades memory for speed (`make_cache(answers_only=True)`: in-place appends,
+                dequantized copies; attention reads the same values, and `kv_bytes` still counts the K/V alone).
             reuse_prefix: False runs the prompt from scratch exactly as without a store (timings honest: for a
                 timed cell) and only stores its cache afterwards, for later prompts to reuse.
 
@@ -174,14 +174,14 @@ class TransformersBackend:
 
         prompt = tuple(token_ids)
         answers_only = reuse is not None and reuse_prefix
-        # Answers only: a quantized cache may keep its dequantized K/V as well (same values, faster decode).
+        # Answers only: the cache may trade memory for speed (same values; see make_cache).
         window = variant.attention
         if window is not None:
             from .attention_window import make_window_cache
 
             cache = make_window_cache(window, self.model.config, kv_cache_dtype=variant.kv_cache_dtype, kv_scale=variant.kv_scale)
         else:
-            cache = make_cache(variant.kv_cache_dtype, self.model.config, kv_scale=variant.kv_scale, keep_dequantized=answers_only)
+            cache = make_cache(variant.kv_cache_dtype, self.model.config, kv_scale=variant.kv_scale, answers_only=answers_only)
         # Dynamic NTK remembers the longest sequence it saw; a fresh state per prompt keeps answers independent of
         # cell order, and makes a prefix's K/V depend on more than its own tokens, so it is never reused.
         position_dependent = variant.rope is not None and variant.rope.rope_type in ("dynamic", "longrope")

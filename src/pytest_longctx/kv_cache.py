@@ -81,6 +81,46 @@ class Int4Codec(Codec):
         return torch.stack((low, high), dim=-1).flatten(-2).to(torch.float32)
 
 
+class _Appender:
+    """Appends along the token axis into a buffer with spare room and hands out views of its filled front, so a
+    decode step writes one position instead of copying the whole cache as torch.cat does."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+        self._view: torch.Tensor | None = None
+
+    def append(self, current: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+        if current is not None and current is not self._view:
+            self._buffer = None  # the owner's tensor was set from outside (sliced, say): start over from it
+        n = current.shape[-2] if current is not None and current.dim() == new.dim() else 0
+        end = n + new.shape[-2]
+        if self._buffer is None or end > self._buffer.shape[-2]:
+            buffer = new.new_empty((*new.shape[:-2], end + max(256, end // 8), new.shape[-1]))
+            if n:
+                assert current is not None
+                buffer[..., :n, :] = current
+            self._buffer = buffer
+        self._buffer[..., n:end, :] = new
+        self._view = self._buffer[..., :end, :]
+        return self._view
+
+
+class AppendLayer(DynamicLayer):
+    """The model's dynamic layer, appending into a buffer with room to grow instead of concatenating: the same
+    K/V values (as views), a faster decode, a little spare memory. For runs where only answers count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._appenders: dict[str, _Appender] = {}
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys = self._appenders.setdefault("keys", _Appender()).append(self.keys, key_states)
+        self.values = self._appenders.setdefault("values", _Appender()).append(self.values, value_states)
+        return self.keys, self.values
+
+
 def codec_for(kv_cache_dtype: str) -> Codec:
     if kv_cache_dtype in FP8_DTYPES:
         return Fp8Codec(FP8_DTYPES[kv_cache_dtype])
@@ -101,10 +141,13 @@ class QuantizedLayer(DynamicLayer):
 
     With `keep_dequantized`, the layer also keeps the dequantized K/V and extends them by each update's tokens
     instead of dequantizing every code on every step: the same values (dequantization is elementwise), a faster
-    decode, and the memory of an unquantized cache on top. For runs where only answers count.
+    decode, and the memory of an unquantized cache on top. With `append_in_place`, tensors grow in buffers with
+    spare room instead of by concatenation (see AppendLayer). Both are for runs where only answers count.
     """
 
-    def __init__(self, codec: Codec, granularity: str = "token_head", *, keep_dequantized: bool = False) -> None:
+    def __init__(
+        self, codec: Codec, granularity: str = "token_head", *, keep_dequantized: bool = False, append_in_place: bool = False
+    ) -> None:
         super().__init__()
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown KV scale granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
@@ -115,6 +158,8 @@ class QuantizedLayer(DynamicLayer):
         self.kscale: torch.Tensor | None = None
         self.vscale: torch.Tensor | None = None
         self.keep_dequantized = keep_dequantized
+        self.append_in_place = append_in_place
+        self._appenders: dict[str, _Appender] = {}
         self.dkeys: torch.Tensor | None = None
         self.dvalues: torch.Tensor | None = None
 
@@ -151,23 +196,24 @@ class QuantizedLayer(DynamicLayer):
         qk, qv = self.codec.encode(key_states.float() / ks), self.codec.encode(value_states.float() / vs)
         if self.keep_dequantized and self.dkeys is None and self.qkeys is not None:
             self.dkeys, self.dvalues = self.dequantized()  # codes copied in without their dequantized copy
-        if self.qkeys is None:
-            self.qkeys, self.qvalues, self.kscale, self.vscale = qk, qv, ks, vs
-        else:
-            assert self.qvalues is not None and self.kscale is not None and self.vscale is not None
-            self.qkeys = torch.cat([self.qkeys, qk], dim=-2)
-            self.qvalues = torch.cat([self.qvalues, qv], dim=-2)
-            if self._per_token_scales:
-                self.kscale = torch.cat([self.kscale, ks], dim=-2)
-                self.vscale = torch.cat([self.vscale, vs], dim=-2)
+        first = self.qkeys is None
+        self.qkeys, self.qvalues = self._grow("qkeys", qk), self._grow("qvalues", qv)
+        if self._per_token_scales:
+            self.kscale, self.vscale = self._grow("kscale", ks), self._grow("vscale", vs)
+        elif first:
+            self.kscale, self.vscale = ks, vs
         if not self.keep_dequantized:
             return self.dequantized()
-        dk, dv = self._dequantize(qk, ks), self._dequantize(qv, vs)
-        if self.dkeys is None or self.dvalues is None:
-            self.dkeys, self.dvalues = dk, dv
-        else:
-            self.dkeys, self.dvalues = torch.cat([self.dkeys, dk], dim=-2), torch.cat([self.dvalues, dv], dim=-2)
+        self.dkeys = self._grow("dkeys", self._dequantize(qk, ks))
+        self.dvalues = self._grow("dvalues", self._dequantize(qv, vs))
         return self.dkeys, self.dvalues
+
+    def _grow(self, name: str, new: torch.Tensor) -> torch.Tensor:
+        """The tensor `name` with `new` appended along the token axis."""
+        current = getattr(self, name)
+        if self.append_in_place:
+            return self._appenders.setdefault(name, _Appender()).append(current, new)
+        return new if current is None else torch.cat([current, new], dim=-2)
 
     def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All stored K and V, dequantized from their codes."""
@@ -203,15 +249,25 @@ class Fp8Layer(QuantizedLayer):
         super().__init__(Fp8Codec(fp8_dtype), granularity)
 
 
-def make_cache(kv_cache_dtype: str, config: Any, *, kv_scale: str = "token_head", keep_dequantized: bool = False) -> Cache:
-    """A fresh cache for one sequence: the model's dynamic cache for `auto`, else a quantized cache (which, with
-    `keep_dequantized`, trades memory for decode speed; see QuantizedLayer)."""
+def make_cache(kv_cache_dtype: str, config: Any, *, kv_scale: str = "token_head", answers_only: bool = False) -> Cache:
+    """A fresh cache for one sequence: the model's dynamic cache for `auto`, else a quantized cache.
+
+    `answers_only`: for runs whose timings and memory are not measured. Layers append in place and quantized
+    layers keep their dequantized K/V too (AppendLayer, QuantizedLayer): attention reads the very same values,
+    decode runs faster, and the cache takes more memory than it reports.
+    """
     if kv_cache_dtype == "auto":
-        return DynamicCache(config=config)
+        cache = DynamicCache(config=config)
+        if answers_only and cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+            return Cache(layers=[AppendLayer() for _ in cache.layers])
+        return cache  # sliding-window layers (or lazily added ones) stay the model's own
     codec = codec_for(kv_cache_dtype)
     text = config.get_text_config(decoder=True)
     return Cache(
-        layers=[QuantizedLayer(codec, kv_scale, keep_dequantized=keep_dequantized) for _ in range(text.num_hidden_layers)]
+        layers=[
+            QuantizedLayer(codec, kv_scale, keep_dequantized=answers_only, append_in_place=answers_only)
+            for _ in range(text.num_hidden_layers)
+        ]
     )
 
 
@@ -256,7 +312,7 @@ def reuse_scope(cache: Cache) -> ReuseScope | None:
     scopes: set[ReuseScope] = set()
     for layer in cache.layers:
         # Exact types: a subclass (a windowed layer, say) may evict or keep state the copies below would not carry.
-        if type(layer) is DynamicLayer:
+        if type(layer) in (DynamicLayer, AppendLayer):
             scopes.add("prefix")
         elif type(layer) in (QuantizedLayer, Fp8Layer):
             scopes.add("prefix" if layer._per_token_scales else "exact")
@@ -284,6 +340,8 @@ def cache_device(cache: Cache) -> torch.device | None:
 
 def _copy_layer(layer: Any, tokens: int, device: torch.device | None) -> Any:
     new = copy.copy(layer)
+    if "_appenders" in vars(new):
+        new._appenders = {}  # the copy's tensors are its own; appending starts a buffer of its own
     if device is not None and getattr(layer, "device", None) is not None:
         new.device = device
 
@@ -305,11 +363,21 @@ def _copy_layer(layer: Any, tokens: int, device: torch.device | None) -> Any:
     return new
 
 
-def drop_dequantized(cache: Cache) -> None:
-    """Free the dequantized copies that quantized layers keep for speed (a stored cache needs only its codes)."""
+def compact(cache: Cache) -> None:
+    """Free what a cache holds only for speed (dequantized copies, spare room in append buffers, positions sliced
+    off), so that it holds its K/V alone and `cache_nbytes` is what it takes: for caches kept for later reuse."""
     for layer in cache.layers:
         if isinstance(layer, QuantizedLayer):
             layer.dkeys = layer.dvalues = None
+            names: tuple[str, ...] = ("qkeys", "qvalues", "kscale", "vscale")
+        else:
+            names = ("keys", "values")
+        for name in names:
+            t = getattr(layer, name, None)
+            if t is not None and t.untyped_storage().nbytes() > t.nbytes:
+                setattr(layer, name, t.clone(memory_format=torch.contiguous_format))
+        if "_appenders" in vars(layer):
+            layer._appenders = {}
 
 
 def crop_to(cache: Cache, tokens: int) -> None:

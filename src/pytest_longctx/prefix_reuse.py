@@ -141,12 +141,12 @@ class PrefixStore:
 
     def put(self, key: Hashable, token_ids: Sequence[int], cache: Any) -> bool:
         """Keep `cache` (holding exactly the K/V of `token_ids`; the store owns it from now on). False if too large."""
-        from .kv_cache import cache_device, cache_nbytes, copy_prefix, drop_dequantized
+        from .kv_cache import cache_device, cache_nbytes, compact, copy_prefix
 
         prompt = tuple(token_ids)
         if cache.get_seq_length() != len(prompt):
             raise ValueError(f"the cache holds {cache.get_seq_length()} positions for a prompt of {len(prompt)} tokens")
-        drop_dequantized(cache)  # kept for decode speed only; a copy rebuilds it from the codes
+        compact(cache)  # dequantized copies and spare room are for decode speed only; copies rebuild them
         home = cache_device(cache)
         if self.device is not None and home is not None and not _same_device(home, self.device):
             cache = copy_prefix(cache, len(prompt), device=self.device)

@@ -175,31 +175,57 @@ def test_sequence_nbytes_is_what_a_single_run_holds(tiny_llama, dtype, kv_scale)
 
 @pytest.mark.parametrize("dtype", ["fp8_e4m3", "int8", "int4"])
 @pytest.mark.parametrize("kv_scale", ["token_head", "tensor", "channel"])
-def test_a_kept_dequantized_copy_holds_exactly_what_dequantizing_all_codes_gives(dtype, kv_scale):
+@pytest.mark.parametrize("in_place", [False, True])
+def test_answers_only_quantized_layers_give_exactly_the_plain_layers_values(dtype, kv_scale, in_place):
     from pytest_longctx.kv_cache import QuantizedLayer, codec_for
 
     plain = QuantizedLayer(codec_for(dtype), kv_scale)
-    kept = QuantizedLayer(codec_for(dtype), kv_scale, keep_dequantized=True)
+    fast = QuantizedLayer(codec_for(dtype), kv_scale, keep_dequantized=True, append_in_place=in_place)
     g = torch.Generator().manual_seed(4)
-    for tokens in (12, 1, 1, 3):  # a prompt, then decode steps
+    for tokens in (12, 1, 1, 3, 300):  # a prompt, decode steps, and more than the spare room
         k, v = torch.randn(1, 2, tokens, 16, generator=g) * 3, torch.randn(1, 2, tokens, 16, generator=g)
-        for a, b in zip(plain.update(k, v), kept.update(k, v)):
+        for a, b in zip(plain.update(k, v), fast.update(k, v)):
             assert torch.equal(a, b)
-    assert torch.equal(plain.qkeys, kept.qkeys)  # the codes, and so the measured bytes, are the same
+        if tokens == 1:
+            plain.crop(-1), fast.crop(-1)  # sliced from outside: appending starts over from the slice
+    assert torch.equal(plain.qkeys, fast.qkeys) and torch.equal(plain.kscale, fast.kscale)
 
 
-def test_a_copied_prefix_rebuilds_its_dequantized_copy_from_the_codes():
-    from transformers.cache_utils import Cache
+def test_append_layer_gives_exactly_the_dynamic_layers_values():
+    from transformers.cache_utils import Cache, DynamicLayer
 
-    from pytest_longctx.kv_cache import QuantizedLayer, codec_for, copy_prefix, drop_dequantized
+    from pytest_longctx.kv_cache import AppendLayer, keep_last
 
-    cache = Cache(layers=[QuantizedLayer(codec_for("fp8"), keep_dequantized=True)])
-    k, v = torch.randn(1, 2, 10, 16), torch.randn(1, 2, 10, 16)
-    cache.update(k, v, 0)
-    copied = copy_prefix(cache, 6)
-    drop_dequantized(cache)
-    assert cache.layers[0].dkeys is None and copied.layers[0].dkeys is None
-    keys, _ = copied.update(k[..., 6:7, :], v[..., 6:7, :], 0)
-    fresh = QuantizedLayer(codec_for("fp8"))
-    fresh.update(k[..., :6, :], v[..., :6, :])
-    assert torch.equal(keys, fresh.update(k[..., 6:7, :], v[..., 6:7, :])[0])
+    plain, fast = Cache(layers=[DynamicLayer()]), Cache(layers=[AppendLayer()])
+    g = torch.Generator().manual_seed(5)
+    for tokens in (20, 1, 1, 400, 1):
+        k, v = torch.randn(1, 2, tokens, 16, generator=g), torch.randn(1, 2, tokens, 16, generator=g)
+        for a, b in zip(plain.update(k, v, 0), fast.update(k, v, 0)):
+            assert torch.equal(a, b)
+        if tokens == 400:
+            keep_last(plain, 64), keep_last(fast, 64)
+    assert plain.get_seq_length() == fast.get_seq_length() == 65
+
+
+def test_answers_only_caches_and_what_compact_leaves(tiny_llama):
+    from pytest_longctx.kv_cache import AppendLayer, QuantizedLayer, compact, copy_prefix, crop_to, reuse_scope
+
+    ids = torch.randint(2, 96, (1, 40))
+    for dtype in ("auto", "fp8"):
+        fast = make_cache(dtype, tiny_llama.config, answers_only=True)
+        assert isinstance(fast.layers[0], AppendLayer if dtype == "auto" else QuantizedLayer)
+        assert reuse_scope(fast) == "prefix"
+        plain = _prefilled(tiny_llama, ids, dtype)
+        with torch.inference_mode():
+            tiny_llama(input_ids=ids, use_cache=True, **{cache_keyword(tiny_llama): fast})
+        crop_to(fast, 30)
+        copied = copy_prefix(fast, 30)
+        compact(fast)
+        # Compacted: exactly the K/V bytes a plain cache of 30 tokens holds, in storage of that size.
+        crop_to(plain, 30)
+        assert cache_nbytes(fast) == cache_nbytes(plain)
+        for layer in fast.layers:
+            tensors = (layer.qkeys, layer.qvalues) if dtype != "auto" else (layer.keys, layer.values)
+            assert all(t.untyped_storage().nbytes() == t.nbytes for t in tensors)
+            assert getattr(layer, "dkeys", None) is None
+        assert copied.get_seq_length() == 30
