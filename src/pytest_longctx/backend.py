@@ -221,27 +221,55 @@ class TransformersBackend:
                 keep_last(cache, variant.planted_window)
             self._sync()
             first = time.perf_counter()
-            generated.append(token)
             checking = 0.0  # seconds spent in `stop`, kept out of the timings
             stopped = False
-            while token not in self._eos:
+
+            def ends_with(new: int) -> bool:
+                """Append a new token; whether generation ends there (EOS, the stop check, the cap)."""
+                nonlocal checking, stopped
+                generated.append(new)
+                if new in self._eos:
+                    return True
                 if stop is not None:
                     check_start = time.perf_counter()
                     stopped = bool(stop(self._answer_text(generated)))
                     checking += time.perf_counter() - check_start
                     if stopped:
-                        break
-                if len(generated) >= max_new_tokens:
-                    break
+                        return True
+                return len(generated) >= max_new_tokens
+
+            # Answers only, with a plain cache: greedy drafts from prompt lookup, verified in one pass (see _Drafts).
+            drafts = (
+                _Drafts(prompt)
+                if answers_only and window is None and not position_dependent and variant.planted_window is None
+                and not variant.planted_decode_delay
+                else None
+            )
+            finished = ends_with(token)
+            while not finished:
                 step_start = time.perf_counter()
                 if deadline is not None and step_start - checking > deadline:
                     raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g} after {len(generated)} new tokens")
-                step = torch.tensor([[token]], dtype=torch.long, device=self.device)
-                token = int(self._forward(step, cache, last_only=False, position=len(prompt) + len(generated) - 1).argmax())
-                generated.append(token)
+                draft = drafts.propose(generated, max_new_tokens - len(generated) - 1) if drafts is not None else []
+                if draft:
+                    fed = len(prompt) + len(generated) - 1  # positions in the cache before this pass
+                    ids = torch.tensor([[generated[-1], *draft]], dtype=torch.long, device=self.device)
+                    kwargs: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
+                    best = self.model(input_ids=ids, **kwargs).logits[0].argmax(-1).tolist()
+                    accepted = next((i for i, t in enumerate(draft) if t != best[i]), len(draft))
+                    crop_to(cache, fed + 1 + accepted)  # drop the K/V of rejected draft tokens
+                    new_tokens = [*draft[:accepted], best[accepted]]
+                else:
+                    step = torch.tensor([[generated[-1]]], dtype=torch.long, device=self.device)
+                    position = len(prompt) + len(generated) - 1
+                    new_tokens = [int(self._forward(step, cache, last_only=False, position=position).argmax())]
+                finished = any(ends_with(t) for t in new_tokens)  # any() stops at the token that ends it
                 if variant.planted_decode_delay:
                     self._sync()
                     time.sleep(variant.planted_decode_delay * (time.perf_counter() - step_start))
+            if drafts is not None:
+                # Accepted drafts past the end: keep what a token-by-token run holds (all but the last new token).
+                crop_to(cache, len(prompt) + len(generated) - 1)
             self._sync()
             end = time.perf_counter() - checking
             # A planted memory regression holds real extra copies of the cache while it is measured.
@@ -393,6 +421,40 @@ class TransformersBackend:
                 hit_limit=not stopped[i] and gen[-1] not in self._eos,
             ))
         return results
+
+
+class _Drafts:
+    """Draft tokens for greedy decoding by prompt lookup: what followed the latest earlier occurrence of the
+    answer's last two tokens (or last one) in the prompt and answer so far.
+
+    Why: needle answers copy the prompt (the needle line, the question, a log line), so most drafts are right. A
+    draft is verified in one forward pass with the token before it, and the model's own greedy choices are kept:
+    accepted draft tokens up to the first disagreement, then the model's token there. That is exactly greedy
+    decoding, with one caveat, the one chunked prefill has: the pass computes several positions at once, so
+    logits may differ in their last bits from one-at-a-time steps (benchmarks/sweep_vs_naive.py checks answers).
+    """
+
+    NGRAM = 2
+    MAX_DRAFT = 10
+
+    def __init__(self, prompt: Sequence[int]) -> None:
+        self._prompt = list(prompt)
+        self._latest: dict[tuple[int, ...], int] = {}  # n-gram -> end position of its latest occurrence
+        self._indexed = 0  # n-grams ending before this position are in `_latest`
+
+    def propose(self, generated: Sequence[int], limit: int) -> list[int]:
+        tokens = self._prompt + list(generated)
+        last = len(tokens) - 1
+        for end in range(self._indexed, last):  # every position before the last one
+            for n in range(1, self.NGRAM + 1):
+                if end - n + 1 >= 0:
+                    self._latest[tuple(tokens[end - n + 1 : end + 1])] = end
+        self._indexed = max(self._indexed, last)
+        for n in range(self.NGRAM, 0, -1):
+            end = self._latest.get(tuple(tokens[last - n + 1 :]))
+            if end is not None:
+                return tokens[end + 1 : end + 1 + min(limit, self.MAX_DRAFT)]
+        return []
 
 
 class CellTimeout(TimeoutError):

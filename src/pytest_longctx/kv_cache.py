@@ -90,8 +90,8 @@ class _Appender:
         self._view: torch.Tensor | None = None
 
     def append(self, current: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-        if current is not None and current is not self._view:
-            self._buffer = None  # the owner's tensor was set from outside (sliced, say): start over from it
+        if current is not None and current is not self._view and not self._fronts(current):
+            self._buffer = None  # the owner's tensor was set from outside: start over from it
         n = current.shape[-2] if current is not None and current.dim() == new.dim() else 0
         end = n + new.shape[-2]
         if self._buffer is None or end > self._buffer.shape[-2]:
@@ -103,6 +103,11 @@ class _Appender:
         self._buffer[..., n:end, :] = new
         self._view = self._buffer[..., :end, :]
         return self._view
+
+    def _fronts(self, t: torch.Tensor) -> bool:
+        """Whether `t` is the front of the buffer (a crop of the last view): appending may go on in place."""
+        b = self._buffer
+        return b is not None and t.data_ptr() == b.data_ptr() and t.stride() == b.stride() and t.shape[:-2] == b.shape[:-2]
 
 
 class AppendLayer(DynamicLayer):

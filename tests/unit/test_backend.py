@@ -244,5 +244,36 @@ def test_the_rest_after_a_reused_prefix_is_prefilled_in_chunks_on_cpu(tiny_backe
     finally:
         hook.remove()
     rest = len(prompts[(120, 0.5)]) - reused.reused_tokens
-    assert calls[: -2] == [16] * (rest // 16) + ([rest % 16] if rest % 16 else []) and calls[-2:] == [1, 1]
+    chunks = [16] * (rest // 16) + ([rest % 16] if rest % 16 else [])
+    assert calls[: len(chunks)] == chunks  # then decoding
     assert reused.answer == tiny_backend.generate(prompts[(120, 0.5)], variant=variant, max_new_tokens=3).answer
+
+
+def test_drafts_follow_the_latest_earlier_occurrence_of_the_answers_tail():
+    from pytest_longctx.backend import _Drafts
+
+    drafts = _Drafts([1, 2, 3, 4, 9, 2, 3, 5, 6, 7])
+    assert drafts.propose([2, 3], limit=10) == [5, 6, 7, 2, 3]  # the latest "2 3" before the tail, then onwards
+    assert drafts.propose([2, 3, 5, 8], limit=2) == []  # "5 8" and "8" never occurred
+    assert drafts.propose([2, 3, 5, 8, 6], limit=2) == [7, 2]  # no "8 6": the last token alone
+    assert drafts.propose([2, 3, 5, 8, 6], limit=0) == []
+
+
+def test_answers_only_runs_verify_drafts_and_answer_as_token_by_token_runs(tiny_backend):
+    from pytest_longctx.prefix_reuse import PrefixStore
+
+    prompts = _sweep_prompts(lengths=(200,), depths=(0.3, 0.6))
+    calls: list[int] = []
+    hook = tiny_backend.model.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        for prompt in prompts.values():
+            for check in (None, lambda text: len(text) >= 13):
+                plain = tiny_backend.generate(prompt, variant=VariantSpec("b"), max_new_tokens=20, stop=check)
+                calls.clear()
+                fast = tiny_backend.generate(prompt, variant=VariantSpec("b"), max_new_tokens=20, stop=check, reuse=PrefixStore())
+                assert (fast.answer, fast.new_tokens, fast.hit_limit, fast.kv_tokens) == (
+                    plain.answer, plain.new_tokens, plain.hit_limit, plain.kv_tokens
+                )
+                assert len(calls) < fast.new_tokens  # drafts were accepted: fewer passes than tokens
+    finally:
+        hook.remove()

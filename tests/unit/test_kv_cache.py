@@ -229,3 +229,17 @@ def test_answers_only_caches_and_what_compact_leaves(tiny_llama):
             assert all(t.untyped_storage().nbytes() == t.nbytes for t in tensors)
             assert getattr(layer, "dkeys", None) is None
         assert copied.get_seq_length() == 30
+
+
+def test_appending_after_a_crop_goes_on_in_the_same_buffer():
+    from transformers.cache_utils import Cache
+
+    from pytest_longctx.kv_cache import AppendLayer, crop_to
+
+    cache = Cache(layers=[AppendLayer()])
+    k = torch.randn(1, 2, 30, 16)
+    cache.update(k[..., :20, :], k[..., :20, :], 0)
+    buffer = cache.layers[0].keys.data_ptr()
+    crop_to(cache, 12)
+    keys, _ = cache.update(k[..., 12:30, :], k[..., 12:30, :], 0)
+    assert keys.data_ptr() == buffer and torch.equal(keys, k)
