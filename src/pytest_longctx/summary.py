@@ -288,6 +288,7 @@ def model_ref(results: GateResults) -> str:
 
 # The settings a side can change, in the order a reader meets them, with what a side that leaves one alone gets.
 _SETTING_DEFAULTS: dict[str, str] = {
+    "backend": "in-process (transformers)",
     "model": "the gate's",
     "dtype": "the gate's",
     "attn_implementation": "the model's default",
@@ -301,7 +302,8 @@ _SETTING_DEFAULTS: dict[str, str] = {
     "planted": "none",
 }
 _DESCRIBED = {"name", "model", "dtype", "attn_implementation", "rope", "attention", "kv_cache_dtype", "kv_scale", "packing",
-              "history", "retrieval", "planted_decode_delay", "planted_kv_copies", "planted_window"}
+              "history", "retrieval", "planted_decode_delay", "planted_kv_copies", "planted_window",
+              "backend", "base_urls", "launch", "api", "max_concurrency"}
 
 
 @dataclass(frozen=True)
@@ -369,6 +371,12 @@ def describe_variant(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     not know are shown as they are, so a setting added later is never hidden.
     """
     shown: dict[str, str] = {}
+    if spec.get("backend", "transformers") != "transformers":
+        launch = spec.get("launch")
+        where = f"launched: {launch.get('command')}" if isinstance(launch, Mapping) else ", ".join(spec.get("base_urls") or ())
+        extras = [f"api {spec['api']}"] if spec.get("api", "completions") != "completions" else []
+        extras += [f"{spec['max_concurrency']} in flight"] if spec.get("max_concurrency", 1) != 1 else []
+        shown["backend"] = f"{spec['backend']} ({where})" + "".join(f", {e}" for e in extras)
     if isinstance(spec.get("model"), Mapping):
         shown["model"] = _model_text(spec["model"])
     for key in ("dtype", "attn_implementation"):

@@ -242,3 +242,13 @@ def test_describe_variant_names_each_change_and_hides_the_defaults() -> None:
     assert dict(describe_variant(VariantSpec(name="c", retrieval=budgeted).to_dict()))["retrieval"] == (
         f"hybrid, best chunks of 256 tokens up to 6000 tokens, order {budgeted.order}")
     assert variant_settings(load_results(FP8_RESULTS)) == (("baseline", "defaults"), ("candidate", "kv_cache_dtype fp8_e4m3"))
+
+
+def test_describe_variant_names_a_served_side_by_where_its_engine_runs() -> None:
+    from pytest_longctx.gate_spec import VariantSpec
+    from pytest_longctx.server_launch import LaunchSpec
+
+    served = VariantSpec(name="c", backend="openai", launch=LaunchSpec("vllm serve {model} --port {port}"), max_concurrency=4)
+    assert dict(describe_variant(served.to_dict())) == {"backend": "openai (launched: vllm serve {model} --port {port}), 4 in flight"}
+    remote = VariantSpec(name="b", backend="openai", base_urls=("http://a:1", "http://b:2"))
+    assert dict(describe_variant(remote.to_dict())) == {"backend": "openai (http://a:1, http://b:2)"}
