@@ -113,6 +113,8 @@ _FAMILIES = (
     _Family("p95 prefill (s)", "p95_prefill_s", "p95_prefill_ratio", "p95_prefill_ratio_ci", "p95_prefill_ratio", "ratio", fmt_seconds),
     _Family("p95 decode (ms/token)", "p95_decode_s", "p95_decode_ratio", "p95_decode_ratio_ci", "p95_decode_ratio", "ratio", fmt_millis),
     _Family("memory", "memory_bytes", "memory_ratio", None, "memory_ratio", "ratio", fmt_bytes),
+    # What a prompt-level change (retrieval, a history budget) saves: the tokens each query prefills.
+    _Family("prompt tokens per query", "prefill_tokens", None, None, None, "ratio", lambda v: "n/a" if v is None else f"{v:.0f}"),
 )
 LOSS_METRIC = "next-token loss, worst bucket (nats)"  # the row the report's loss section repeats
 _COUNTS = ("paired_cells", "middle_cells", "expected_cells", "errored_cells", "missing_cells")
