@@ -4,7 +4,8 @@ Loads the gate's model once, builds the sweep's prompts, and runs both in one pr
 which side goes first, so that load drift on a shared machine hits both):
 
   recall: TransformersBackend.generate(..., stop=prompt.answer_complete, reuse=PrefixStore()), each variant's
-          cells in reuse_order, one store throughout;
+          cells in reuse_order, one store throughout (with a store, generate runs for answers only: shared
+          prefixes copied, the rest prefilled, caches appending in place, prompt-lookup drafts verified);
   naive:  model.generate from scratch on every prompt: greedy, the gate's max_new_tokens, the variant's cache
           object, EOS as the only stop.
 
