@@ -380,10 +380,7 @@ def _served(r: _Reader, v: dict[str, Any], name: str) -> dict[str, Any]:
     if "launch" in v:
         from .server_launch import LaunchError, parse_launch
 
-        try:
-            launch = parse_launch(v["launch"], key="launch")
-        except LaunchError as exc:
-            raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
+        launch = _delegated(r, name, LaunchError, parse_launch, v["launch"])
     if bool(urls) == (launch is not None):
         raise r.fail(f"{name}.backend", "openai needs either base_url(s) or launch", "point at a running server, or give launch: {command: ...}")
     # kv_cache_dtype stays allowed: it says what the engine stores, for the analytic KV estimate.
@@ -403,11 +400,8 @@ def _rope(r: _Reader, v: dict[str, Any], name: str) -> RopeSettings | None:
         return None
     from .rope_scaling import RopeError, parse_rope
 
-    try:
-        # max_position_embeddings alone keeps the model's own RoPE and changes only the length it accepts.
-        return parse_rope(v.get("rope_parameters") or {}, v.get("max_position_embeddings"))
-    except RopeError as exc:
-        raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
+    # max_position_embeddings alone keeps the model's own RoPE and changes only the length it accepts.
+    return _delegated(r, name, RopeError, parse_rope, v.get("rope_parameters") or {}, v.get("max_position_embeddings"))  # type: ignore[no-any-return]
 
 
 def _attention(r: _Reader, raw: Any, name: str) -> AttentionWindow | None:
@@ -424,15 +418,20 @@ def _attention(r: _Reader, raw: Any, name: str) -> AttentionWindow | None:
     )
 
 
+def _delegated(r: _Reader, name: str, error: type[Exception], parse: Any, *args: Any) -> Any:
+    """Run a component's own parser; its error (key, problem, fix) becomes a GateError under the variant's key."""
+    try:
+        return parse(*args)
+    except error as exc:
+        raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None  # type: ignore[attr-defined]
+
+
 def _history(r: _Reader, raw: Any, name: str) -> HistoryBudget | None:
     if raw is None:
         return None
     from .prompt_layout import LayoutError, parse_history
 
-    try:
-        return parse_history(raw)
-    except LayoutError as exc:
-        raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
+    return _delegated(r, name, LayoutError, parse_history, raw)  # type: ignore[no-any-return]
 
 
 def _retrieval(r: _Reader, raw: Any, name: str) -> RetrievalSettings | None:
@@ -440,10 +439,7 @@ def _retrieval(r: _Reader, raw: Any, name: str) -> RetrievalSettings | None:
         return None
     from .retrieval import RetrievalError, parse_retrieval
 
-    try:
-        return parse_retrieval(raw)
-    except RetrievalError as exc:
-        raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
+    return _delegated(r, name, RetrievalError, parse_retrieval, raw)  # type: ignore[no-any-return]
 
 
 def _sweep(r: _Reader, raw: Any) -> SweepSpec:
