@@ -165,6 +165,8 @@ def compute_metrics(
         memory_bytes={"baseline": memory[base_name], "candidate": memory[cand_name]},
         memory_ratio=_ratio(memory[cand_name], memory[base_name]),
         memory_source=source,  # type: ignore[arg-type]
+        kv_source={label: "/".join(sorted({c.kv_source for c in side(n, paired)})) or "n/a"
+                   for label, n in zip(("baseline", "candidate"), names)},
         paired_cells=len(paired),
         middle_cells=len(middle),
         expected_cells=len(keys),
@@ -296,7 +298,7 @@ def decide(gate: GateSpec, metrics: Metrics) -> Decision:
     checks.append(Check(
         "memory_ratio", m.memory_ratio, t.memory_ratio_max, "<=",
         m.memory_ratio is not None and m.memory_ratio <= t.memory_ratio_max + EPS,
-        f"memory ({m.memory_source}) {_fmt(_mib(m.memory_bytes['candidate']), 1)} MiB vs "
+        f"memory ({m.memory_label}) {_fmt(_mib(m.memory_bytes['candidate']), 1)} MiB vs "
         f"{_fmt(_mib(m.memory_bytes['baseline']), 1)} MiB: ratio {_fmt(m.memory_ratio)}, allowed <= {t.memory_ratio_max:.2f}",
     ))
     if t.effective_length_ratio_min is not None:

@@ -27,6 +27,7 @@ Device = Literal["auto", "cpu", "cuda"]
 AttnImplementation = Literal["sdpa", "eager"]
 BackendKind = Literal["transformers", "openai"]
 ServedApi = Literal["completions", "chat"]
+ServedTokenizer = Literal["local", "server"]
 Packing = Literal["given", "edge"]
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
@@ -68,6 +69,8 @@ class VariantSpec:
     launch: LaunchSpec | None = None
     api: ServedApi = "completions"
     max_concurrency: int = 1
+    tokenizer: ServedTokenizer = "local"  # whose tokenizer builds the token-exact prompts: ours, or the engine's
+    kv_bytes_per_element: float | None = None  # what the engine stores per K/V element (llama.cpp q8_0: 34/32)
     # Planted regressions, for self-check gates that prove a gate catches what it should:
     planted_decode_delay: float = 0.0  # extra wall time per decode step, as a fraction of the step's own time
     planted_kv_copies: int = 1  # hold this many copies of the KV cache (real memory)
@@ -81,7 +84,8 @@ class VariantSpec:
     def load_key(self, gate_model: ModelSpec) -> tuple[Any, ...]:
         """Sides with equal keys share one loaded model; anything applied at load time is in it."""
         if self.backend == "openai":
-            return (self.backend, self.model_spec(gate_model), self.base_urls, self.launch, self.api, self.max_concurrency)
+            return (self.backend, self.model_spec(gate_model), self.base_urls, self.launch, self.api, self.max_concurrency,
+                    self.tokenizer, self.kv_bytes_per_element)
         return (self.model_spec(gate_model), self.rope, self.attn_implementation)
 
     @property
@@ -330,7 +334,7 @@ def _model(r: _Reader, raw: Any, key: str = "model") -> ModelSpec:
 VARIANT_KEYS = (
     "kv_cache_dtype", "kv_scale", "model", "dtype", "attn_implementation", "rope_parameters", "max_position_embeddings",
     "attention", "packing", "history", "retrieval", "backend", "base_url", "base_urls", "launch", "api", "max_concurrency",
-    "planted",
+    "tokenizer", "kv_bytes_per_element", "planted",
 )
 
 
@@ -361,7 +365,7 @@ def _variant(r: _Reader, raw: Any, name: str) -> VariantSpec:
 def _served(r: _Reader, v: dict[str, Any], name: str) -> dict[str, Any]:
     """A served variant: where its engine is (base_url(s)), or how to start it (launch), and how to talk to it."""
     kind = r.choice(v.get("backend", "transformers"), f"{name}.backend", get_args(BackendKind))
-    keys = [k for k in ("base_url", "base_urls", "launch", "api", "max_concurrency") if k in v]
+    keys = [k for k in ("base_url", "base_urls", "launch", "api", "max_concurrency", "tokenizer", "kv_bytes_per_element") if k in v]
     if kind != "openai":
         if keys:
             raise r.fail(f"{name}.{keys[0]}", "only applies to a served model", f"add {name}.backend: openai, or remove it")
@@ -392,7 +396,23 @@ def _served(r: _Reader, v: dict[str, Any], name: str) -> dict[str, Any]:
         "backend": kind, "base_urls": tuple(urls), "launch": launch,
         "api": r.choice(v.get("api", "completions"), f"{name}.api", get_args(ServedApi)),
         "max_concurrency": r.integer(v.get("max_concurrency", 1), f"{name}.max_concurrency", low=1),
+        "tokenizer": r.choice(v.get("tokenizer", "local"), f"{name}.tokenizer", get_args(ServedTokenizer)),
+        "kv_bytes_per_element": _bytes_per_element(r, v.get("kv_bytes_per_element"), f"{name}.kv_bytes_per_element"),
     }
+
+
+def _bytes_per_element(r: _Reader, value: Any, key: str) -> float | None:
+    """A number, or a fraction as engines document block formats ("34/32": 32 int8 values and an fp16 scale)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        from fractions import Fraction
+
+        try:
+            value = float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            raise r.fail(key, f"{value!r} is not a number", "write bytes per K/V element, e.g. 2 (f16) or 34/32 (llama.cpp q8_0)") from None
+    return r.number(value, key, low=0.01, high=8.0)
 
 
 def _rope(r: _Reader, v: dict[str, Any], name: str) -> RopeSettings | None:

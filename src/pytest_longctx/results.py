@@ -54,6 +54,9 @@ class CellResult:
     total_samples: tuple[float, ...] = ()
     reused_tokens: int = 0  # prompt tokens whose K/V the recall run took from an earlier cell (never timed)
     retrieval: dict[str, Any] | None = None  # what a retrieval side selected (chunks, prefill tokens, seconds)
+    # Where kv_bytes came from: "measured" (the cache tensors), "engine" (a server's /metrics), "analytic" (the
+    # formula, for a server that reports no cache), "unknown".
+    kv_source: str = "measured"
 
     @property
     def key(self) -> tuple[str, int, float, int]:
@@ -182,6 +185,15 @@ class Metrics:
     loss_curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # per side: edges, losses, counts, tokens
     loss_ratio: float | None = None  # worst bucket's candidate/baseline mean next-token loss
     loss_worst_bucket: int | None = None
+    kv_source: dict[str, str] = field(default_factory=dict)  # per side: where kv_bytes came from (CellResult.kv_source)
+
+    @property
+    def memory_label(self) -> str:
+        """What the memory figures are: peak allocations, or KV bytes, saying which sides' are only the formula's."""
+        if self.memory_source != "kv_bytes":
+            return self.memory_source
+        estimated = [label for label, src in self.kv_source.items() if "analytic" in src.split("/")]
+        return "kv_bytes" if not estimated else f"kv_bytes; {' and '.join(estimated)}: analytic estimate, the engine reports none"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

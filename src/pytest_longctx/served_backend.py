@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .backend import CellTimeout, Generation
+from .backend import CellTimeout, Generation, decode_seconds
 from .engine_metrics import CACHE_DTYPE_BYTES, EngineMetrics, scrape
 from .gate_spec import VariantSpec
 from .kv_math import KvShape
@@ -73,7 +73,8 @@ class ServedBackend:
     it only suits prompts built with that template.
 
     Timings are taken at the client from the stream's chunk arrival times: `prefill_s` is time to first
-    token, `decode_s_per_token` the time from the first chunk to the last over the tokens after the first.
+    token, `decode_s_per_token` the median gap between chunks when each carried one token (the mean from
+    the first chunk to the last otherwise).
     With several requests in flight on one replica they measure the shared server, not one request.
     """
 
@@ -276,6 +277,7 @@ class ServedBackend:
         usage: dict[str, Any] | None = None
         finish: str | None = None
         first = last = None
+        arrivals: list[float] = []
         chunks = 0
         stopped = False
         metrics_reader: _MetricsReader | None = None
@@ -307,6 +309,7 @@ class ServedBackend:
                     last = arrived
                     if piece:
                         pieces.append(piece)
+                        arrivals.append(arrived)
                         chunks += 1
                 if deadline is not None and arrived > deadline:
                     raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g} after {chunks} streamed chunks")
@@ -349,7 +352,7 @@ class ServedBackend:
             answer="".join(pieces).strip(),
             new_tokens=new_tokens,
             prefill_s=first - start,
-            decode_s_per_token=(last - first) / (new_tokens - 1) if new_tokens > 1 else None,
+            decode_s_per_token=_decode_seconds(arrivals, first, last, new_tokens),
             total_s=end - start,
             kv_bytes=kv_bytes,
             kv_bytes_analytic=analytic,
@@ -362,6 +365,16 @@ class ServedBackend:
             finish_reason=finish,
             stopped_early=stopped,
         )
+
+
+def _decode_seconds(arrivals: Sequence[float], first: float, last: float, new_tokens: int) -> float | None:
+    """Median inter-token latency when the stream sent a chunk per token (as the in-process backend measures);
+    the mean over the stream otherwise, since a chunk of several tokens has no per-token gaps to take."""
+    if new_tokens <= 1:
+        return None
+    if len(arrivals) == new_tokens:
+        return decode_seconds([b - a for a, b in zip(arrivals, arrivals[1:])])
+    return (last - first) / (new_tokens - 1)
 
 
 class _IdsRejected(Exception):
@@ -520,6 +533,16 @@ class RemoteTokenizer:
         if self.chat_template is None:
             raise ServedBackendError("this RemoteTokenizer has no chat template: pass local= a tokenizer that has one")
         return self.local.apply_chat_template(messages, **kwargs)
+
+    @property
+    def backend_tokenizer(self) -> Any:
+        """The local copy's vocabulary, for fingerprints: the engine's is the same one or `local` is wrong."""
+        return getattr(self.local, "backend_tokenizer", None)
+
+    def get_vocab(self) -> dict[str, int]:
+        if self.local is None:
+            raise ServedBackendError("this RemoteTokenizer has no local vocabulary: pass local= the model's tokenizer")
+        return dict(self.local.get_vocab())
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         if not self._extras:

@@ -109,8 +109,9 @@ class GateRun:
     def served_backend(self, variant: VariantSpec) -> Backend:
         """An OpenAI-compatible engine for `variant`: at its base URLs, or started now (and stopped by `close`).
 
-        Prompts stay token-exact with the local tokenizer of the variant's model reference; its config gives
-        the KV shape for the analytic estimate when the engine reports no cache usage.
+        Prompts are token-exact with the local tokenizer of the variant's model reference, or with the engine's
+        own (`tokenizer: server`); the model's config gives the KV shape for the analytic estimate when the
+        engine reports no cache usage.
         """
         from .kv_math import KvShape
         from .model_loading import load_config, load_tokenizer, resolve
@@ -126,10 +127,16 @@ class GateRun:
             model_arg = str(resolved.gguf_path or resolved.location)
             self.server_logs[variant.name] = self.log_dir / f"{self.gate.name}.{variant.name}.server.log"
             urls = [self._exit.enter_context(launched(variant.launch, model=model_arg, log_path=self.server_logs[variant.name]))]
+        tokenizer = load_tokenizer(spec.ref, trust_remote_code=spec.trust_remote_code)
+        if variant.tokenizer == "server":
+            from .served_backend import RemoteTokenizer
+
+            # The engine's own ids (llama.cpp pre-tokenizes some text differently); ours decodes and templates.
+            tokenizer = RemoteTokenizer(urls[0], local=tokenizer)
         return ServedBackend(
-            urls, tokenizer=load_tokenizer(spec.ref, trust_remote_code=spec.trust_remote_code),
+            urls, tokenizer=tokenizer,
             kv_shape=KvShape.from_config(load_config(spec.ref, trust_remote_code=spec.trust_remote_code)),
-            api=variant.api, max_concurrency=variant.max_concurrency,
+            api=variant.api, max_concurrency=variant.max_concurrency, kv_bytes_per_element=variant.kv_bytes_per_element,
         )
 
     def close(self) -> None:

@@ -119,7 +119,7 @@ _FAMILIES = (
 LOSS_METRIC = "next-token loss, worst bucket (nats)"  # the row the report's loss section repeats
 _COUNTS = ("paired_cells", "middle_cells", "expected_cells", "errored_cells", "missing_cells")
 # Shown by their own rows (effective length, loss) or the report's own sections (recall by task and length, misses).
-_SHOWN_ELSEWHERE = {"memory_source", *_COUNTS, "effective_length", "effective_length_ratio", "loss_curves", "loss_ratio",
+_SHOWN_ELSEWHERE = {"memory_source", "kv_source", *_COUNTS, "effective_length", "effective_length_ratio", "loss_curves", "loss_ratio",
                     "loss_worst_bucket", "recall_by_task", "recall_by_length", "failures"}
 
 
@@ -163,7 +163,7 @@ def metric_rows(results: GateResults) -> tuple[MetricRow, ...]:
         else:
             change = None if base is None or cand is None or base == 0 else cand / base
         ci = (check.ci_low, check.ci_high) if check is not None and check.ci_low is not None else _pair(getattr(m, fam.ci, None) if fam.ci else None)
-        label = f"{fam.label} ({m.memory_source})" if fam.values == "memory_bytes" else fam.label
+        label = f"{fam.label} ({m.memory_label})" if fam.values == "memory_bytes" else fam.label
         text = fmt_number(change, signed=fam.how == "delta")
         rows.append(MetricRow(
             metric=label,
@@ -305,7 +305,7 @@ _SETTING_DEFAULTS: dict[str, str] = {
 }
 _DESCRIBED = {"name", "model", "dtype", "attn_implementation", "rope", "attention", "kv_cache_dtype", "kv_scale", "packing",
               "history", "retrieval", "planted_decode_delay", "planted_kv_copies", "planted_window",
-              "backend", "base_urls", "launch", "api", "max_concurrency"}
+              "backend", "base_urls", "launch", "api", "max_concurrency", "tokenizer", "kv_bytes_per_element"}
 
 
 @dataclass(frozen=True)
@@ -378,6 +378,9 @@ def describe_variant(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         where = f"launched: {launch.get('command')}" if isinstance(launch, Mapping) else ", ".join(spec.get("base_urls") or ())
         extras = [f"api {spec['api']}"] if spec.get("api", "completions") != "completions" else []
         extras += [f"{spec['max_concurrency']} in flight"] if spec.get("max_concurrency", 1) != 1 else []
+        extras += ["the engine's tokenizer"] if spec.get("tokenizer", "local") == "server" else []
+        if spec.get("kv_bytes_per_element") is not None:
+            extras.append(f"KV {_num(spec['kv_bytes_per_element'])} bytes/element")
         shown["backend"] = f"{spec['backend']} ({where})" + "".join(f", {e}" for e in extras)
     if isinstance(spec.get("model"), Mapping):
         shown["model"] = _model_text(spec["model"])

@@ -134,6 +134,7 @@ def run_cell(
         total_samples=(gen.total_s + extra,) if timed else (),
         reused_tokens=reused,
         retrieval=None if retrieval is None else retrieval.record,
+        kv_source=getattr(gen, "kv_source", "measured"),
     )
 
 

@@ -82,6 +82,33 @@ def test_time_in_the_stop_check_is_not_decode_time(tiny_backend):
     assert gen.decode_s_per_token < plain.decode_s_per_token + 0.15 and gen.total_s < plain.total_s + 0.75
 
 
+def test_one_stalled_decode_step_does_not_decide_decode_speed(tiny_backend, monkeypatch):
+    plain = tiny_backend.generate(PROMPT, variant=VariantSpec("b"), max_new_tokens=9, stop=lambda text: False)
+    forward = tiny_backend._forward_rows
+    calls = {"n": 0}
+
+    def stalls_once(ids, cache, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the prefill, then the third decode step: as if the OS took the core away
+            time.sleep(0.5)
+        return forward(ids, cache, **kwargs)
+
+    monkeypatch.setattr(tiny_backend, "_forward_rows", stalls_once)
+    stalled = tiny_backend.generate(PROMPT, variant=VariantSpec("b"), max_new_tokens=9, stop=lambda text: False)
+    assert stalled.answer == plain.answer and calls["n"] == 9
+    # The stall is in the end-to-end time; decode per token is the median step, which one stall cannot move
+    # (its mean over 8 steps would have grown by >= 62 ms).
+    assert stalled.total_s >= plain.total_s + 0.4
+    assert stalled.decode_s_per_token < plain.decode_s_per_token + 0.03
+
+
+def test_decode_seconds_is_the_median_step():
+    from pytest_longctx.backend import decode_seconds
+
+    assert decode_seconds([0.01, 0.01, 0.5, 0.012, 0.011]) == 0.011
+    assert decode_seconds([]) is None
+
+
 def _sweep_prompts(lengths=(120, 240), depths=(0.0, 0.3, 0.7, 1.0), seed=0):
     """Needle-in-a-haystack shaped prompts: one seeded filler, a needle at each depth, the same question."""
     rng = random.Random(seed)

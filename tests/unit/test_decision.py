@@ -81,6 +81,16 @@ def test_memory_ratio_uses_cuda_peak_when_every_cell_has_it():
     assert metrics.memory_source == "kv_bytes" and metrics.memory_ratio == pytest.approx(0.3)
 
 
+def test_a_memory_figure_from_the_formula_says_so():
+    served = [dataclasses.replace(c, kv_source="analytic") for c in full("candidate", kv_bytes=530)]
+    metrics, decision = evaluate(GATE, full("baseline") + served)
+    assert metrics.kv_source == {"baseline": "measured", "candidate": "analytic"}
+    memory = next(r for r in decision.reasons if "memory" in r)
+    assert "candidate: analytic estimate" in memory and "baseline: analytic" not in memory
+    metrics, decision = evaluate(GATE, full("baseline") + full("candidate"))
+    assert metrics.memory_label == "kv_bytes"
+
+
 def test_errored_or_missing_cells_never_approve():
     errored = replace(full("candidate"), lambda c: c.length == 1024 and c.depth == 1.0 and c.seed == 0, error="OOM")
     metrics, decision = evaluate(GATE, full("baseline") + errored)

@@ -162,6 +162,18 @@ def test_a_served_variant_names_its_engine_or_how_to_start_it():
     assert GateSpec.from_dict(gate.to_dict()) == gate
 
 
+def test_a_served_variant_can_take_the_engines_tokenizer_and_kv_element_size():
+    gate = parse_gate(minimal(
+        baseline={"backend": "openai", "base_url": "http://127.0.0.1:8000", "tokenizer": "server"},
+        candidate={"backend": "openai", "base_url": "http://127.0.0.1:8000", "tokenizer": "server", "kv_bytes_per_element": "34/32"},
+    ))
+    assert (gate.baseline.tokenizer, gate.baseline.kv_bytes_per_element) == ("server", None)
+    assert gate.candidate.kv_bytes_per_element == 34 / 32
+    # Same engine, but what its KV holds differs: the sides must not share one backend.
+    assert gate.baseline.load_key(gate.model) != gate.candidate.load_key(gate.model)
+    assert GateSpec.from_dict(gate.to_dict()) == gate
+
+
 @pytest.mark.parametrize(
     "candidate,key,fix",
     [
@@ -171,6 +183,10 @@ def test_a_served_variant_names_its_engine_or_how_to_start_it():
         ({"backend": "openai", "base_url": "http://x:1", "rope_parameters": {"rope_type": "linear", "factor": 2.0}},
          "candidate.rope_parameters", "launch.command"),
         ({"backend": "openai", "launch": {"command": "vllm serve {model}"}}, "candidate.launch.command", "--port {port}"),
+        ({"tokenizer": "server"}, "candidate.tokenizer", "add candidate.backend: openai"),
+        ({"backend": "openai", "base_url": "http://x:1", "tokenizer": "remote"}, "candidate.tokenizer", "local"),
+        ({"backend": "openai", "base_url": "http://x:1", "kv_bytes_per_element": "q8"}, "candidate.kv_bytes_per_element", "34/32"),
+        ({"backend": "openai", "base_url": "http://x:1", "kv_bytes_per_element": 0}, "candidate.kv_bytes_per_element", "[0.01, 8.0]"),
     ],
 )
 def test_bad_served_variants_name_the_key_and_fix(candidate, key, fix):

@@ -405,3 +405,14 @@ def test_an_unreachable_server_is_a_backend_error(tmp_path: Path):
 
     with pytest.raises(ServedBackendError, match="failed"):
         backend(f"http://127.0.0.1:{free_port()}").generate([1, 2, 3], variant=BASELINE, max_new_tokens=2)
+
+
+def test_decode_is_the_median_gap_when_each_chunk_is_one_token():
+    from pytest_longctx.served_backend import _decode_seconds
+
+    arrivals = [1.0, 1.01, 1.02, 1.52, 1.53]  # one late chunk (a stalled client or server step)
+    assert _decode_seconds(arrivals, 1.0, 1.53, new_tokens=5) == pytest.approx(0.01)
+    # Chunks of several tokens have no per-token gaps: the mean over the stream is all there is.
+    assert _decode_seconds([1.0, 1.4], 1.0, 1.4, new_tokens=5) == pytest.approx(0.1)
+    assert _decode_seconds([1.0], 1.0, 1.0, new_tokens=1) is None
+
