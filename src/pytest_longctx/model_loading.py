@@ -218,6 +218,19 @@ def load_config(ref: str, *, trust_remote_code: bool = False) -> Any:
         raise ModelLoadError(_hub_hint(ref, exc)) from exc
 
 
+def import_model_code(ref: str, *, trust_remote_code: bool = False) -> None:
+    """Import torch, transformers and the modules of `ref`'s architecture, which transformers imports lazily
+    inside the first from_pretrained. A process pays this once, whatever the cache holds, so a gate times it
+    apart from the load itself (which the warm cache makes quick)."""
+    import torch  # noqa: F401
+    from transformers import PreTrainedTokenizerFast  # noqa: F401
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = load_config(ref, trust_remote_code=trust_remote_code)
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # the lookup imports the modeling module
+
+
 def load_model(
     ref: str,
     *,

@@ -52,6 +52,7 @@ class GateRun:
         self.log_dir = log_dir
         self.server_logs: dict[str, Path] = {}
         self.load_seconds: dict[str, float] = {}  # per side that loaded a model: how long the load took (warm cache)
+        self.import_seconds: dict[str, float] = {}  # ... and importing the libraries before it (once per process)
         self._exit = contextlib.ExitStack()
         self.capture = capture
         self._backend_factory = backend_factory
@@ -93,6 +94,8 @@ class GateRun:
             raise CellError(f"model {spec.ref} failed to load: {self._load_errors[key]}")
         if key not in self._backends:
             try:
+                if variant.backend != "openai" and self._backend_factory is _default_backend:
+                    self._import_model_code(variant)
                 started = time.perf_counter()
                 backend = self.served_backend(variant) if variant.backend == "openai" else self._backend_factory(self.gate, variant)
                 self.load_seconds[variant.name] = time.perf_counter() - started
@@ -105,6 +108,18 @@ class GateRun:
                 raise
             self._backends[key] = backend
         return self._backends[key]
+
+    def _import_model_code(self, variant: VariantSpec) -> None:
+        """The libraries' one-off import cost, timed apart from the model load (reported as library_import_s)."""
+        from .model_loading import import_model_code
+
+        spec = variant.model_spec(self.gate.model)
+        started = time.perf_counter()
+        try:
+            import_model_code(spec.ref, trust_remote_code=spec.trust_remote_code)
+        except Exception:  # noqa: BLE001 - the load that follows reports what is wrong, with its own message
+            return
+        self.import_seconds[variant.name] = time.perf_counter() - started
 
     def served_backend(self, variant: VariantSpec) -> Backend:
         """An OpenAI-compatible engine for `variant`: at its base URLs, or started now (and stopped by `close`).
@@ -321,6 +336,8 @@ class GateRun:
         env["libraries"] = _library_versions()
         if self.load_seconds:
             env["model_load_s"] = {name: round(seconds, 3) for name, seconds in self.load_seconds.items()}
+        if self.import_seconds:
+            env["library_import_s"] = {name: round(seconds, 3) for name, seconds in self.import_seconds.items()}
         if self.server_logs:
             env["server_logs"] = {name: str(path) for name, path in self.server_logs.items()}
         if self._backends:

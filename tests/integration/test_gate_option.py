@@ -38,8 +38,13 @@ def test_approve_writes_report_and_json_and_exits_zero(pytester, write_gate, tin
     assert len(data["cells"]) == 12
     first = data["cells"][0]
     for key in ("variant", "task", "length", "tokens", "depth", "seed", "found", "answer", "prefill_s",
-                "decode_s_per_token", "total_s", "kv_bytes", "peak_bytes", "prompt_sha256"):
+                "decode_s_per_token", "total_s", "kv_bytes", "peak_bytes", "prompt_sha256", "kv_source"):
         assert key in first
+    assert {c["kv_source"] for c in data["cells"]} == {"measured"}
+    # One model for both sides (they differ in the cache only); its load is timed apart from the library imports.
+    env = data["environment"]
+    assert set(env["model_load_s"]) == {"baseline"} and set(env["library_import_s"]) == {"baseline"}
+    assert 0 < env["model_load_s"]["baseline"] < 60 and env["library_import_s"]["baseline"] >= 0
     # Both variants saw the same prompt in every cell.
     by_key = {}
     for c in data["cells"]:
