@@ -303,11 +303,16 @@ def decide(gate: GateSpec, metrics: Metrics) -> Decision:
     ))
     if t.effective_length_ratio_min is not None:
         eff, ratio = m.effective_length, m.effective_length_ratio
+        # A baseline measured at every length that holds at none has no effective length to lose; with
+        # lengths missing there is no ratio either, and that fails (the cell counts make it incomplete).
+        measured = m.recall_by_length.get("baseline", {})
+        nothing_to_lose = ratio is None and bool(measured) and all(r is not None for r in measured.values()) and eff.get("baseline") is None
+        why = "; the baseline holds at no swept length, so there is nothing to lose" if nothing_to_lose else ""
         checks.append(Check(
             "effective_length_ratio", ratio, t.effective_length_ratio_min, ">=",
-            ratio is not None and ratio >= t.effective_length_ratio_min - EPS,
+            nothing_to_lose or (ratio is not None and ratio >= t.effective_length_ratio_min - EPS),
             f"effective context length (recall >= {t.effective_length_recall:.2f}) {eff.get('candidate')} vs "
-            f"{eff.get('baseline')} tokens: ratio {_fmt(ratio)}, required >= {t.effective_length_ratio_min:.2f}",
+            f"{eff.get('baseline')} tokens: ratio {_fmt(ratio)}, required >= {t.effective_length_ratio_min:.2f}{why}",
         ))
     if t.loss_ratio_max is not None:
         edges = m.loss_curves.get("baseline", {}).get("edges", [])

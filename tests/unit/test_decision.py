@@ -187,6 +187,30 @@ def test_effective_length_threshold_rejects_a_candidate_that_loses_the_long_leng
     assert [c.name for c in decision.checks if not c.passed] == ["effective_length_ratio"]  # middle recall held
 
 
+def test_a_baseline_without_an_effective_length_has_none_to_lose():
+    """YaRN past the trained window: the unscaled baseline holds at no length, the candidate at the shortest."""
+    gate = parse_gate({
+        "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
+        "sweep": {"lengths": [512, 1024], "depths": [0.0, 0.5, 1.0], "seeds": [0, 1]},
+        "thresholds": {"effective_length_ratio": {"min": 1.0}},
+    })
+    baseline = replace(full("baseline"), lambda c: c.depth == 0.5, found=False)
+    candidate = replace(full("candidate"), lambda c: c.length == 1024 and c.depth == 0.5, found=False)
+    metrics, decision = evaluate(gate, baseline + candidate)
+    assert metrics.effective_length == {"baseline": None, "candidate": 512} and metrics.effective_length_ratio is None
+    check = next(c for c in decision.checks if c.name == "effective_length_ratio")
+    assert check.passed and "nothing to lose" in check.detail
+    # Neither holding anywhere is no loss either; a candidate that loses the baseline's length still fails.
+    metrics, decision = evaluate(gate, baseline + baseline_as_candidate(baseline))
+    assert next(c for c in decision.checks if c.name == "effective_length_ratio").passed
+    metrics, decision = evaluate(gate, full("baseline") + baseline_as_candidate(baseline))
+    assert not next(c for c in decision.checks if c.name == "effective_length_ratio").passed
+
+
+def baseline_as_candidate(cells):
+    return [dataclasses.replace(c, variant="candidate") for c in cells]
+
+
 def test_position_free_tasks_count_in_their_family_but_not_in_middle_recall():
     gate = parse_gate({
         "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
