@@ -13,7 +13,7 @@ from typing import Any, Literal
 SCHEMA_VERSION = 1
 
 Verdict = Literal["approve", "reject", "incomplete", "invalid"]
-Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "not_retrieved", "error"]
+Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "not_retrieved", "cut_from_history", "error"]
 
 
 @dataclass(frozen=True)

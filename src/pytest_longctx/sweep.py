@@ -104,6 +104,8 @@ def run_cell(
     failure = score.failure
     if not score.found and retrieval is not None and retrieval.not_retrieved:
         failure = "not_retrieved"  # the evidence never reached the model: the retriever's miss, not the model's
+    elif not score.found and _cut_by_history(variant, prompt):
+        failure = "cut_from_history"  # the budget dropped the turn that held the fact: the budget's loss
     extra = retrieval.seconds if retrieval is not None else 0.0  # time to first token includes retrieving
     return CellResult(
         variant=variant.name,
@@ -136,6 +138,13 @@ def run_cell(
         retrieval=None if retrieval is None else retrieval.record,
         kv_source=getattr(gen, "kv_source", "measured"),
     )
+
+
+def _cut_by_history(variant: VariantSpec, prompt: TaskPrompt) -> bool:
+    from .tasks import FAMILIES
+
+    family = FAMILIES.get(prompt.family)
+    return variant.history is not None and family is not None and family.takes_history and not prompt.evidence_spans
 
 
 def _unwrap(prompt: Any) -> tuple[TaskPrompt, RetrievedPrompt | None]:
