@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -32,6 +33,14 @@ def test_shipped_fp8_gate_loads_with_the_documented_settings():
     assert (gate.thresholds.middle_recall_min_delta, gate.thresholds.p95_latency_ratio_max, gate.thresholds.memory_ratio_max) == (0.0, 1.10, 1.05)
     assert gate.report == ROOT / "reports" / "fp8.html"
     assert len(gate.sha256 or "") == 64
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "gates").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_gate_loads_and_the_readme_shows_how_to_run_it(path):
+    gate = load_gate(path, base_dir=ROOT)
+    assert gate.report == ROOT / "reports" / f"{path.stem}.html"  # reports/<file>.html, never a clash
+    assert gate.baseline != dataclasses.replace(gate.candidate, name="baseline") or path.stem == "aa"  # a real change
+    assert f"gates/{path.name}" in (ROOT / "README.md").read_text()
 
 
 def test_defaults_fill_what_the_gate_leaves_out():
