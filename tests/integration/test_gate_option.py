@@ -120,3 +120,33 @@ def test_cells_spread_over_xdist_workers_still_decide_on_the_controller(pytester
     result.stdout.fnmatch_lines(["*gate tiny: APPROVE*"])
     results = load_results(pytester.path / "out" / "x.json")
     assert len(results.cells) == 12 and results.metrics.paired_cells == 6
+
+
+def test_a_model_swap_runs_each_side_on_its_own_weights(pytester, write_gate, tiny_model_dir, tmp_path_factory):
+    """candidate.model: another checkpoint (here the same architecture with other random weights)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    other = tmp_path_factory.mktemp("other-checkpoint")
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.save_pretrained(other)
+    for path in tiny_model_dir.iterdir():  # the same tokenizer and chat template
+        if path.name not in ("config.json", "generation_config.json", "model.safetensors"):
+            (other / path.name).write_bytes(path.read_bytes())
+    gate = write_gate(baseline={}, candidate={"model": str(other)})
+    result = run_gate(pytester, gate, tiny_model_dir, "--longctx-json", "out/r.json")
+    assert result.ret in (0, 1), result.stdout.str()
+    result.assert_outcomes(passed=12)
+    data = json.loads((pytester.path / "out" / "r.json").read_text())
+    assert data["gate"]["candidate"]["model"]["ref"] == str(other)
+    assert set(data["environment"]["model_load_s"]) == {"baseline", "candidate"}  # two models loaded
+    answers = {side: [c["answer"] for c in data["cells"] if c["variant"] == side] for side in ("baseline", "candidate")}
+    assert answers["baseline"] != answers["candidate"]  # other weights, other greedy answers
+    by_key = {}
+    for c in data["cells"]:
+        by_key.setdefault((c["length"], c["depth"]), set()).add(c["prompt_sha256"])
+    assert all(len(hashes) == 1 for hashes in by_key.values())  # one tokenizer: the very same prompts
