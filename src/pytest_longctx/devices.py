@@ -1,4 +1,4 @@
-"""CUDA devices: whether one is usable here (else why a `gpu` test skips), and which one an xdist worker gets."""
+"""Devices: whether CUDA is usable here (else why a `gpu` test skips), and what an xdist worker gets (a GPU, CPU threads)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ def worker_device(worker_id: str, visible: str | None) -> str:
     number = int(worker_id[2:])
     devices = [d.strip() for d in (visible or "").split(",") if d.strip()]
     return devices[number % len(devices)] if devices else str(number)
+
+
+def worker_threads(worker_count: int, cpu_count: int | None, preset: str | None) -> int | None:
+    """CPU threads for each of `worker_count` xdist workers: an equal share of the cores, at least one.
+
+    None when the user already chose (`OMP_NUM_THREADS` set) or the core count is unknown. Without a share,
+    every worker's torch starts one thread per core: two workers on two cores ran the default gate's cells
+    6.5 times slower (p95 76 s against 11.7 s serially), which makes the timings meaningless.
+    """
+    if preset or not cpu_count or worker_count < 1:
+        return None
+    return max(1, cpu_count // worker_count)
+

@@ -33,6 +33,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="let --longctx-capture replace an existing captured baseline")
 
 
+def _share_cores(worker_count: int) -> None:
+    """Each gate worker gets its share of the cores, before torch (imported lazily) reads OMP_NUM_THREADS."""
+    import os
+    import sys
+
+    from .devices import worker_threads
+
+    threads = worker_threads(worker_count, os.cpu_count(), os.environ.get("OMP_NUM_THREADS"))
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:  # another plugin imported it first
+            sys.modules["torch"].set_num_threads(threads)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _register_test_markers(config)
     worker = getattr(config, "workerinput", {}).get("workerid")
@@ -46,6 +60,8 @@ def pytest_configure(config: pytest.Config) -> None:
     paths = config.getoption("longctx_gates")
     if not paths:
         return
+    if worker is not None:
+        _share_cores(config.workerinput.get("workercount", 1))
     from .gate_spec import GateError
 
     try:

@@ -18,3 +18,13 @@ def test_each_worker_gets_its_own_device(worker, visible, expected):
 def test_a_non_worker_id_is_refused():
     with pytest.raises(ValueError, match="not an xdist worker id"):
         worker_device("master", None)
+
+
+def test_xdist_workers_share_the_cores_unless_the_user_chose():
+    from pytest_longctx.devices import worker_threads
+
+    assert worker_threads(2, 2, None) == 1
+    assert worker_threads(4, 32, None) == 8
+    assert worker_threads(8, 2, None) == 1  # never zero
+    assert worker_threads(2, 16, "6") is None  # OMP_NUM_THREADS set: left alone
+    assert worker_threads(2, None, None) is None
