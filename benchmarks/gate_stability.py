@@ -13,10 +13,10 @@ import dataclasses
 import time
 from pathlib import Path
 
-from pytest_longctx.backend import Backend
-from pytest_longctx.gate_spec import GateSpec, load_gate
-from pytest_longctx.session import GateRun
-from pytest_longctx.sweep import interleaved
+from pytest_longctx.backends.in_process import Backend
+from pytest_longctx.gate.spec import GateSpec, load_gate
+from pytest_longctx.gate.run import GateRun
+from pytest_longctx.gate.sweep import interleaved
 
 PLANTED = {
     "decode+25%": {"planted_decode_delay": 0.25},

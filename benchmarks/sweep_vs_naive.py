@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_longctx.backend import TransformersBackend, cache_keyword
-from pytest_longctx.gate_spec import VariantSpec, load_gate
-from pytest_longctx.kv_cache import make_cache
-from pytest_longctx.prefix_reuse import PrefixStore, reuse_order
-from pytest_longctx.sweep import Cell, build_prompt, plan_cells, task_spec
+from pytest_longctx.backends.in_process import TransformersBackend, cache_keyword
+from pytest_longctx.gate.spec import VariantSpec, load_gate
+from pytest_longctx.backends.kv_cache import make_cache
+from pytest_longctx.backends.prefix_reuse import PrefixStore, reuse_order
+from pytest_longctx.gate.sweep import Cell, build_prompt, plan_cells, task_spec
 from pytest_longctx.tasks import TaskPrompt
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_longctx.haystack import Needle
+from pytest_longctx.tasks.haystack import Needle
 
-TRANSCRIPT = Path(__file__).with_name("support_transcript.txt")  # the team's own document, used as filler
+# The team's own document, used as filler (kept with the other inputs under fixtures/).
+TRANSCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "corpora" / "support_transcript.txt"
 REFUND = Needle(
     text="Agent: Our refund policy allows returns for a full refund within 45 days of delivery.",
     question="How many days does the refund policy allow for returns?",

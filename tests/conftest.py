@@ -10,7 +10,7 @@ import pytest
 def pytest_configure(config: pytest.Config) -> None:
     # pytester points HOME elsewhere; pin the dequantized-model cache first so the gates these tests run
     # reuse the warm cache instead of dequantizing the GGUF again (~25 s) in every subprocess.
-    from pytest_longctx.model_loading import cache_dir
+    from pytest_longctx.backends.loading import cache_dir
 
     os.environ.setdefault("PYTEST_LONGCTX_CACHE", str(cache_dir()))
 
@@ -32,7 +32,7 @@ def smollm_tokenizer():
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(saved)
-    from pytest_longctx.model_loading import load_tokenizer
+    from pytest_longctx.backends.loading import load_tokenizer
 
     return load_tokenizer("embedded:smollm2-135m-instruct")
 
@@ -71,6 +71,6 @@ def tiny_llama():
 
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_llama):
-    from pytest_longctx.backend import TransformersBackend
+    from pytest_longctx.backends.in_process import TransformersBackend
 
     return TransformersBackend(tiny_llama, CharTokenizer(), fingerprint="tiny")

@@ -13,10 +13,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from pytest_longctx.decision import evaluate
-from pytest_longctx.gate_spec import parse_gate
-from pytest_longctx.results import CellResult, GateResults, save_results
-from pytest_longctx.sweep import plan_cells
+from pytest_longctx.gate.decision import evaluate
+from pytest_longctx.gate.spec import parse_gate
+from pytest_longctx.gate.results import CellResult, GateResults, save_results
+from pytest_longctx.gate.sweep import plan_cells
 
 TARGET = Path(__file__).with_name("families-results.json")
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pytest_longctx.results import load_results
+from pytest_longctx.gate.results import load_results
 
 
 def capture(pytester, gate, model_dir, *extra):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.devices import cuda_unavailable_reason
+from pytest_longctx.backends.devices import cuda_unavailable_reason
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_unavailable_reason() is not None, reason=str(cuda_unavailable_reason()))]
 
@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_unavailable_reason() is n
 def test_a_gate_on_cuda_judges_memory_by_peak_allocation(pytester, tiny_model_dir):
     import yaml
 
-    from pytest_longctx.results import load_results
+    from pytest_longctx.gate.results import load_results
 
     gate = pytester.path / "gate.yaml"
     gate.write_text(yaml.safe_dump({

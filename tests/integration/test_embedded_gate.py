@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.cli import main as longctx_main
-from pytest_longctx.decision import evaluate
-from pytest_longctx.gate_spec import GateSpec
-from pytest_longctx.results import load_results
+from pytest_longctx.cli.main import main as longctx_main
+from pytest_longctx.gate.decision import evaluate
+from pytest_longctx.gate.spec import GateSpec
+from pytest_longctx.gate.results import load_results
 
 GATE = """\
 name: fp8-small

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pytest_longctx.decision import evaluate
-from pytest_longctx.gate_spec import GateSpec
-from pytest_longctx.results import CellResult, load_results
+from pytest_longctx.gate.decision import evaluate
+from pytest_longctx.gate.spec import GateSpec
+from pytest_longctx.gate.results import CellResult, load_results
 
 
 def run_gate(pytester, gate, model_dir, *extra):

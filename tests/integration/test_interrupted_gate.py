@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-from pytest_longctx.results import load_results
+from pytest_longctx.gate.results import load_results
 
 
 def test_interrupted_sweep_writes_an_incomplete_report(pytester, write_gate, tiny_model_dir):

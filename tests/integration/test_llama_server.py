@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_longctx.gate_spec import VariantSpec
-from pytest_longctx.haystack import build_haystack
-from pytest_longctx.kv_math import KvShape
-from pytest_longctx.served_backend import PromptTokenMismatch, RemoteTokenizer, ServedBackend
-from pytest_longctx.server_launch import LaunchSpec, launched
+from pytest_longctx.gate.spec import VariantSpec
+from pytest_longctx.tasks.haystack import build_haystack
+from pytest_longctx.capacity.kv_math import KvShape
+from pytest_longctx.backends.served.client import PromptTokenMismatch, RemoteTokenizer, ServedBackend
+from pytest_longctx.backends.served.launch import LaunchSpec, launched
 
 
 def _server_installed() -> bool:
@@ -59,7 +59,7 @@ def kv_shape(smollm_tokenizer) -> KvShape:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     """An f16-KV and a q8_0-KV server of the embedded model, as two variants would be launched."""
-    from pytest_longctx.model_loading import resolve
+    from pytest_longctx.backends.loading import resolve
 
     gguf = str(resolve("embedded:smollm2-135m-instruct").gguf_path)
     logs = tmp_path_factory.mktemp("llama-server")
@@ -130,7 +130,7 @@ def test_the_shipped_llama_cpp_gate_runs_end_to_end(pytester):
     """gates/llama-cpp-kv.yaml through pytest: two launched engines (f16 and q8_0 KV), prompts token-exact on them,
     client-side TTFT and decode timings, the analytic KV estimate, and the decision as the exit status.
     One length instead of two, to keep CI short; everything else is the shipped file."""
-    from pytest_longctx.results import load_results
+    from pytest_longctx.gate.results import load_results
 
     gate = yaml.safe_load((Path(__file__).parents[2] / "gates" / "llama-cpp-kv.yaml").read_text())
     gate["sweep"]["lengths"] = [LENGTH]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_longctx.results import load_results
+from pytest_longctx.gate.results import load_results
 
 
 def test_untimed_cells_reuse_prefixes_and_answer_as_a_full_run_does(pytester, write_gate, tiny_model_dir):

@@ -6,8 +6,8 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pytest_longctx.results import load_results
-from pytest_longctx.summary import markdown
+from pytest_longctx.gate.results import load_results
+from pytest_longctx.output.summary import markdown
 
 
 def test_a_gate_run_reports_to_the_terminal_the_job_summary_and_junit(pytester, write_gate, tiny_model_dir, monkeypatch):

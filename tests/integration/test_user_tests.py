@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_longctx.model_loading import cache_dir
+from pytest_longctx.backends.loading import cache_dir
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # pytester points HOME at its own directory; keep the dequantized embedded model's warm cache (read at import).
@@ -96,7 +96,7 @@ def test_bad_marker_arguments_are_collection_errors_naming_the_test(pytester):
 FIXTURE_TESTS = """
 import pytest
 
-from pytest_longctx.haystack import Needle
+from pytest_longctx.tasks.haystack import Needle
 
 LOADED = []
 
@@ -190,8 +190,11 @@ def test_model_fixture_shares_the_gate_runs_loaded_model(pytester, write_gate, t
 @pytest.mark.slow
 def test_refund_clause_example_passes_on_the_embedded_model(pytester, monkeypatch):
     monkeypatch.setenv("PYTEST_LONGCTX_CACHE", str(WARM_CACHE))
-    for name in ("test_refund_clause.py", "support_transcript.txt"):
-        shutil.copy(EXAMPLES / name, pytester.path / name)
+    # The repository's layout: the example under examples/, its filler under fixtures/corpora/.
+    (pytester.path / "examples").mkdir()
+    shutil.copy(EXAMPLES / "test_refund_clause.py", pytester.path / "examples" / "test_refund_clause.py")
+    (pytester.path / "fixtures" / "corpora").mkdir(parents=True)
+    shutil.copy(EXAMPLES.parent / "fixtures" / "corpora" / "support_transcript.txt", pytester.path / "fixtures" / "corpora")
 
     result = pytester.runpytest("--strict-markers", "-v", "-p", "no:cacheprovider")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pytest_longctx.results import load_results
+from pytest_longctx.gate.results import load_results
 
 
 def _cells(results):

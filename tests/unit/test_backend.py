@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from pytest_longctx.gate_spec import VariantSpec
-from pytest_longctx.kv_math import KvShape
+from pytest_longctx.gate.spec import VariantSpec
+from pytest_longctx.capacity.kv_math import KvShape
 
 PROMPT = list(range(5, 69))
 
@@ -103,7 +103,7 @@ def test_one_stalled_decode_step_does_not_decide_decode_speed(tiny_backend, monk
 
 
 def test_decode_seconds_is_the_median_step():
-    from pytest_longctx.backend import decode_seconds
+    from pytest_longctx.backends.in_process import decode_seconds
 
     assert decode_seconds([0.01, 0.01, 0.5, 0.012, 0.011]) == 0.011
     assert decode_seconds([]) is None
@@ -123,7 +123,7 @@ def _sweep_prompts(lengths=(120, 240), depths=(0.0, 0.3, 0.7, 1.0), seed=0):
 
 @pytest.mark.parametrize("dtype", ["auto", "fp8_e4m3", "int8", "int4"])
 def test_prefix_reuse_answers_exactly_as_fresh_runs_across_a_sweep(tiny_backend, dtype):
-    from pytest_longctx.prefix_reuse import PrefixStore, reuse_order
+    from pytest_longctx.backends.prefix_reuse import PrefixStore, reuse_order
 
     variant = VariantSpec("v", kv_cache_dtype=dtype)
     prompts = _sweep_prompts()
@@ -143,7 +143,7 @@ def test_prefix_reuse_answers_exactly_as_fresh_runs_across_a_sweep(tiny_backend,
 
 @pytest.mark.parametrize("kv_scale", ["tensor", "channel"])
 def test_frozen_scales_are_reused_only_for_an_identical_prompt(tiny_backend, kv_scale):
-    from pytest_longctx.prefix_reuse import PrefixStore
+    from pytest_longctx.backends.prefix_reuse import PrefixStore
 
     variant = VariantSpec("v", kv_cache_dtype="int8", kv_scale=kv_scale)
     prompts = _sweep_prompts(lengths=(120,), depths=(0.5, 1.0))
@@ -156,7 +156,7 @@ def test_frozen_scales_are_reused_only_for_an_identical_prompt(tiny_backend, kv_
 
 
 def test_reuse_never_crosses_variants_and_skips_planted_windows(tiny_backend):
-    from pytest_longctx.prefix_reuse import PrefixStore
+    from pytest_longctx.backends.prefix_reuse import PrefixStore
 
     prompts = _sweep_prompts(lengths=(120,), depths=(0.5, 1.0))
     store = PrefixStore(min_tokens=16)
@@ -201,8 +201,8 @@ def test_batch_needs_prompts_of_one_length(tiny_backend):
 def test_cuda_batch_and_reuse_answer_as_single_fresh_runs(tiny_llama, dtype, kv_scale):
     import copy
 
-    from pytest_longctx.backend import TransformersBackend
-    from pytest_longctx.prefix_reuse import PrefixStore, reuse_order
+    from pytest_longctx.backends.in_process import TransformersBackend
+    from pytest_longctx.backends.prefix_reuse import PrefixStore, reuse_order
     from tests.conftest import CharTokenizer
 
     backend = TransformersBackend(copy.deepcopy(tiny_llama).to("cuda"), CharTokenizer(), fingerprint="tiny-cuda")
@@ -222,7 +222,7 @@ def test_cuda_batch_and_reuse_answer_as_single_fresh_runs(tiny_llama, dtype, kv_
 
 
 def test_a_store_only_run_is_a_fresh_run_that_feeds_later_prompts(tiny_backend):
-    from pytest_longctx.prefix_reuse import PrefixStore
+    from pytest_longctx.backends.prefix_reuse import PrefixStore
 
     prompts = _sweep_prompts(lengths=(120,), depths=(0.5, 1.0))
     variant = VariantSpec("v", kv_cache_dtype="fp8")
@@ -237,9 +237,9 @@ def test_a_store_only_run_is_a_fresh_run_that_feeds_later_prompts(tiny_backend):
 def test_a_windowed_side_prefills_and_decodes_within_its_window(tiny_backend):
     import torch
 
-    from pytest_longctx.attention_window import AttentionWindow
-    from pytest_longctx.gate_spec import VariantSpec
-    from pytest_longctx.kv_math import KvShape
+    from pytest_longctx.changes.window import AttentionWindow
+    from pytest_longctx.gate.spec import VariantSpec
+    from pytest_longctx.capacity.kv_math import KvShape
 
     prompt = torch.randint(2, 90, (300,), generator=torch.Generator().manual_seed(3)).tolist()
     window = AttentionWindow(window=64, sink_tokens=4)
@@ -256,8 +256,8 @@ def test_a_windowed_side_prefills_and_decodes_within_its_window(tiny_backend):
 
 
 def test_the_rest_after_a_reused_prefix_is_prefilled_in_chunks_on_cpu(tiny_backend, monkeypatch):
-    from pytest_longctx import backend as backend_module
-    from pytest_longctx.prefix_reuse import PrefixStore
+    from pytest_longctx.backends import in_process as backend_module
+    from pytest_longctx.backends.prefix_reuse import PrefixStore
 
     monkeypatch.setattr(backend_module, "_CPU_REUSE_CHUNK", 16)
     prompts = _sweep_prompts(lengths=(120,), depths=(0.5, 1.0))
@@ -277,7 +277,7 @@ def test_the_rest_after_a_reused_prefix_is_prefilled_in_chunks_on_cpu(tiny_backe
 
 
 def test_drafts_follow_the_latest_earlier_occurrence_of_the_answers_tail():
-    from pytest_longctx.backend import _Drafts
+    from pytest_longctx.backends.in_process import _Drafts
 
     drafts = _Drafts([1, 2, 3, 4, 9, 2, 3, 5, 6, 7])
     assert drafts.propose([2, 3], limit=10) == [5, 6, 7, 2, 3]  # the latest "2 3" before the tail, then onwards
@@ -287,7 +287,7 @@ def test_drafts_follow_the_latest_earlier_occurrence_of_the_answers_tail():
 
 
 def test_answers_only_runs_verify_drafts_and_answer_as_token_by_token_runs(tiny_backend):
-    from pytest_longctx.prefix_reuse import PrefixStore
+    from pytest_longctx.backends.prefix_reuse import PrefixStore
 
     prompts = _sweep_prompts(lengths=(200,), depths=(0.3, 0.6))
     calls: list[int] = []

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from pytest_longctx.baseline_capture import CaptureError, CapturedBaseline, build_capture, load_capture, mismatches, write_capture
-from pytest_longctx.gate_spec import parse_gate
+from pytest_longctx.gate.capture import CaptureError, CapturedBaseline, build_capture, load_capture, mismatches, write_capture
+from pytest_longctx.gate.spec import parse_gate
 from tests.unit.test_decision import cell
 
 GATE = parse_gate({

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.cell_marker import LongctxCell, MarkerError, cells_from_marker
+from pytest_longctx.marker import LongctxCell, MarkerError, cells_from_marker
 
 
 def test_cells_cover_every_combination_lengths_first():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pytest_longctx.cli import main
+from pytest_longctx.cli.main import main
 
 SHAPE = ["--layers", "80", "--kv-heads", "8", "--head-dim", "128"]
 

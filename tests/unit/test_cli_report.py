@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_longctx.cli import main
-from pytest_longctx.report import render_html
-from pytest_longctx.results import load_results
+from pytest_longctx.cli.main import main
+from pytest_longctx.output.report import render_html
+from pytest_longctx.gate.results import load_results
 
 FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"
 

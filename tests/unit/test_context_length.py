@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.context_length import effective_length, effective_length_ratio
+from pytest_longctx.gate.context_length import effective_length, effective_length_ratio
 
 BASELINE = {1024: 1.0, 2048: 0.95, 4096: 0.9, 8192: 0.6}
 

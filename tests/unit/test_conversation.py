@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.conversation import Conversation, Turn, build_conversation, render
+from pytest_longctx.tasks.conversation import Conversation, Turn, build_conversation, render
 
 
 class WordTokenizer:

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from pytest_longctx.devices import cuda_unavailable_reason
+from pytest_longctx.backends.devices import cuda_unavailable_reason
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_unavailable_reason() is not None, reason=str(cuda_unavailable_reason()))]
 
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_unavailable_reason() is n
 def cuda_backend(tiny_llama):
     import torch
 
-    from pytest_longctx.backend import TransformersBackend
+    from pytest_longctx.backends.in_process import TransformersBackend
     from tests.conftest import CharTokenizer
 
     model = copy.deepcopy(tiny_llama).to("cuda", torch.bfloat16)
@@ -29,7 +29,7 @@ def _prompt(n, seed=0):
 
 
 def test_peak_memory_is_reset_for_every_generation(cuda_backend):
-    from pytest_longctx.gate_spec import VariantSpec
+    from pytest_longctx.gate.spec import VariantSpec
 
     long = cuda_backend.generate(_prompt(4000), variant=VariantSpec("b"), max_new_tokens=4)
     short = cuda_backend.generate(_prompt(200), variant=VariantSpec("b"), max_new_tokens=4)
@@ -39,7 +39,7 @@ def test_peak_memory_is_reset_for_every_generation(cuda_backend):
 
 @pytest.mark.parametrize("dtype,bits", [("fp8_e4m3", 8), ("int8", 8), ("int4", 4)])
 def test_quantized_caches_run_on_the_device_and_shrink_kv_bytes(cuda_backend, dtype, bits):
-    from pytest_longctx.gate_spec import VariantSpec
+    from pytest_longctx.gate.spec import VariantSpec
 
     base = cuda_backend.generate(_prompt(2000, 1), variant=VariantSpec("b"), max_new_tokens=4)
     quant = cuda_backend.generate(_prompt(2000, 1), variant=VariantSpec("c", kv_cache_dtype=dtype), max_new_tokens=4)
@@ -49,8 +49,8 @@ def test_quantized_caches_run_on_the_device_and_shrink_kv_bytes(cuda_backend, dt
 
 
 def test_a_window_bounds_the_cache_on_the_device(cuda_backend):
-    from pytest_longctx.attention_window import AttentionWindow
-    from pytest_longctx.gate_spec import VariantSpec
+    from pytest_longctx.changes.window import AttentionWindow
+    from pytest_longctx.gate.spec import VariantSpec
 
     gen = cuda_backend.generate(_prompt(3000, 2), variant=VariantSpec("w", attention=AttentionWindow(256, 4)), max_new_tokens=4)
     assert gen.kv_tokens == 260 and gen.kv_bytes == gen.kv_bytes_analytic

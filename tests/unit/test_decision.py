@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from pytest_longctx.decision import evaluate
-from pytest_longctx.gate_spec import parse_gate
-from pytest_longctx.results import CellResult
+from pytest_longctx.gate.decision import evaluate
+from pytest_longctx.gate.spec import parse_gate
+from pytest_longctx.gate.results import CellResult
 
 GATE = parse_gate(
     {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.devices import worker_device
+from pytest_longctx.backends.devices import worker_device
 
 
 @pytest.mark.parametrize(
@@ -21,7 +21,7 @@ def test_a_non_worker_id_is_refused():
 
 
 def test_xdist_workers_share_the_cores_unless_the_user_chose():
-    from pytest_longctx.devices import worker_threads
+    from pytest_longctx.backends.devices import worker_threads
 
     assert worker_threads(2, 2, None) == 1
     assert worker_threads(4, 32, None) == 8

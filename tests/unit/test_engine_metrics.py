@@ -8,14 +8,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pytest_longctx.engine_metrics import (
+from pytest_longctx.backends.served.metrics import (
     CACHE_DTYPE_BYTES,
     MetricsFormatError,
     parse_prometheus,
     read_engine_metrics,
     scrape,
 )
-from pytest_longctx.kv_math import KvShape
+from pytest_longctx.capacity.kv_math import KvShape
 
 # The shape of a vLLM V1 (0.10) /metrics body: prometheus_client output, the info gauge's labels in the
 # order vLLM writes them, series labelled per engine and model. Histograms trimmed.

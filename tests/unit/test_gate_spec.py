@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_longctx.gate_spec import GateError, GateSpec, load_gate, parse_gate
+from pytest_longctx.gate.spec import GateError, GateSpec, load_gate, parse_gate
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pytest_longctx.haystack import (
+from pytest_longctx.tasks.haystack import (
     Haystack,
     MultiHaystack,
     Needle,

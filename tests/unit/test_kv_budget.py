@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.kv_budget import GIB, KvBudget, dtype_bytes, dtype_name, format_bytes
-from pytest_longctx.kv_math import KvShape
+from pytest_longctx.capacity.kv_budget import GIB, KvBudget, dtype_bytes, dtype_name, format_bytes
+from pytest_longctx.capacity.kv_math import KvShape
 
 TOKENS = 131072
 
@@ -192,7 +192,7 @@ def test_transformers_config_object_agrees_with_kv_math():
 
 @pytest.fixture
 def tiny_handle(tiny_backend):
-    from pytest_longctx.model_handle import ModelHandle
+    from pytest_longctx.testing.model import ModelHandle
 
     return ModelHandle(tiny_backend)
 
@@ -228,8 +228,8 @@ def test_measure_keeps_the_largest_cache_and_nests(tiny_handle):
 def test_measure_takes_caches_and_numbers(tiny_llama):
     import torch
 
-    from pytest_longctx.backend import cache_keyword
-    from pytest_longctx.kv_cache import make_cache
+    from pytest_longctx.backends.in_process import cache_keyword
+    from pytest_longctx.backends.kv_cache import make_cache
 
     budget = KvBudget.for_model(tiny_llama)
     cache = make_cache("auto", tiny_llama.config)

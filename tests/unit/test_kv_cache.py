@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytest_longctx.backend import cache_keyword
-from pytest_longctx.kv_cache import Fp8Layer, cache_nbytes, make_cache
-from pytest_longctx.kv_math import KvShape
+from pytest_longctx.backends.in_process import cache_keyword
+from pytest_longctx.backends.kv_cache import Fp8Layer, cache_nbytes, make_cache
+from pytest_longctx.capacity.kv_math import KvShape
 
 
 def _prefill_logits(model, ids, kv_cache_dtype, kv_scale="token_head"):
@@ -70,7 +70,7 @@ def test_unknown_dtype_is_rejected(tiny_llama):
 
 @pytest.mark.parametrize("dtype,bits", [("int8", 8), ("int4", 4)])
 def test_integer_round_trip_error_is_half_a_step(dtype, bits):
-    from pytest_longctx.kv_cache import QuantizedLayer, codec_for
+    from pytest_longctx.backends.kv_cache import QuantizedLayer, codec_for
 
     layer = QuantizedLayer(codec_for(dtype), "token_head")
     k = torch.randn(1, 2, 10, 16) * 3
@@ -92,7 +92,7 @@ def test_fewer_bits_mean_more_prefill_error(tiny_llama):
 
 
 def test_channel_scales_are_frozen_after_the_prompt():
-    from pytest_longctx.kv_cache import QuantizedLayer, codec_for
+    from pytest_longctx.backends.kv_cache import QuantizedLayer, codec_for
 
     layer = QuantizedLayer(codec_for("int8"), "channel")
     layer.update(torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16))
@@ -108,7 +108,7 @@ def _prefilled(model, ids, dtype, kv_scale="token_head"):
 
 @pytest.mark.parametrize("dtype,kv_scale", [("auto", "token_head"), ("fp8_e4m3", "token_head"), ("int4", "tensor")])
 def test_copy_prefix_copies_the_first_positions_and_leaves_the_source_alone(tiny_llama, dtype, kv_scale):
-    from pytest_longctx.kv_cache import cache_tensors, copy_prefix
+    from pytest_longctx.backends.kv_cache import cache_tensors, copy_prefix
 
     cache = _prefilled(tiny_llama, torch.randint(2, 96, (1, 40)), dtype, kv_scale)
     before = [t.clone() for t in cache_tensors(cache)]
@@ -125,7 +125,7 @@ def test_copy_prefix_copies_the_first_positions_and_leaves_the_source_alone(tiny
 
 @pytest.mark.parametrize("dtype", ["auto", "int8"])
 def test_crop_to_keeps_the_first_positions(tiny_llama, dtype):
-    from pytest_longctx.kv_cache import cache_tensors, crop_to
+    from pytest_longctx.backends.kv_cache import cache_tensors, crop_to
 
     cache = _prefilled(tiny_llama, torch.randint(2, 96, (1, 30)), dtype)
     first = [t[..., :18, :].clone() for t in cache_tensors(cache)]
@@ -135,7 +135,7 @@ def test_crop_to_keeps_the_first_positions(tiny_llama, dtype):
 
 
 def test_reuse_scope_follows_what_a_tokens_codes_depend_on(tiny_llama):
-    from pytest_longctx.kv_cache import reuse_scope
+    from pytest_longctx.backends.kv_cache import reuse_scope
     from tests.conftest import tiny_llama_config
 
     config = tiny_llama.config
@@ -150,7 +150,7 @@ def test_reuse_scope_follows_what_a_tokens_codes_depend_on(tiny_llama):
 
 @pytest.mark.parametrize("kv_scale", ["tensor", "channel", "token_head"])
 def test_batched_rows_get_the_scales_and_codes_of_single_runs(kv_scale):
-    from pytest_longctx.kv_cache import QuantizedLayer, codec_for
+    from pytest_longctx.backends.kv_cache import QuantizedLayer, codec_for
 
     k = torch.randn(2, 2, 9, 16) * torch.tensor([1.0, 40.0]).view(2, 1, 1, 1)  # rows of very different ranges
     v = torch.randn(2, 2, 9, 16)
@@ -165,7 +165,7 @@ def test_batched_rows_get_the_scales_and_codes_of_single_runs(kv_scale):
 
 @pytest.mark.parametrize("dtype,kv_scale", [("auto", "token_head"), ("fp8", "token_head"), ("int4", "channel")])
 def test_sequence_nbytes_is_what_a_single_run_holds(tiny_llama, dtype, kv_scale):
-    from pytest_longctx.kv_cache import sequence_nbytes
+    from pytest_longctx.backends.kv_cache import sequence_nbytes
 
     ids = torch.randint(2, 96, (2, 24))
     batched = _prefilled(tiny_llama, ids, dtype, kv_scale)
@@ -177,7 +177,7 @@ def test_sequence_nbytes_is_what_a_single_run_holds(tiny_llama, dtype, kv_scale)
 @pytest.mark.parametrize("kv_scale", ["token_head", "tensor", "channel"])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_answers_only_quantized_layers_give_exactly_the_plain_layers_values(dtype, kv_scale, in_place):
-    from pytest_longctx.kv_cache import QuantizedLayer, codec_for
+    from pytest_longctx.backends.kv_cache import QuantizedLayer, codec_for
 
     plain = QuantizedLayer(codec_for(dtype), kv_scale)
     fast = QuantizedLayer(codec_for(dtype), kv_scale, keep_dequantized=True, append_in_place=in_place)
@@ -194,7 +194,7 @@ def test_answers_only_quantized_layers_give_exactly_the_plain_layers_values(dtyp
 def test_append_layer_gives_exactly_the_dynamic_layers_values():
     from transformers.cache_utils import Cache, DynamicLayer
 
-    from pytest_longctx.kv_cache import AppendLayer, keep_last
+    from pytest_longctx.backends.kv_cache import AppendLayer, keep_last
 
     plain, fast = Cache(layers=[DynamicLayer()]), Cache(layers=[AppendLayer()])
     g = torch.Generator().manual_seed(5)
@@ -208,7 +208,7 @@ def test_append_layer_gives_exactly_the_dynamic_layers_values():
 
 
 def test_answers_only_caches_and_what_compact_leaves(tiny_llama):
-    from pytest_longctx.kv_cache import AppendLayer, QuantizedLayer, compact, copy_prefix, crop_to, reuse_scope
+    from pytest_longctx.backends.kv_cache import AppendLayer, QuantizedLayer, compact, copy_prefix, crop_to, reuse_scope
 
     ids = torch.randint(2, 96, (1, 40))
     for dtype in ("auto", "fp8"):
@@ -234,7 +234,7 @@ def test_answers_only_caches_and_what_compact_leaves(tiny_llama):
 def test_appending_after_a_crop_goes_on_in_the_same_buffer():
     from transformers.cache_utils import Cache
 
-    from pytest_longctx.kv_cache import AppendLayer, crop_to
+    from pytest_longctx.backends.kv_cache import AppendLayer, crop_to
 
     cache = Cache(layers=[AppendLayer()])
     k = torch.randn(1, 2, 30, 16)

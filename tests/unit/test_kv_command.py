@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_longctx.cli import main
+from pytest_longctx.cli.main import main
 
 WORKED = ["kv", "--layers", "80", "--kv-heads", "8", "--head-dim", "128", "--tokens", "131072"]
 

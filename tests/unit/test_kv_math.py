@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.kv_math import KvShape
+from pytest_longctx.capacity.kv_math import KvShape
 
 GIB = 1024**3
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from pytest_longctx.loss_curve import LossCurve, long_text, loss_by_position, loss_ratio
+from pytest_longctx.gate.loss_curve import LossCurve, long_text, loss_by_position, loss_ratio
 
 TOKENS = [random.Random(7).randrange(96) for _ in range(300)]
 
@@ -99,7 +99,7 @@ def test_long_text_is_seeded_prose(smollm_tokenizer):
 
 
 def test_a_cache_under_test_changes_the_losses_only_slightly(tiny_llama):
-    from pytest_longctx.kv_cache import make_cache
+    from pytest_longctx.backends.kv_cache import make_cache
 
     exact = loss_by_position(tiny_llama, TOKENS, buckets=3, chunk_tokens=50)
     int8 = loss_by_position(tiny_llama, TOKENS, buckets=3, chunk_tokens=50, cache=make_cache("int8", tiny_llama.config))

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_longctx.gate_spec import DEFAULT_MODEL, ModelSpec, VariantSpec
-from pytest_longctx.model_handle import ModelHandle, open_model, resolve_model_spec, variant_spec
+from pytest_longctx.gate.spec import DEFAULT_MODEL, ModelSpec, VariantSpec
+from pytest_longctx.testing.model import ModelHandle, open_model, resolve_model_spec, variant_spec
 
 
 @pytest.fixture

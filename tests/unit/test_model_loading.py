@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_longctx import model_loading
-from pytest_longctx.model_loading import ModelLoadError, cache_dir, resolve
+from pytest_longctx.backends import loading as model_loading
+from pytest_longctx.backends.loading import ModelLoadError, cache_dir, resolve
 
 
 def test_missing_embedded_model_prints_the_install_command(monkeypatch):
@@ -227,7 +227,7 @@ def test_dtype_is_chosen_per_call_and_leaves_no_global_default(tiny_dirs):
 def test_two_loads_with_other_refs_and_settings_do_not_interfere(tiny_dirs):
     import torch
 
-    from pytest_longctx.rope_scaling import parse_rope
+    from pytest_longctx.changes.rope import parse_rope
 
     ids = torch.arange(40).remainder(90).add(3).unsqueeze(0)
     scaled, _, fingerprint_a = model_loading.load_model(tiny_dirs[0], device="cpu", rope=parse_rope({"rope_type": "linear", "factor": 4.0}, 4096))

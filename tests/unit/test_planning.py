@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pytest_longctx.kv_budget import KvBudget
-from pytest_longctx.kv_math import KvShape
-from pytest_longctx.planning import gguf_config, model_kv_budget, plan
+from pytest_longctx.capacity.kv_budget import KvBudget
+from pytest_longctx.capacity.kv_math import KvShape
+from pytest_longctx.capacity.planning import gguf_config, model_kv_budget, plan
 
 LLAMA_70B = KvShape(layers=80, kv_heads=8, head_dim=128, attention_heads=64)  # 320 KiB per token in bf16
 PER_TOKEN = 2 * 80 * 8 * 128 * 2

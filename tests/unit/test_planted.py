@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from pytest_longctx.gate_spec import VariantSpec
+from pytest_longctx.gate.spec import VariantSpec
 
 PROMPT = [2 + i % 90 for i in range(200)]
 
@@ -35,9 +35,9 @@ def test_planted_window_evicts_after_prefill_but_keeps_positions(tiny_backend):
 
 @pytest.mark.slow
 def test_a_truncating_window_loses_the_needle_on_the_real_model():
-    from pytest_longctx.backend import TransformersBackend
-    from pytest_longctx.gate_spec import ModelSpec
-    from pytest_longctx.haystack import build_haystack
+    from pytest_longctx.backends.in_process import TransformersBackend
+    from pytest_longctx.gate.spec import ModelSpec
+    from pytest_longctx.tasks.haystack import build_haystack
 
     backend = TransformersBackend.load(ModelSpec())
     prompt = build_haystack(backend.tokenizer, length=512, depth=0.5, seed=1)
@@ -48,7 +48,7 @@ def test_a_truncating_window_loses_the_needle_on_the_real_model():
 
 
 def test_cell_timeout_raises(tiny_backend):
-    from pytest_longctx.backend import CellTimeout
+    from pytest_longctx.backends.in_process import CellTimeout
 
     with pytest.raises(CellTimeout, match="cell_timeout_s"):
         tiny_backend.generate(PROMPT, variant=dataclasses.replace(VariantSpec("c"), planted_decode_delay=50.0), max_new_tokens=20, timeout_s=0.05)

@@ -6,10 +6,10 @@ import random
 import pytest
 import torch
 
-from pytest_longctx.backend import cache_keyword
-from pytest_longctx.gate_spec import VariantSpec
-from pytest_longctx.kv_cache import cache_nbytes, make_cache
-from pytest_longctx.prefix_reuse import PrefixStore, common_prefix_length, reuse_order, variant_key
+from pytest_longctx.backends.in_process import cache_keyword
+from pytest_longctx.gate.spec import VariantSpec
+from pytest_longctx.backends.kv_cache import cache_nbytes, make_cache
+from pytest_longctx.backends.prefix_reuse import PrefixStore, common_prefix_length, reuse_order, variant_key
 
 
 def _filled(config, tokens: int, dtype: str = "auto", kv_scale: str = "token_head", seed: int = 0):
@@ -146,7 +146,7 @@ def test_reused_prefix_gives_the_fresh_next_token_and_logits_to_float_precision(
 
 
 def test_entries_keep_the_cache_as_given_on_the_host(config):
-    from pytest_longctx.kv_cache import cache_device
+    from pytest_longctx.backends.kv_cache import cache_device
 
     store = PrefixStore(min_tokens=4)
     stored = _filled(config, 12)
@@ -158,7 +158,7 @@ def test_entries_keep_the_cache_as_given_on_the_host(config):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_entries_wait_in_host_memory_and_come_back_to_the_gpu(config):
-    from pytest_longctx.kv_cache import cache_device, copy_prefix
+    from pytest_longctx.backends.kv_cache import cache_device, copy_prefix
 
     on_gpu = copy_prefix(_filled(config, 12), 12, device="cuda")
     before = torch.cuda.memory_allocated()

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_longctx.conversation import Conversation, Turn, build_conversation, render
-from pytest_longctx.prompt_layout import (
+from pytest_longctx.tasks.conversation import Conversation, Turn, build_conversation, render
+from pytest_longctx.changes.prompt_layout import (
     HistoryBudget,
     LayoutError,
     PromptLayout,

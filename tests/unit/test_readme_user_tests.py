@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from pytest_longctx.cli import main
+from pytest_longctx.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

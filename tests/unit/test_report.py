@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from pytest_longctx.report import (
+from pytest_longctx.output.report import (
     diverging_colour,
     environment_rows,
     failure_rows,
@@ -29,7 +29,7 @@ from pytest_longctx.report import (
     timed_runs,
     write_html,
 )
-from pytest_longctx.results import CellResult, Check, Decision, GateResults, Metrics, load_results
+from pytest_longctx.gate.results import CellResult, Check, Decision, GateResults, Metrics, load_results
 
 FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores
 # A made-up, schema-exact run of six task families with a YaRN candidate and a loss curve (tests/data/families_results.py)
@@ -459,9 +459,9 @@ def test_what_changed_lists_the_settings_each_side_changes() -> None:
 
 
 def test_what_changed_shows_a_window_with_sinks_and_a_model_swap() -> None:
-    from pytest_longctx.attention_window import AttentionWindow
-    from pytest_longctx.gate_spec import ModelSpec, VariantSpec
-    from pytest_longctx.rope_scaling import parse_rope
+    from pytest_longctx.changes.window import AttentionWindow
+    from pytest_longctx.gate.spec import ModelSpec, VariantSpec
+    from pytest_longctx.changes.rope import parse_rope
 
     results = load_results(FAMILIES_RESULTS)
     baseline = VariantSpec(name="baseline", model=ModelSpec(ref="hf:org/base", dtype="bfloat16"))

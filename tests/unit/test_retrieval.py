@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from pytest_longctx.haystack import filler_lines, make_needle
-from pytest_longctx.retrieval import (
+from pytest_longctx.tasks.haystack import filler_lines, make_needle
+from pytest_longctx.changes.retrievers import (
     RetrievalError,
     RetrievalSettings,
     bm25_ranking,
@@ -160,7 +160,7 @@ def test_hybrid_retrieves_the_needle_when_only_the_dense_ranker_sees_it(smollm_t
 def test_the_dense_model_loads_from_the_wheel_with_the_hub_unreachable(tmp_path):
     script = textwrap.dedent(
         """
-        from pytest_longctx.retrieval import dense_model, dense_model_path
+        from pytest_longctx.changes.retrievers import dense_model, dense_model_path
         model = dense_model()
         assert dense_model() is model  # once per process
         vectors = model.encode(["The override code is HERON-1.", "Which passcode opens it?", "dock 4 loaded"])

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from pytest_longctx.model_loading import ModelLoadError, load_model
-from pytest_longctx.rope_scaling import RopeError, RopeSettings, apply_rope, check_against_config, parse_rope, reset_rope_state
+from pytest_longctx.backends.loading import ModelLoadError, load_model
+from pytest_longctx.changes.rope import RopeError, RopeSettings, apply_rope, check_against_config, parse_rope, reset_rope_state
 from tests.conftest import tiny_llama_config
 
 THETA = 5000.0  # not transformers' default 10000, so a lost rope_theta shows

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from pytest_longctx.backend import CellTimeout
-from pytest_longctx.gate_spec import VariantSpec
-from pytest_longctx.kv_math import KvShape
-from pytest_longctx.served_backend import (
+from pytest_longctx.backends.in_process import CellTimeout
+from pytest_longctx.gate.spec import VariantSpec
+from pytest_longctx.capacity.kv_math import KvShape
+from pytest_longctx.backends.served.client import (
     PromptTokenMismatch,
     RemoteTokenizer,
     ServedBackend,
     ServedBackendError,
     chat_content,
 )
-from pytest_longctx.server_launch import LaunchSpec, launched
+from pytest_longctx.backends.served.launch import LaunchSpec, launched
 
 PREFILL_S_PER_TOKEN = 0.0005
 DECODE_S = 0.004
@@ -401,14 +401,14 @@ def test_construction_rejects_what_cannot_work():
 
 
 def test_an_unreachable_server_is_a_backend_error(tmp_path: Path):
-    from pytest_longctx.server_launch import free_port
+    from pytest_longctx.backends.served.launch import free_port
 
     with pytest.raises(ServedBackendError, match="failed"):
         backend(f"http://127.0.0.1:{free_port()}").generate([1, 2, 3], variant=BASELINE, max_new_tokens=2)
 
 
 def test_decode_is_the_median_gap_when_each_chunk_is_one_token():
-    from pytest_longctx.served_backend import _decode_seconds
+    from pytest_longctx.backends.served.client import _decode_seconds
 
     arrivals = [1.0, 1.01, 1.02, 1.52, 1.53]  # one late chunk (a stalled client or server step)
     assert _decode_seconds(arrivals, 1.0, 1.53, new_tokens=5) == pytest.approx(0.01)

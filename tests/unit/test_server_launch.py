@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_longctx.server_launch import (
+from pytest_longctx.backends.served.launch import (
     LaunchError,
     LaunchSpec,
     ServerStartError,
@@ -167,7 +167,7 @@ def test_a_server_does_not_outlive_a_killed_test_run(server_script, tmp_path):
     runner.write_text(textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from pytest_longctx.server_launch import LaunchSpec, launched
+        from pytest_longctx.backends.served.launch import LaunchSpec, launched
         with launched(LaunchSpec({str(spec(server_script, "slow", pids).command)!r}), model="m", log_path=Path({str(tmp_path / "s.log")!r})):
             print("ready", flush=True)
             time.sleep(60)

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.baseline_capture import CaptureError
-from pytest_longctx.gate_spec import parse_gate
-from pytest_longctx.session import GateRun
-from pytest_longctx.sweep import interleaved
+from pytest_longctx.gate.capture import CaptureError
+from pytest_longctx.gate.spec import parse_gate
+from pytest_longctx.gate.run import GateRun
+from pytest_longctx.gate.sweep import interleaved
 
 GATE = parse_gate({
     "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
@@ -49,7 +49,7 @@ class CountingBackend:
         self.calls = []
 
     def generate(self, token_ids, *, variant, max_new_tokens, timeout_s=None, **_):
-        from pytest_longctx.backend import Generation
+        from pytest_longctx.backends.in_process import Generation
 
         self.calls.append(variant.name)
         t = float(len(self.calls))
@@ -60,7 +60,7 @@ class CountingBackend:
 def test_timing_passes_rerun_every_timed_cell_and_merge_into_cells(monkeypatch):
     import dataclasses
 
-    from pytest_longctx import session as session_module
+    from pytest_longctx.gate import run as session_module
 
     gate = dataclasses.replace(GATE, sweep=dataclasses.replace(GATE.sweep, repeats=3))
     monkeypatch.setattr(session_module, "build_prompt", lambda tokenizer, spec, cell, variant: FakeHaystack(cell))
@@ -90,8 +90,8 @@ def FakeHaystack(cell):  # noqa: N802 - reads like the class it stands in for
 def test_untimed_cells_answer_only_and_are_left_out_of_the_timing_passes(monkeypatch):
     import dataclasses
 
-    from pytest_longctx import session as session_module
-    from pytest_longctx.gate_spec import TimingSpec
+    from pytest_longctx.gate import run as session_module
+    from pytest_longctx.gate.spec import TimingSpec
 
     sweep = dataclasses.replace(GATE.sweep, repeats=2, timing=TimingSpec(depths=(0.5,)))
     gate = dataclasses.replace(GATE, sweep=sweep)

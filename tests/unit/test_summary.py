@@ -8,9 +8,9 @@ import json
 import re
 from pathlib import Path
 
-from pytest_longctx.report import render_html
-from pytest_longctx.results import Decision, load_results
-from pytest_longctx.summary import (
+from pytest_longctx.output.report import render_html
+from pytest_longctx.gate.results import Decision, load_results
+from pytest_longctx.output.summary import (
     append_step_summary,
     describe_variant,
     junit_properties,
@@ -211,11 +211,11 @@ def test_markdown_has_a_recall_per_task_table_and_each_sides_changes() -> None:
 
 
 def test_describe_variant_names_each_change_and_hides_the_defaults() -> None:
-    from pytest_longctx.attention_window import AttentionWindow
-    from pytest_longctx.gate_spec import VariantSpec
-    from pytest_longctx.prompt_layout import HistoryBudget
-    from pytest_longctx.retrieval import parse_retrieval
-    from pytest_longctx.rope_scaling import parse_rope
+    from pytest_longctx.changes.window import AttentionWindow
+    from pytest_longctx.gate.spec import VariantSpec
+    from pytest_longctx.changes.prompt_layout import HistoryBudget
+    from pytest_longctx.changes.retrievers import parse_retrieval
+    from pytest_longctx.changes.rope import parse_rope
 
     spec = VariantSpec(
         name="candidate", kv_cache_dtype="int4", kv_scale="channel", attn_implementation="eager",
@@ -245,8 +245,8 @@ def test_describe_variant_names_each_change_and_hides_the_defaults() -> None:
 
 
 def test_describe_variant_names_a_served_side_by_where_its_engine_runs() -> None:
-    from pytest_longctx.gate_spec import VariantSpec
-    from pytest_longctx.server_launch import LaunchSpec
+    from pytest_longctx.gate.spec import VariantSpec
+    from pytest_longctx.backends.served.launch import LaunchSpec
 
     served = VariantSpec(name="c", backend="openai", launch=LaunchSpec("vllm serve {model} --port {port}"), max_concurrency=4)
     assert dict(describe_variant(served.to_dict())) == {"backend": "openai (launched: vllm serve {model} --port {port}), 4 in flight"}

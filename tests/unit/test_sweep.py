@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.gate_spec import parse_gate
-from pytest_longctx.sweep import interleaved, plan_cells
+from pytest_longctx.gate.spec import parse_gate
+from pytest_longctx.gate.sweep import interleaved, plan_cells
 
 GATE = parse_gate({
     "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
@@ -30,7 +30,7 @@ class ScriptedBackend:
     """Returns prepared generations in turn, so timing aggregation can be checked exactly."""
 
     def __init__(self, totals, answers=None):
-        from pytest_longctx.backend import Generation
+        from pytest_longctx.backends.in_process import Generation
 
         answers = answers or ["code HERON-2904"] * len(totals)
         self.gens = [
@@ -54,14 +54,14 @@ def FakePrompt():  # noqa: N802 - reads like the class it stands in for
 
 
 def _sample(total, answer="code HERON-2904", error=None, variant="baseline"):
-    from pytest_longctx.results import TimingSample
+    from pytest_longctx.gate.results import TimingSample
 
     return TimingSample(variant, "niah", 512, 0.5, 0, total / 2, total / 10, total, answer, error)
 
 
 @pytest.mark.parametrize("statistic,expected", [("min", 1.0), ("median", 2.0)])
 def test_timed_runs_fold_into_the_chosen_statistic_of_each_timing(statistic, expected):
-    from pytest_longctx.sweep import Cell, merge_samples, run_cell
+    from pytest_longctx.gate.sweep import Cell, merge_samples, run_cell
 
     cell = run_cell(ScriptedBackend([3.0]), GATE.baseline, Cell("niah", 512, 0.5, 0), FakePrompt(), max_new_tokens=8)
     assert cell.total_samples == (3.0,) and cell.repeats == 1
@@ -74,7 +74,7 @@ def test_timed_runs_fold_into_the_chosen_statistic_of_each_timing(statistic, exp
 def test_a_recall_run_on_a_reused_prefix_is_not_a_timing_sample():
     from dataclasses import replace
 
-    from pytest_longctx.sweep import Cell, merge_samples, run_cell
+    from pytest_longctx.gate.sweep import Cell, merge_samples, run_cell
 
     backend = ScriptedBackend([3.0])
     backend.gens = [replace(backend.gens[0], reused_tokens=100)] if hasattr(backend.gens[0], "reused_tokens") else backend.gens
@@ -93,7 +93,7 @@ def test_a_recall_run_on_a_reused_prefix_is_not_a_timing_sample():
     ],
 )
 def test_timed_runs_that_disagree_fail_or_are_missing_error_the_cell(samples, repeats, message):
-    from pytest_longctx.sweep import Cell, merge_samples, run_cell
+    from pytest_longctx.gate.sweep import Cell, merge_samples, run_cell
 
     cell = run_cell(ScriptedBackend([1.0]), GATE.baseline, Cell("niah", 512, 0.5, 0), FakePrompt(), max_new_tokens=8)
     merged = merge_samples(cell, samples, repeats=repeats)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.gate_spec import GateError, parse_gate
-from pytest_longctx.sweep import Cell, build_prompt
+from pytest_longctx.gate.spec import GateError, parse_gate
+from pytest_longctx.gate.sweep import Cell, build_prompt
 
 
 def _gate(**candidate):
@@ -39,8 +39,8 @@ def test_a_history_budget_drops_an_old_fact_and_keeps_a_recent_one(smollm_tokeni
 
 def test_a_miss_whose_fact_the_budget_cut_is_filed_as_cut_from_history(smollm_tokenizer):
     """The report tells the budget's losses from the model's: same wrong answer, different cause."""
-    from pytest_longctx.backend import Generation
-    from pytest_longctx.sweep import run_cell
+    from pytest_longctx.backends.in_process import Generation
+    from pytest_longctx.gate.sweep import run_cell
 
     class Says:
         def generate(self, token_ids, **_):

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from pytest_longctx.haystack import build_haystack
+from pytest_longctx.tasks.haystack import build_haystack
 from pytest_longctx.tasks import FAMILIES, TaskPrompt, build_task, parse_task, uses_depth
 
 LENGTHS = [512, 1024, 2048]

@@ -1,0 +1,118 @@
+"""pytest nodes for a gate: one collector per gate and variant, one item per cell of each variant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .gate.spec import VariantSpec
+from .gate.sweep import Cell, interleaved
+
+if TYPE_CHECKING:
+    from .gate.run import GateRun
+
+CELL_PROPERTY = "longctx_cell"
+TIMING_PROPERTY = "longctx_timing"
+LOSS_PROPERTY = "longctx_loss"
+
+
+class GateNode(pytest.Collector):
+    """The gate itself; its node id is the gate's name, so cell ids read `fp8-kv-cache::candidate::niah[...]`."""
+
+    run: GateRun
+
+    def collect(self) -> Iterator[pytest.Item]:
+        variants = {v.name: VariantNode.from_parent(self, name=v.name) for v in self.run.variants}
+        for variant, cell in interleaved(self.run.gate):
+            if variant.name in variants:
+                yield CellItem.from_parent(variants[variant.name], name=cell.id, run=self.run, variant=variant, cell=cell)
+        if self.run.gate.sweep.loss is not None:
+            for variant in self.run.variants:
+                yield LossItem.from_parent(variants[variant.name], name=f"loss[{self.run.gate.sweep.loss.tokens}]",
+                                           run=self.run, variant=variant)
+        # Timed runs come after every recall run, in passes over the whole sweep (see GateRun.timing_pass).
+        for number in self.run.timing_passes:
+            yield TimingPassItem.from_parent(self, name=f"timing-pass-{number}", run=self.run, number=number)
+
+
+class VariantNode(pytest.Collector):
+    def collect(self) -> Iterator[pytest.Item]:
+        return iter(())  # the gate node creates the items, interleaved across variants
+
+
+class CellItem(pytest.Item):
+    """One measurement. A miss is data; the item fails only when the cell could not be measured."""
+
+    def __init__(self, *, run: GateRun, variant: VariantSpec, cell: Cell, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run = run
+        self.variant = variant
+        self.cell = cell
+
+    def runtest(self) -> None:
+        result = self.run.measure(self.variant, self.cell)
+        # Results travel on the report, so a controller (e.g. under xdist) sees every worker's cells.
+        self.user_properties.append((CELL_PROPERTY, result.to_dict()))
+        if result.error is not None:
+            raise CellFailed(result.error)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CellFailed):
+            return f"cell {self.nodeid} could not be measured: {excinfo.value}"
+        return str(super().repr_failure(excinfo, style=style))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.cell.id}"
+
+
+class LossItem(pytest.Item):
+    """One side's next-token loss by position over the gate's long text."""
+
+    def __init__(self, *, run: GateRun, variant: VariantSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run = run
+        self.variant = variant
+
+    def runtest(self) -> None:
+        self.user_properties.append((LOSS_PROPERTY, self.run.loss_curve(self.variant)))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.name}"
+
+
+class TimingPassItem(pytest.Item):
+    """One pass of full, uncached timed runs over the sweep; it fails when any of its runs failed."""
+
+    def __init__(self, *, run: GateRun, number: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run = run
+        self.number = number
+
+    def runtest(self) -> None:
+        samples = self.run.timing_pass(self.number)
+        self.user_properties.append((TIMING_PROPERTY, [s.to_dict() for s in samples]))
+        failed = [f"{s.variant}::{s.task}[{s.length}-d{s.depth:.2f}-s{s.seed}]: {s.error}" for s in samples if s.error is not None]
+        if failed:
+            raise CellFailed("; ".join(failed))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CellFailed):
+            return f"timed runs of {self.nodeid} failed: {excinfo.value}"
+        return str(super().repr_failure(excinfo, style=style))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.run.gate.name}::{self.name}"
+
+
+class CellFailed(Exception):
+    """Raised by a cell item whose measurement errored."""
+
+
+def make_gate_items(session: pytest.Session, run: GateRun) -> list[pytest.Item]:
+    gate = run.gate
+    node = GateNode.from_parent(session, name=gate.name, nodeid=gate.name, path=gate.path or session.path)
+    node.run = run
+    # genitems fires the collection hooks, so pytest counts and reports these items like collected tests.
+    return list(session.genitems(node))

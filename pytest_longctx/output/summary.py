@@ -1,0 +1,605 @@
+"""A gate's decision and numbers in words: the metric rows every output shares, the terminal table, Markdown for
+pull requests and job summaries, and JUnit properties. Pure functions of `GateResults`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..gate.results import Check, GateResults
+
+NA = "n/a"
+NONE = "—"
+
+Status = Literal["pass", "fail", "info", "skipped"]
+STATUS_WORDS: dict[str, str] = {"pass": "pass", "fail": "FAIL", "info": "info", "skipped": "not compared"}
+VERDICT_MEANING: dict[str, str] = {
+    "approve": "the candidate met every threshold of the rule",
+    "reject": "the candidate missed at least one threshold of the rule",
+    "incomplete": "not every cell was measured, so the gate cannot approve (it fails closed)",
+    "invalid": "the two sides cannot be compared, so the numbers decide nothing",
+}
+_MARKDOWN_MARK = {"approve": "✅", "reject": "❌", "incomplete": "⚠️", "invalid": "⛔"}
+_POLICY_NOTE = {"bound": "upper CI bound", "noninferiority": "CI upper end", "skipped": "not compared"}
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt_number(value: float | None, digits: int = 3, *, signed: bool = False) -> str:
+    """A float to `digits` decimals, "n/a" for None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NA
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def fmt_bytes(value: float | None) -> str:
+    """Bytes in binary units (B, KiB, MiB, GiB), "n/a" for None."""
+    if value is None:
+        return NA
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def fmt_seconds(value: float | None, *, scale: float = 1.0, digits: int = 3) -> str:
+    return NA if value is None else f"{value * scale:.{digits}f}"
+
+
+def fmt_millis(value: float | None) -> str:
+    return fmt_seconds(value, scale=1000.0, digits=2)
+
+
+def fmt_threshold(check: Check) -> str:
+    """">= 0.00", "<= 1.10 (upper CI bound)"; more decimals only when the threshold has them."""
+    t = check.threshold
+    text = f"{t:.2f}" if round(t, 2) == t else f"{t:g}"
+    note = _POLICY_NOTE.get(getattr(check, "policy", "") or "")
+    return f"{check.comparison} {text}" + (f" ({note})" if note else "")
+
+
+def fmt_ci(low: float | None, high: float | None, digits: int = 3) -> str:
+    return NONE if low is None or high is None else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def fmt_value(value: Any) -> str:
+    """Any recorded value: strings as they are, anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+# ----------------------------------------------------------------------------- metric rows
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One line of the approval metrics, already formatted: the HTML, terminal and Markdown tables all print these."""
+
+    metric: str
+    baseline: str
+    candidate: str
+    change: str
+    ci: str
+    threshold: str
+    status: Status
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Family:
+    label: str
+    values: str  # Metrics field: {"baseline": x, "candidate": y}
+    change: str | None  # Metrics field holding the ratio or delta; None: computed from the values
+    ci: str | None  # Metrics field holding a (low, high) pair
+    check: str | None  # the Check that judges it
+    how: Literal["delta", "ratio"]
+    fmt: Callable[[float | None], str]
+
+
+_FAMILIES = (
+    _Family("middle-band recall", "middle_recall", "middle_recall_delta", "middle_recall_delta_ci", "middle_recall_delta", "delta", fmt_number),
+    _Family("recall, all depths", "recall", None, None, None, "delta", fmt_number),
+    _Family("p95 latency (s)", "p95_latency_s", "p95_latency_ratio", "p95_latency_ratio_ci", "p95_latency_ratio", "ratio", fmt_seconds),
+    _Family("p95 prefill (s)", "p95_prefill_s", "p95_prefill_ratio", "p95_prefill_ratio_ci", "p95_prefill_ratio", "ratio", fmt_seconds),
+    _Family("p95 decode (ms/token)", "p95_decode_s", "p95_decode_ratio", "p95_decode_ratio_ci", "p95_decode_ratio", "ratio", fmt_millis),
+    _Family("memory", "memory_bytes", "memory_ratio", None, "memory_ratio", "ratio", fmt_bytes),
+    # What a prompt-level change (retrieval, a history budget) saves: the tokens each query prefills.
+    _Family("prompt tokens per query", "prefill_tokens", None, None, None, "ratio", lambda v: "n/a" if v is None else f"{v:.0f}"),
+)
+LOSS_METRIC = "next-token loss, worst bucket (nats)"  # the row the report's loss section repeats
+_COUNTS = ("paired_cells", "middle_cells", "expected_cells", "errored_cells", "missing_cells")
+# Shown by their own rows (effective length, loss) or the report's own sections (recall by task and length, misses).
+_SHOWN_ELSEWHERE = {"memory_source", "kv_source", *_COUNTS, "effective_length", "effective_length_ratio", "loss_curves", "loss_ratio",
+                    "loss_worst_bucket", "recall_by_task", "recall_by_length", "failures"}
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def _status(check: Check | None) -> Status:
+    if check is None:
+        return "info"
+    if getattr(check, "policy", None) == "skipped":
+        return "skipped"
+    return "pass" if check.passed else "fail"
+
+
+def metric_rows(results: GateResults) -> tuple[MetricRow, ...]:
+    """Each metric the run measured with both variants, its ratio or delta, its CI and the check that judges it.
+
+    Metrics that are absent (an older results file) are left out; checks this module does not know get a row of
+    their own, so nothing the decision read goes unshown.
+    """
+    m = results.metrics
+    checks = {c.name: c for c in results.decision.checks}
+    rows = []
+    used: set[str] = set()
+    for fam in _FAMILIES:
+        values = getattr(m, fam.values, None)
+        check = checks.get(fam.check) if fam.check else None
+        if not values and check is None:
+            continue
+        values = values or {}
+        base, cand = values.get("baseline"), values.get("candidate")
+        if check is not None:
+            change: float | None = check.value
+        elif fam.change is not None and getattr(m, fam.change, None) is not None:
+            change = getattr(m, fam.change)
+        elif fam.how == "delta":
+            change = None if base is None or cand is None else cand - base
+        else:
+            change = None if base is None or cand is None or base == 0 else cand / base
+        ci = (check.ci_low, check.ci_high) if check is not None and check.ci_low is not None else _pair(getattr(m, fam.ci, None) if fam.ci else None)
+        label = f"{fam.label} ({m.memory_label})" if fam.values == "memory_bytes" else fam.label
+        text = fmt_number(change, signed=fam.how == "delta")
+        rows.append(MetricRow(
+            metric=label,
+            baseline=fam.fmt(base),
+            candidate=fam.fmt(cand),
+            change=text if change is None else f"{text} ({fam.how})",
+            ci=fmt_ci(*ci) if ci else NONE,
+            threshold=fmt_threshold(check) if check is not None else NONE,
+            status=_status(check),
+            detail=check.detail if check is not None else "not part of the rule",
+        ))
+        if check is not None:
+            used.add(check.name)
+    for name, build in (("effective_length_ratio", _effective_length_row), ("loss_ratio", _loss_row)):
+        row = build(results, checks.get(name))
+        if row is not None:
+            rows.append(row)
+            used.add(name)
+    for check in results.decision.checks:  # checks this module does not know how to pair with a metric
+        if check.name not in used:
+            rows.append(MetricRow(check.name, NONE, NONE, fmt_number(check.value), fmt_ci(check.ci_low, check.ci_high),
+                                  fmt_threshold(check), _status(check), check.detail))
+    return tuple(rows)
+
+
+def _judged(check: Check | None) -> tuple[str, Status, str]:
+    """Threshold, status and detail of a row that a check may judge; "not part of the rule" without one."""
+    if check is None:
+        return NONE, "info", "not part of the rule"
+    return fmt_threshold(check), _status(check), check.detail
+
+
+def effective_length_recall(results: GateResults) -> float:
+    """The recall a length must hold to count towards the effective context length."""
+    thresholds = results.gate.get("thresholds", {})
+    return float(thresholds.get("effective_length_recall", 0.85) if isinstance(thresholds, Mapping) else 0.85)
+
+
+def _effective_length_row(results: GateResults, check: Check | None) -> MetricRow | None:
+    m = results.metrics
+    if not m.effective_length and check is None:
+        return None
+    ratio = check.value if check is not None else m.effective_length_ratio
+
+    def tokens(value: int | None) -> str:
+        return NA if value is None else str(value)
+
+    return MetricRow(f"effective length (tokens, recall >= {effective_length_recall(results):.2f})",
+                     tokens(m.effective_length.get("baseline")), tokens(m.effective_length.get("candidate")),
+                     NA if ratio is None else f"{fmt_number(ratio)} (ratio)", NONE, *_judged(check))
+
+
+def worst_bucket_span(results: GateResults) -> tuple[int, int] | None:
+    """Token positions [start, end) of the loss curve's worst bucket, when the run recorded one."""
+    m = results.metrics
+    edges = next((c.get("edges") for c in m.loss_curves.values() if c.get("edges")), None)
+    if m.loss_worst_bucket is None or not edges or m.loss_worst_bucket + 1 >= len(edges):
+        return None
+    return int(edges[m.loss_worst_bucket]), int(edges[m.loss_worst_bucket + 1])
+
+
+def _loss_row(results: GateResults, check: Check | None) -> MetricRow | None:
+    m = results.metrics
+    if not m.loss_curves and check is None:
+        return None
+
+    def worst(side: str) -> float | None:
+        losses = m.loss_curves.get(side, {}).get("losses") or []
+        return losses[m.loss_worst_bucket] if m.loss_worst_bucket is not None and m.loss_worst_bucket < len(losses) else None
+
+    ratio = check.value if check is not None else m.loss_ratio
+    threshold, status, detail = _judged(check)
+    span = worst_bucket_span(results)
+    if check is None and span is not None:
+        detail = f"worst bucket: positions {span[0]}-{span[1]}; not part of the rule"
+    return MetricRow(LOSS_METRIC, fmt_number(worst("baseline")), fmt_number(worst("candidate")),
+                     NA if ratio is None else f"{fmt_number(ratio)} (ratio)", NONE, threshold, status, detail)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return fmt_number(value, 4)
+    if value is None:
+        return NA
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_describe(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_describe(v) for v in value)
+    return str(value)
+
+
+def other_metrics(results: GateResults) -> tuple[tuple[str, str], ...]:
+    """Recorded metrics that no metric row shows (test statistics, mismatch counts...), as (name, text)."""
+    consumed = set(_SHOWN_ELSEWHERE)
+    for fam in _FAMILIES:
+        consumed.update(f for f in (fam.values, fam.change, fam.ci) if f)
+    rows = []
+    for f in dataclasses.fields(results.metrics):
+        value = getattr(results.metrics, f.name)
+        if f.name in consumed or (isinstance(value, (dict, list, tuple)) and not value):
+            continue
+        rows.append((f.name.replace("_", " "), _describe(value)))
+    return tuple(rows)
+
+
+def cell_counts(results: GateResults) -> str:
+    m = results.metrics
+    return (f"{m.paired_cells}/{m.expected_cells} cells paired, {m.middle_cells} in the middle band, "
+            f"{m.errored_cells} errored, {m.missing_cells} missing")
+
+
+def gate_name(results: GateResults) -> str:
+    return str(results.gate.get("name", "unnamed gate"))
+
+
+def model_ref(results: GateResults) -> str:
+    model = results.gate.get("model", {})
+    return str(model.get("ref", NA) if isinstance(model, dict) else model)
+
+
+# ----------------------------------------------------------------------------- what changed
+
+# The settings a side can change, in the order a reader meets them, with what a side that leaves one alone gets.
+_SETTING_DEFAULTS: dict[str, str] = {
+    "backend": "in-process (transformers)",
+    "model": "the gate's",
+    "dtype": "the gate's",
+    "attn_implementation": "the model's default",
+    "rope": "the model's own",
+    "attention": "full",
+    "kv_cache_dtype": "auto",
+    "kv_scale": "token_head",
+    "packing": "given",
+    "history": "whole conversation",
+    "retrieval": "none (whole context)",
+    "planted": "none",
+}
+_DESCRIBED = {"name", "model", "dtype", "attn_implementation", "rope", "attention", "kv_cache_dtype", "kv_scale", "packing",
+              "history", "retrieval", "planted_decode_delay", "planted_kv_copies", "planted_window",
+              "backend", "base_urls", "launch", "api", "max_concurrency", "tokenizer", "kv_bytes_per_element"}
+
+
+@dataclass(frozen=True)
+class SettingRow:
+    """One setting of the change under test: what each side runs with; `*_default` when a side leaves it alone."""
+
+    setting: str
+    baseline: str
+    candidate: str
+    baseline_default: bool
+    candidate_default: bool
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _rope_text(rope: Mapping[str, Any]) -> str:
+    """"yarn factor 4 (original 8192), max_position_embeddings 32768" from a recorded RopeSettings."""
+    params = dict(rope.get("rope_parameters") or {})
+    kind = params.pop("rope_type", None)
+    parts = []
+    if kind is None:
+        parts.append("the model's own")
+    else:
+        head = str(kind)
+        if "factor" in params:
+            head += f" factor {_num(params.pop('factor'))}"
+        if "original_max_position_embeddings" in params:
+            head += f" (original {params.pop('original_max_position_embeddings')})"
+        parts.append(head)
+        for key, value in sorted(params.items()):
+            shown = f"[{len(value)} values]" if isinstance(value, (list, tuple)) else _num(value)
+            parts.append(f"{key} {shown}")
+    if rope.get("max_position_embeddings") is not None:
+        parts.append(f"max_position_embeddings {rope['max_position_embeddings']}")
+    return ", ".join(parts)
+
+
+def _attention_text(attention: Mapping[str, Any]) -> str:
+    sinks = int(attention.get("sink_tokens", 0) or 0)
+    tail = f" + {sinks} sink{'s' if sinks != 1 else ''}" if sinks else ", no sinks"
+    return f"window {attention.get('window')}{tail}"
+
+
+def _retrieval_text(retrieval: Mapping[str, Any]) -> str:
+    method, chunk = retrieval.get("method"), retrieval.get("chunk_tokens")
+    if retrieval.get("budget_tokens") is not None:
+        picked = f"best chunks of {chunk} tokens up to {retrieval['budget_tokens']} tokens"
+    else:
+        picked = f"top {retrieval.get('top_k')} chunks of {chunk} tokens"
+    return f"{method}, {picked}, order {retrieval.get('order')}"
+
+
+def _model_text(model: Mapping[str, Any]) -> str:
+    extras = [f"{k} {model[k]}" for k in ("dtype", "device") if model.get(k) not in (None, "auto")]
+    extras += ["trust_remote_code"] if model.get("trust_remote_code") else []
+    return str(model.get("ref", NA)) + (f" ({', '.join(extras)})" if extras else "")
+
+
+def describe_variant(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(setting, text) for each setting a recorded side changes from the defaults, in `_SETTING_DEFAULTS` order.
+
+    Reads `VariantSpec.to_dict()` records, old (kv_cache_dtype and planted_* only) and new; keys this module does
+    not know are shown as they are, so a setting added later is never hidden.
+    """
+    shown: dict[str, str] = {}
+    if spec.get("backend", "transformers") != "transformers":
+        launch = spec.get("launch")
+        where = f"launched: {launch.get('command')}" if isinstance(launch, Mapping) else ", ".join(spec.get("base_urls") or ())
+        extras = [f"api {spec['api']}"] if spec.get("api", "completions") != "completions" else []
+        extras += [f"{spec['max_concurrency']} in flight"] if spec.get("max_concurrency", 1) != 1 else []
+        extras += ["the engine's tokenizer"] if spec.get("tokenizer", "local") == "server" else []
+        if spec.get("kv_bytes_per_element") is not None:
+            extras.append(f"KV {_num(spec['kv_bytes_per_element'])} bytes/element")
+        shown["backend"] = f"{spec['backend']} ({where})" + "".join(f", {e}" for e in extras)
+    if isinstance(spec.get("model"), Mapping):
+        shown["model"] = _model_text(spec["model"])
+    for key in ("dtype", "attn_implementation"):
+        if spec.get(key) is not None:
+            shown[key] = str(spec[key])
+    if isinstance(spec.get("rope"), Mapping):
+        shown["rope"] = _rope_text(spec["rope"])
+    if isinstance(spec.get("attention"), Mapping):
+        shown["attention"] = _attention_text(spec["attention"])
+    for key in ("kv_cache_dtype", "kv_scale", "packing"):
+        if spec.get(key, _SETTING_DEFAULTS[key]) != _SETTING_DEFAULTS[key]:
+            shown[key] = str(spec[key])
+    if isinstance(spec.get("history"), Mapping):
+        shown["history"] = f"budget {spec['history'].get('budget')} tokens, {spec['history'].get('policy')}"
+    if isinstance(spec.get("retrieval"), Mapping):
+        shown["retrieval"] = _retrieval_text(spec["retrieval"])
+    planted = []
+    if spec.get("planted_decode_delay"):
+        planted.append(f"decode delay {_num(spec['planted_decode_delay'])}")
+    if spec.get("planted_kv_copies", 1) not in (None, 1):
+        planted.append(f"{spec['planted_kv_copies']} KV copies")
+    if spec.get("planted_window") is not None:
+        planted.append(f"window {spec['planted_window']}")
+    if planted:
+        shown["planted"] = ", ".join(planted)
+    for key, value in spec.items():
+        if key not in _DESCRIBED and value not in (None, False, {}, [], ()):
+            shown[key] = fmt_value(value)
+    return tuple(shown.items())
+
+
+def _sides(results: GateResults) -> tuple[tuple[str, Mapping[str, Any]], ...]:
+    out = []
+    for role in ("baseline", "candidate"):
+        spec = results.gate.get(role, {})
+        spec = spec if isinstance(spec, Mapping) else {}
+        out.append((str(spec.get("name", role)), spec))
+    return tuple(out)
+
+
+def setting_rows(results: GateResults) -> tuple[SettingRow, ...]:
+    """The change under test as a table: every setting either side changes, with both sides' values."""
+    (_, base), (_, cand) = _sides(results)
+    b, c = dict(describe_variant(base)), dict(describe_variant(cand))
+    order = list(_SETTING_DEFAULTS) + sorted((set(b) | set(c)) - set(_SETTING_DEFAULTS))
+    return tuple(
+        SettingRow(key, b.get(key, _SETTING_DEFAULTS.get(key, NONE)), c.get(key, _SETTING_DEFAULTS.get(key, NONE)),
+                   key not in b, key not in c)
+        for key in order if key in b or key in c
+    )
+
+
+def variant_settings(results: GateResults) -> tuple[tuple[str, str], ...]:
+    """(name, "rope yarn factor 4 (original 8192); kv_cache_dtype fp8_e4m3") for the baseline and the candidate.
+
+    Only what a side changes is listed ("defaults" when nothing); planted regressions only when planted.
+    """
+    return tuple(
+        (name, "; ".join(f"{k} {v}" for k, v in describe_variant(spec)) or "defaults") for name, spec in _sides(results)
+    )
+
+
+# ----------------------------------------------------------------------------- recall by task
+
+
+def task_families(results: GateResults) -> dict[str, str]:
+    """Task name -> family, from the recorded sweep (older files list bare names; a name's family precedes "(")."""
+    out: dict[str, str] = {}
+    for record in results.gate.get("sweep", {}).get("tasks", ()) or ():
+        if isinstance(record, Mapping):
+            out[str(record.get("name"))] = str(record.get("family"))
+        else:
+            out[str(record)] = str(record).split("(", 1)[0]
+    for cell in results.cells:
+        out.setdefault(cell.task, cell.task.split("(", 1)[0])
+    return out
+
+
+@dataclass(frozen=True)
+class TaskRecallRow:
+    task: str
+    family: str
+    baseline: str
+    candidate: str
+    delta: str
+
+
+def task_recall_rows(results: GateResults) -> tuple[TaskRecallRow, ...]:
+    """Recall per task over paired cells (`Metrics.recall_by_task`), in sweep order; () for older results."""
+    families = task_families(results)
+    rows = []
+    for task, values in results.metrics.recall_by_task.items():
+        base, cand = values.get("baseline"), values.get("candidate")
+        delta = None if base is None or cand is None else cand - base
+        rows.append(TaskRecallRow(task, families.get(task, task), fmt_number(base), fmt_number(cand), fmt_number(delta, signed=True)))
+    return tuple(rows)
+
+
+# ----------------------------------------------------------------------------- terminal
+
+
+_TABLE_HEAD = ("metric", "baseline", "candidate", "ratio / delta", "CI", "threshold", "result")
+_TASK_HEAD = ("recall by task", "baseline", "candidate", "delta")
+
+
+def _columns(head: Sequence[str], body: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(head), line(["-" * w for w in widths]), *(line(b) for b in body)]
+
+
+def _table(rows: Sequence[MetricRow]) -> list[str]:
+    body = [(r.metric, r.baseline, r.candidate, r.change, r.ci, r.threshold, STATUS_WORDS[r.status]) for r in rows]
+    return _columns(_TABLE_HEAD, body, {1, 2, 3})
+
+
+def terminal_lines(results: GateResults, written: Iterable[Path] = ()) -> list[str]:
+    """The gate's block in pytest's `longctx gate` section: verdict, the metrics table, recall per task when the
+    gate swept several, the reasons, the files."""
+    d = results.decision
+    lines = [f"gate {gate_name(results)}: {d.verdict.upper()} ({results.metrics.paired_cells}/{results.metrics.expected_cells} cells paired)"
+             f" - {VERDICT_MEANING.get(d.verdict, d.verdict)}"]
+    lines.extend("  " + row for row in _table(metric_rows(results)))
+    tasks = task_recall_rows(results)
+    if len(tasks) > 1:
+        body = [(t.task, t.baseline, t.candidate, t.delta) for t in tasks]
+        lines.extend("  " + row for row in _columns(_TASK_HEAD, body, {1, 2, 3}))
+    lines.extend(f"  {reason}" for reason in d.reasons)
+    lines.extend(f"  wrote {p}" for p in written)
+    return lines
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+
+def md_escape(text: str) -> str:
+    """Text safe inside a Markdown table cell: no HTML, no column breaks, no line breaks."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return " ".join(text.split())
+
+
+def _md_code(text: str) -> str:
+    return "`" + text.replace("`", "'") + "`"
+
+
+def markdown(results: GateResults, written: Iterable[Path] = ()) -> str:
+    """The summary for a pull-request comment or `$GITHUB_STEP_SUMMARY`: verdict, metrics vs thresholds, reasons."""
+    d = results.decision
+    mark = _MARKDOWN_MARK.get(d.verdict, "")
+    variants = " · ".join(f"**{md_escape(name)}**: {md_escape(settings)}" for name, settings in variant_settings(results))
+    out = [
+        f"### {mark} longctx gate {_md_code(gate_name(results))}: **{d.verdict.upper()}**",
+        "",
+        f"{md_escape(VERDICT_MEANING.get(d.verdict, d.verdict)).capitalize()}. "
+        f"Model {_md_code(model_ref(results))}; {md_escape(cell_counts(results))}.",
+        "",
+        variants,
+        "",
+        "| " + " | ".join(_TABLE_HEAD) + " |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for r in metric_rows(results):
+        status = {"pass": "✅ pass", "fail": "❌ FAIL", "info": "info", "skipped": "not compared"}[r.status]
+        cells = (r.metric, r.baseline, r.candidate, r.change, r.ci, r.threshold)
+        out.append("| " + " | ".join(md_escape(c) for c in cells) + f" | {status} |")
+    tasks = task_recall_rows(results)
+    if len(tasks) > 1:
+        out += ["", "**Recall by task**", "", "| task | family | baseline | candidate | delta |", "| --- | --- | ---: | ---: | ---: |"]
+        out += ["| " + " | ".join(md_escape(c) for c in (t.task, t.family, t.baseline, t.candidate, t.delta)) + " |" for t in tasks]
+    out += ["", "**Reasons**", ""]
+    out += [f"- {md_escape(reason)}" for reason in d.reasons] or ["- (none recorded)"]
+    files = [str(p) for p in written]
+    if files:
+        out += ["", "Written: " + ", ".join(_md_code(f) for f in files)]
+    return "\n".join(out) + "\n"
+
+
+def append_step_summary(results: Sequence[tuple[GateResults, Sequence[Path]]], path: str | os.PathLike[str] | None) -> bool:
+    """Append each gate's Markdown to GitHub's job summary file (`$GITHUB_STEP_SUMMARY`); False when there is none."""
+    if not path or not results:
+        return False
+    with open(path, "a", encoding="utf-8") as handle:
+        for result, written in results:
+            handle.write(markdown(result, written) + "\n")
+    return True
+
+
+# ----------------------------------------------------------------------------- JUnit
+
+
+def _junit_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ",".join(_junit_value(v) for v in value)
+    return str(value)
+
+
+def junit_properties(results: GateResults) -> list[tuple[str, str]]:
+    """The verdict, each check and each recorded metric as flat `longctx.<gate>.…` name/value pairs."""
+    prefix = f"longctx.{gate_name(results)}"
+    d = results.decision
+    props = [(f"{prefix}.verdict", d.verdict)]
+    for check in d.checks:
+        for key in ("value", "threshold", "comparison", "passed", "ci_low", "ci_high", "policy"):
+            if hasattr(check, key) and getattr(check, key) is not None:
+                props.append((f"{prefix}.check.{check.name}.{key}", _junit_value(getattr(check, key))))
+    for f in dataclasses.fields(results.metrics):
+        value = getattr(results.metrics, f.name)
+        if isinstance(value, Mapping):
+            props.extend((f"{prefix}.metric.{f.name}.{k}", _junit_value(v)) for k, v in value.items() if v is not None)
+        elif value is not None and not (isinstance(value, (list, tuple)) and not value):
+            props.append((f"{prefix}.metric.{f.name}", _junit_value(value)))
+    return props

@@ -1,0 +1,160 @@
+"""The plugin's state for one pytest run: the gate runs, their items, outputs, summary and exit status."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .gate.spec import GateError, GateSpec, load_gate
+from .gate.results import CellResult, GateResults, TimingSample
+
+
+@dataclass
+class LongctxSession:
+    gates: list[GateSpec]
+    report: Path | None = None
+    json_path: Path | None = None
+    runs: dict[str, Any] = field(default_factory=dict)
+    finished: list[tuple[GateResults, list[Path]]] = field(default_factory=list)
+    capture: bool = False
+    overwrite_baseline: bool = False
+    captures: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_options(
+        cls, paths: list[str], *, report: str | None, json_path: str | None, model: str | None, base_dir: Path,
+        capture: bool = False, overwrite_baseline: bool = False,
+    ) -> LongctxSession:
+        gates = [load_gate(base_dir / p, base_dir=base_dir) for p in paths]
+        if model:
+            gates = [g.with_model(model) for g in gates]
+        names = [g.name for g in gates]
+        if len(set(names)) != len(names):
+            raise GateError(f"two gates share a name ({', '.join(names)}); Fix: give each gate file a distinct `name:`")
+        for gate in gates:
+            _check_model_reference(gate)
+            _check_capture(gate, capture=capture, overwrite=overwrite_baseline)
+        resolve = lambda p: None if p is None else (base_dir / p)  # noqa: E731
+        return cls(gates, report=resolve(report), json_path=resolve(json_path), capture=capture, overwrite_baseline=overwrite_baseline)
+
+    def output_paths(self, gate: GateSpec) -> tuple[Path, Path]:
+        """Command-line paths win over the gate's; with several gates each file gets the gate's name."""
+        def pick(cli: Path | None, own: Path | None, suffix: str) -> Path:
+            if cli is not None:
+                return cli if len(self.gates) == 1 else cli.with_name(f"{cli.stem}-{gate.name}{cli.suffix}")
+            if own is not None:
+                return own
+            return Path("reports") / f"{gate.name}{suffix}"
+
+        report = pick(self.report, gate.report, ".html")
+        json_default = gate.results if gate.results is not None or self.json_path is not None else report.with_suffix(".json")
+        return report, pick(self.json_path, json_default, ".json")
+
+    def __post_init__(self) -> None:
+        # Runs exist from start-up, not from collection: under xdist the controller collects nothing,
+        # yet it is the one that records every worker's cells and decides.
+        from .gate.run import GateRun
+
+        for gate in self.gates:
+            log_dir = self.output_paths(gate)[0].parent
+            self.runs.setdefault(gate.name, GateRun(gate, capture=self.capture, log_dir=log_dir))
+
+    def items(self, session: Any) -> list[Any]:
+        from .items import make_gate_items
+
+        return [item for gate in self.gates for item in make_gate_items(session, self.runs[gate.name])]
+
+    def record(self, nodeid: str, user_properties: list[tuple[str, Any]]) -> None:
+        from .items import CELL_PROPERTY, LOSS_PROPERTY, TIMING_PROPERTY
+
+        gate_name = nodeid.split("::", 1)[0]
+        run = self.runs.get(gate_name)
+        for name, value in user_properties:
+            if run is not None and name == CELL_PROPERTY:
+                run.record(CellResult.from_dict(value))
+            elif run is not None and name == TIMING_PROPERTY:
+                run.record_samples([TimingSample.from_dict(v) for v in value])
+            elif run is not None and name == LOSS_PROPERTY:
+                run.record_loss(value)
+
+    def finish(self) -> int:
+        """Decide every gate, write its outputs; return 0 when all approve, else 1."""
+        from .gate.run import write_outputs
+
+        status = 0
+        for gate in self.gates:
+            run = self.runs.get(gate.name)
+            if run is None:
+                continue
+            if self.capture:
+                status |= self._write_capture(run)
+                continue
+            results = run.results()
+            report, json_path = self.output_paths(gate)
+            self.finished.append((results, write_outputs(results, report=report, json_path=json_path)))
+            status |= 0 if results.decision.approved else 1
+        from .output.summary import append_step_summary
+
+        append_step_summary(self.finished, os.environ.get("GITHUB_STEP_SUMMARY"))  # GitHub Actions' job summary
+        return status
+
+    def close(self) -> None:
+        """Stop whatever the runs started (servers of served variants); idempotent."""
+        for run in self.runs.values():
+            run.close()
+
+    def _write_capture(self, run: Any) -> int:
+        from .gate.capture import CaptureError, capture_path, write_capture
+
+        path = capture_path(run.gate)
+        try:
+            write_capture(run.captured(), path, overwrite=self.overwrite_baseline)
+        except CaptureError as exc:
+            self.captures.append(f"gate {run.gate.name}: baseline NOT captured: {exc}")
+            return 1
+        self.captures.append(f"gate {run.gate.name}: captured baseline written to {path}")
+        return 0
+
+    def summary_lines(self) -> list[str]:
+        from .output.summary import terminal_lines
+
+        lines = list(self.captures)
+        for results, written in self.finished:
+            lines.extend(terminal_lines(results, written))
+        return lines
+
+    def junit_properties(self) -> list[tuple[str, str]]:
+        """Each decided gate's verdict, checks and metrics, for `--junitxml` readers."""
+        from .output.summary import junit_properties
+
+        return [prop for results, _ in self.finished for prop in junit_properties(results)]
+
+
+def _check_capture(gate: GateSpec, *, capture: bool, overwrite: bool) -> None:
+    """Capture conflicts surface before minutes of sweeping, not after."""
+    from .gate.capture import CaptureError, capture_path
+
+    try:
+        path = capture_path(gate)
+    except CaptureError as exc:
+        raise GateError(f"{gate.path}: {exc}") from None
+    if capture and path.exists() and not overwrite:
+        raise GateError(f"{gate.path}: captured baseline {path} exists. Fix: pass --longctx-overwrite-baseline to replace it")
+    if not capture and gate.captured_baseline is not None and not path.exists():
+        raise GateError(
+            f"{gate.path}: key 'captured_baseline': {path} does not exist. "
+            f"Fix: run pytest --longctx-gate {gate.path} --longctx-capture first"
+        )
+
+
+def _check_model_reference(gate: GateSpec) -> None:
+    """Fail at start-up, not in every cell, when the model cannot even be located."""
+    from .backends.loading import ModelLoadError, resolve
+
+    try:
+        resolve(gate.model.ref)
+    except ModelLoadError as exc:
+        where = gate.path or "--longctx-model"
+        raise GateError(f"{where}: key 'model': {exc}") from exc
