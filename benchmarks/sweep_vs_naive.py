@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_longctx.backends.in_process import TransformersBackend, cache_keyword
+from pytest_longctx.backends.in_process import TransformersBackend
+from pytest_longctx.backends.kv_cache import cache_keyword
 from pytest_longctx.gate.spec import VariantSpec, load_gate
 from pytest_longctx.backends.kv_cache import make_cache
 from pytest_longctx.backends.prefix_reuse import PrefixStore, reuse_order

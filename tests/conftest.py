@@ -46,6 +46,10 @@ class CharTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return "".join(chr(32 + (i % 90)) for i in ids if not (skip_special_tokens and i == self.eos_token_id))
 
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """The inverse of `decode` for printable ASCII (ids 1..89; id 0 is EOS)."""
+        return [(ord(c) - 32) % 90 for c in text]
+
 
 def tiny_llama_config(**overrides):
     from transformers import LlamaConfig

@@ -1,76 +1,90 @@
-"""The in-process transformers backend: greedy generation with prefill/decode timings and KV measurement."""
+"""The in-process transformers backend: greedy generation with prefill/decode timings and KV measurement.
+
+A side's changes shape every run through one path: the cache they plan, what they do before a prompt and after its
+prefill, the K/V they leave held, and whether prefixes and prompt-lookup drafts may be used; nothing here branches
+on which kinds of change a side has.
+"""
 
 from __future__ import annotations
 
-import inspect
+import copy
+import math
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from ..gate.spec import ModelSpec, VariantSpec
 from ..capacity.kv_math import KvShape
+from .kv_cache import cache_keyword
+from .protocol import Backend, CellTimeout, Generation, StopCheck, decode_seconds
 
 if TYPE_CHECKING:
+    from ..changes.base import CachePlan, Change
+    from ..gate.spec import ModelSpec, VariantSpec
     from .prefix_reuse import PrefixStore
 
-StopCheck = Callable[[str], bool]
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One greedy completion of one prompt, with what it cost."""
-
-    answer: str
-    new_tokens: int
-    prefill_s: float
-    decode_s_per_token: float | None
-    total_s: float
-    kv_bytes: int
-    kv_bytes_analytic: int
-    kv_tokens: int
-    peak_bytes: int | None
-    hit_limit: bool = False  # stopped by max_new_tokens, not by EOS or the stop check
-    reused_tokens: int = 0  # prompt tokens whose K/V were copied from a stored prompt instead of prefilled
-
-
-class Backend(Protocol):
-    """What a gate needs from a model: its tokenizer, its KV shape, and timed greedy generation."""
-
-    tokenizer: Any
-    fingerprint: str
-
-    @property
-    def kv_shape(self) -> KvShape: ...
-
-    def generate(
-        self, token_ids: Sequence[int], *, variant: VariantSpec, max_new_tokens: int, timeout_s: float | None = None,
-        stop: StopCheck | None = None,
-    ) -> Generation: ...
-
+__all__ = ["Backend", "CellTimeout", "Generation", "StopCheck", "TransformersBackend", "decode_seconds"]
 
 _CPU_REUSE_CHUNK = 1024
 
 
-def decode_seconds(per_token: Sequence[float]) -> float | None:
-    """Decode seconds per output token: the median inter-token latency (as vLLM's benchmarks report it).
+@dataclass(frozen=True)
+class Applied:
+    """What one side's changes contribute to a generation, folded once per side."""
 
-    The median, not the mean, so a run is not judged by the one step the OS preempted: on a shared runner
-    one stalled step in a short answer moves the mean by more than a 10 % threshold. A slower kernel or a
-    bigger cache to read slows every step, and moves the median as much as the mean.
-    """
-    import statistics
+    changes: tuple[Change, ...]
+    cache: CachePlan
+    reuse: str  # "any" | "exact" | "never", the strictest of the changes'
+    drafts: bool
+    batch: bool
+    decode_delay: float
+    kv_copies: int
 
-    return statistics.median(per_token) if per_token else None
+    @classmethod
+    def of(cls, variant: VariantSpec) -> Applied:
+        changes = variant.changes
+        rules = {str(c.reuse) for c in changes}
+        return cls(
+            changes=changes,
+            cache=variant.cache_plan(),
+            reuse="never" if "never" in rules else "exact" if "exact" in rules else "any",
+            drafts=all(c.drafts for c in changes),
+            batch=all(c.batch for c in changes),
+            decode_delay=sum(c.decode_delay() for c in changes),
+            kv_copies=math.prod(c.kv_copies() for c in changes),
+        )
+
+    def before_prompt(self, model: Any) -> None:
+        for change in self.changes:
+            change.before_prompt(model)
+
+    def after_prefill(self, cache: Any) -> None:
+        for change in self.changes:
+            change.after_prefill(cache)
+
+    def kv_tokens(self, prompt: int, new: int) -> int:
+        """Tokens the analytic formula counts: the fewest any change leaves held (the last new token has no K/V)."""
+        held = [n for n in (c.kv_tokens(prompt, new) for c in self.changes) if n is not None]
+        return min(held, default=prompt + max(new - 1, 0))
 
 
-def cache_keyword(model: Any) -> str:
-    """The forward() keyword that takes a Cache: 5.24 renamed `past_key_values=` to `cache=`; 5.17 knows only the old."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def build_cache(plan: CachePlan, config: Any, *, answers_only: bool = False) -> Any:
+    """A fresh cache for one sequence as `plan` asks: a change's own factory, a window, or the (quantized) full one."""
+    from .kv_cache import make_cache
+
+    if plan.factory is not None:
+        return plan.factory(config)
+    if plan.window is not None:
+        from ..changes.window import make_window_cache
+
+        return make_window_cache(plan.window, config, kv_cache_dtype=plan.kv_cache_dtype, kv_scale=plan.kv_scale)
+    return make_cache(plan.kv_cache_dtype, config, kv_scale=plan.kv_scale, answers_only=answers_only)
 
 
 class TransformersBackend:
-    """A transformers causal LM run in this process; variants differ only in the cache they decode with."""
+    """A transformers causal LM run in this process; sides differ in what their changes apply to each run."""
+
+    measures_logprob = True  # generate(expected=...) returns the answer log-probability
 
     def __init__(self, model: Any, tokenizer: Any, *, fingerprint: str = "") -> None:
         self.model = model
@@ -79,6 +93,7 @@ class TransformersBackend:
         self.device = next(model.parameters()).device
         self._cache_kw = cache_keyword(model)
         self._eos = self._eos_ids()
+        self._applied_by_side: dict[Any, Applied] = {}
 
     @classmethod
     def load(cls, spec: ModelSpec) -> TransformersBackend:
@@ -151,6 +166,12 @@ class TransformersBackend:
     def _answer_text(self, generated: Sequence[int]) -> str:
         return str(self.tokenizer.decode([t for t in generated if t not in self._eos], skip_special_tokens=True))
 
+    def _applied(self, variant: VariantSpec) -> Applied:
+        cached = self._applied_by_side.get(variant)
+        if cached is None:
+            cached = self._applied_by_side[variant] = Applied.of(variant)
+        return cached
+
     def generate(
         self,
         token_ids: Sequence[int],
@@ -161,51 +182,39 @@ class TransformersBackend:
         stop: StopCheck | None = None,
         reuse: PrefixStore | None = None,
         reuse_prefix: bool = True,
+        expected: Sequence[str] = (),
     ) -> Generation:
-        """Greedy-decode up to `max_new_tokens` (stopping at EOS) with the variant's KV cache.
+        """Greedy-decode up to `max_new_tokens` (stopping at EOS) with the side's changes applied.
 
         Args:
             stop: called after each new token with the answer so far (decoded, special tokens skipped, not
                 stripped); True ends generation there. Its own time counts in neither `decode_s_per_token` nor
                 `total_s`. `hit_limit` is True only when `max_new_tokens` ended generation.
             reuse: caches of prompts run before. The longest common token prefix with a stored prompt of the same
-                model and K/V-relevant variant fields is copied instead of prefilled (`reused_tokens`), and this
-                prompt's cache is stored afterwards. Answers are a fresh run's (see prefix_reuse for the one
-                numerical caveat); `prefill_s`, `total_s` and `peak_bytes` then describe only the part prefilled,
-                so pass a store where answers alone count (a recall pass), never for timed cells. For the same
-                reason the cache then trades memory for speed (`make_cache(answers_only=True)`: in-place appends,
-                dequantized copies; attention reads the same values, and `kv_bytes` still counts the K/V alone).
+                model and K/V-relevant changes is copied instead of prefilled (`reused_tokens`), and this prompt's
+                cache is stored afterwards. Answers are a fresh run's (see prefix_reuse for the one numerical
+                caveat); `prefill_s`, `total_s` and `peak_bytes` then describe only the part prefilled, so pass a
+                store where answers alone count (a recall pass), never for timed cells. For the same reason the
+                cache then trades memory for speed (`make_cache(answers_only=True)`: in-place appends, dequantized
+                copies; attention reads the same values, and `kv_bytes` still counts the K/V alone).
             reuse_prefix: False runs the prompt from scratch exactly as without a store (timings honest: for a
                 timed cell) and only stores its cache afterwards, for later prompts to reuse.
+            expected: the task's expected values; `answer_logprob` is the sum of each one's log-probability
+                teacher-forced right after the prompt, on this very cache (after the changes' eviction), measured
+                after the timings end so it costs them nothing.
 
         Raises CellTimeout once `timeout_s` has passed (checked after prefill and after each decode step).
         """
         import torch
 
-        from .kv_cache import bytes_per_element, cache_nbytes, cache_tensors, crop_to, keep_last, make_cache, reuse_scope
+        from .kv_cache import cache_nbytes, cache_tensors, croppable, crop_to, held_tokens, reuse_scope
 
+        side = self._applied(variant)
         prompt = tuple(token_ids)
         answers_only = reuse is not None and reuse_prefix
-        # Answers only: the cache may trade memory for speed (same values; see make_cache).
-        window = variant.attention
-        if window is not None:
-            from ..changes.window import make_window_cache
-
-            cache = make_window_cache(window, self.model.config, kv_cache_dtype=variant.kv_cache_dtype, kv_scale=variant.kv_scale)
-        else:
-            cache = make_cache(variant.kv_cache_dtype, self.model.config, kv_scale=variant.kv_scale, answers_only=answers_only)
-        # Dynamic NTK remembers the longest sequence it saw; a fresh state per prompt keeps answers independent of
-        # cell order, and makes a prefix's K/V depend on more than its own tokens, so it is never reused.
-        position_dependent = variant.rope is not None and variant.rope.rope_type in ("dynamic", "longrope")
-        if position_dependent:
-            from ..changes.rope import reset_rope_state
-
-            reset_rope_state(self.model)
-        # A planted window evicts the prompt's start right after prefill: nothing of it is left to store (a real
-        # window's layers are not reusable either: reuse_scope says None for them).
-        scope = (
-            reuse_scope(cache) if reuse is not None and variant.planted_window is None and not position_dependent else None
-        )
+        cache = build_cache(side.cache, self.model.config, answers_only=answers_only)
+        side.before_prompt(self.model)
+        scope = reuse_scope(cache) if reuse is not None and side.reuse != "never" else None
         key = self._reuse_key(variant) if scope is not None else None
         on_cuda = self.device.type == "cuda"
         if on_cuda:
@@ -218,22 +227,21 @@ class TransformersBackend:
             deadline = None if timeout_s is None else start + timeout_s
             if scope is not None and reuse_prefix:
                 assert reuse is not None
-                hit = reuse.lookup(key, prompt, exact_only=scope == "exact")
+                hit = reuse.lookup(key, prompt, exact_only=scope == "exact" or side.reuse == "exact")
                 if hit is not None:
                     cache, reused = hit.cache, hit.tokens
-            ids = torch.tensor([prompt[reused:]], dtype=torch.long, device=self.device)
-            if window is not None:
-                from ..changes.window import windowed_prefill
-
-                # Chunked, with a mask per chunk, so every prompt token already sees only its window and sinks.
-                token = int(windowed_prefill(self.model, ids, cache, window=window)[0].argmax())
-            else:
-                token = int(self._prefill(prompt[reused:], cache, after_reuse=reused > 0).argmax())
-            if variant.planted_window is not None:
-                keep_last(cache, variant.planted_window)
+            first_logits = self._prefill_with(side.cache, prompt[reused:], cache, after_reuse=reused > 0)
+            side.after_prefill(cache)
+            token = int(first_logits.argmax())
             self._sync()
             first = time.perf_counter()
-            checking = 0.0  # seconds spent in `stop`, kept out of the timings
+            checking = 0.0  # seconds spent in `stop` (and keeping a snapshot), kept out of the timings
+            snapshot = None
+            if expected and not croppable(cache):
+                held_start = time.perf_counter()
+                snapshot = copy.deepcopy(cache)  # a window cache cannot be cropped back to the prompt afterwards
+                checking += time.perf_counter() - held_start
+            held_after_prompt = cache.get_seq_length()
             stopped = False
 
             def ends_with(new: int) -> bool:
@@ -250,13 +258,8 @@ class TransformersBackend:
                         return True
                 return len(generated) >= max_new_tokens
 
-            # Answers only, with a plain cache: greedy drafts from prompt lookup, verified in one pass (see _Drafts).
-            drafts = (
-                _Drafts(prompt)
-                if answers_only and window is None and not position_dependent and variant.planted_window is None
-                and not variant.planted_decode_delay
-                else None
-            )
+            # Answers only, when every change allows it: greedy drafts from prompt lookup, verified in one pass.
+            drafts = _Drafts(prompt) if answers_only and side.drafts else None
             finished = ends_with(token)
             per_token: list[float] = []  # seconds of each decode step, per token it produced (stop checks excluded)
             while not finished:
@@ -276,9 +279,9 @@ class TransformersBackend:
                     step = torch.tensor([[generated[-1]]], dtype=torch.long, device=self.device)
                     position = len(prompt) + len(generated) - 1
                     new_tokens = [int(self._forward(step, cache, last_only=False, position=position).argmax())]
-                if variant.planted_decode_delay:
+                if side.decode_delay:
                     self._sync()
-                    time.sleep(variant.planted_decode_delay * (time.perf_counter() - step_start))
+                    time.sleep(side.decode_delay * (time.perf_counter() - step_start))
                 per_token.extend([(time.perf_counter() - step_start) / len(new_tokens)] * len(new_tokens))
                 finished = any(ends_with(t) for t in new_tokens)  # any() stops at the token that ends it
             if drafts is not None:
@@ -287,39 +290,92 @@ class TransformersBackend:
             self._sync()
             end = time.perf_counter() - checking
             # A planted memory regression holds real extra copies of the cache while it is measured.
-            shadow = [t.clone() for _ in range(variant.planted_kv_copies - 1) for t in cache_tensors(cache)]
+            shadow = [t.clone() for _ in range(side.kv_copies - 1) for t in cache_tensors(cache)]
+            kv_tokens = held_tokens(cache)
+            kv_bytes = cache_nbytes(cache) + sum(t.nbytes for t in shadow)
+            del shadow
+            peak = int(torch.cuda.max_memory_allocated(self.device)) if on_cuda else None
+            logprob = None
+            if expected:
+                if snapshot is None:
+                    crop_to(cache, held_after_prompt)
+                logprob = self._answer_logprob(first_logits, snapshot if snapshot is not None else cache,
+                                               len(prompt), expected, restore=held_after_prompt if snapshot is None else None)
         if deadline is not None and end > deadline:
             raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g}")
-        decode_steps = len(generated) - 1
-        if window is not None:
-            from ..changes.window import stored_tokens
-
-            # get_seq_length() counts every token seen; the window holds only its sinks and recent tokens.
-            kv_tokens = stored_tokens(cache)
-            analytic_tokens = window.kv_tokens(len(prompt) + len(generated) - 1)
-        else:
-            kv_tokens = analytic_tokens = cache.get_seq_length()
-        kv_bytes = cache_nbytes(cache) + sum(t.nbytes for t in shadow)
         if scope is not None:
             assert reuse is not None
             crop_to(cache, len(prompt))  # later prompts share the prompt, not this answer
             reuse.put(key, prompt, cache)
-        shape = self.kv_shape
-        elem = bytes_per_element(variant.kv_cache_dtype, self.model.dtype)
-        scale = None if variant.kv_cache_dtype == "auto" else variant.kv_scale
         return Generation(
             answer=self._answer_text(generated).strip(),
             new_tokens=len(generated),
             prefill_s=first - start,
-            decode_s_per_token=decode_seconds(per_token[:decode_steps]),
+            decode_s_per_token=decode_seconds(per_token[: len(generated) - 1]),
             total_s=end - start,
             kv_bytes=kv_bytes,
-            kv_bytes_analytic=shape.sequence_bytes(analytic_tokens, elem, scale=scale) * variant.planted_kv_copies,
+            kv_bytes_analytic=self._analytic_bytes(side, side.kv_tokens(len(prompt), len(generated))),
             kv_tokens=kv_tokens,
-            peak_bytes=int(torch.cuda.max_memory_allocated(self.device)) if on_cuda else None,
+            peak_bytes=peak,
             hit_limit=not stopped and generated[-1] not in self._eos,
             reused_tokens=reused,
+            answer_logprob=logprob,
         )
+
+    def _prefill_with(self, plan: CachePlan, token_ids: Sequence[int], cache: Any, *, after_reuse: bool) -> Any:
+        """The next-token logits after the prompt, through the prefill the cache plan needs: a window's chunks with
+        a mask per chunk (so every prompt token already sees only its window and sinks), or the plain one."""
+        if plan.window is not None and plan.factory is None:
+            import torch
+
+            from ..changes.window import windowed_prefill
+
+            ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+            return windowed_prefill(self.model, ids, cache, window=plan.window)[0]
+        return self._prefill(token_ids, cache, after_reuse=after_reuse)
+
+    def _analytic_bytes(self, side: Applied, tokens: int) -> int:
+        from .kv_cache import bytes_per_element
+
+        plan = side.cache
+        elem = bytes_per_element(plan.kv_cache_dtype, self.model.dtype)
+        return self.kv_shape.sequence_bytes(tokens, elem, scale=plan.kv_scale if plan.quantized else None) * side.kv_copies
+
+    def _answer_logprob(self, first_logits: Any, cache: Any, prompt_tokens: int, expected: Sequence[str], *,
+                        restore: int | None) -> float:
+        """Sum over `expected` of log p(value | prompt): each value's tokens teacher-forced after the prompt.
+
+        `cache` holds the prompt as the run left it after prefill (evictions included). A croppable cache takes all
+        of a value's tokens in one pass and is cropped back to `restore` after each; a windowed one (a snapshot the
+        caller keeps) takes them one token at a time, which is exact for it, on a fresh copy per value.
+        """
+        import torch
+
+        from .kv_cache import crop_to
+
+        first = torch.log_softmax(first_logits.float(), dim=-1)
+        total = 0.0
+        for value in expected:
+            ids = [int(t) for t in self.tokenizer.encode(value, add_special_tokens=False)]
+            if not ids:
+                continue
+            total += float(first[ids[0]])
+            if len(ids) == 1:
+                continue
+            if restore is not None:
+                positions = torch.arange(prompt_tokens, prompt_tokens + len(ids) - 1, device=self.device)[None]
+                feed = torch.tensor([ids[:-1]], dtype=torch.long, device=self.device)
+                logits = self.model(input_ids=feed, position_ids=positions, use_cache=True,
+                                    **{self._cache_kw: cache}).logits[0]
+                crop_to(cache, restore)
+            else:
+                work = copy.deepcopy(cache)
+                rows = [self._forward(torch.tensor([[t]], dtype=torch.long, device=self.device), work,
+                                      last_only=False, position=prompt_tokens + i) for i, t in enumerate(ids[:-1])]
+                logits = torch.cat([r[None] if r.dim() == 1 else r for r in rows])
+            steps = torch.log_softmax(logits.float(), dim=-1)
+            total += float(sum(steps[i, t] for i, t in enumerate(ids[1:])))
+        return total
 
     def _reuse_key(self, variant: VariantSpec) -> Hashable:
         from .prefix_reuse import variant_key
@@ -338,20 +394,23 @@ class TransformersBackend:
     ) -> list[Generation]:
         """Greedy-decode prompts of one token count as one batch; each row's answer is the one `generate` gives.
 
-        For CUDA (see `prefers_batches`). Rows need no padding, so no attention mask: row i attends to row i
-        alone, exactly as in a single run. A row that has finished is still fed (its outputs ignored) so that the
-        batch keeps its shape. Per row: answer, new_tokens, hit_limit, and the KV bytes and tokens of that row's
-        own sequence; `prefill_s`, `decode_s_per_token`, `total_s` and `peak_bytes` are the batch's.
+        For CUDA (see `prefers_batches`), and for sides whose changes all allow it (`Change.batch`: not a window,
+        a position-dependent RoPE or a user's own cache). Rows need no padding, so no attention mask: row i attends
+        to row i alone, exactly as in a single run. A row that has finished is still fed (its outputs ignored) so
+        that the batch keeps its shape. Per row: answer, new_tokens, hit_limit, and the KV bytes and tokens of that
+        row's own sequence; `prefill_s`, `decode_s_per_token`, `total_s` and `peak_bytes` are the batch's.
 
         Args:
             stop: one check for every row, or one per row (None for none), as in `generate`.
         """
         import torch
 
-        from .kv_cache import bytes_per_element, cache_tensors, keep_last, make_cache, sequence_nbytes
+        from .kv_cache import cache_tensors, sequence_nbytes
 
-        if variant.attention is not None or (variant.rope is not None and variant.rope.rope_type in ("dynamic", "longrope")):
-            raise ValueError("generate_batch does not apply attention windows or position-dependent RoPE; use generate")
+        side = self._applied(variant)
+        if not side.batch:
+            names = ", ".join(c.kind for c in side.changes if not c.batch)
+            raise ValueError(f"generate_batch cannot apply {names} to a batch of prompts; use generate")
         rows = [tuple(p) for p in prompts]
         if not rows:
             return []
@@ -361,7 +420,8 @@ class TransformersBackend:
         checks = list(stop) if isinstance(stop, Sequence) else [stop] * len(rows)
         if len(checks) != len(rows):
             raise ValueError(f"give one stop check per prompt ({len(rows)}), got {len(checks)}")
-        cache = make_cache(variant.kv_cache_dtype, self.model.config, kv_scale=variant.kv_scale)
+        cache = build_cache(side.cache, self.model.config)
+        side.before_prompt(self.model)
         on_cuda = self.device.type == "cuda"
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -374,8 +434,7 @@ class TransformersBackend:
             deadline = None if timeout_s is None else start + timeout_s
             ids = torch.tensor(rows, dtype=torch.long, device=self.device)
             tokens = self._forward_rows(ids, cache, last_only=True).argmax(-1).tolist()
-            if variant.planted_window is not None:
-                keep_last(cache, variant.planted_window)
+            side.after_prefill(cache)
             self._sync()
             first = time.perf_counter()
             checking = 0.0
@@ -403,41 +462,36 @@ class TransformersBackend:
                 step = torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.device)
                 tokens = self._forward_rows(step, cache, last_only=False, position=length + steps).argmax(-1).tolist()
                 steps += 1
-                if variant.planted_decode_delay:
+                if side.decode_delay:
                     self._sync()
-                    time.sleep(variant.planted_decode_delay * (time.perf_counter() - step_start))
+                    time.sleep(side.decode_delay * (time.perf_counter() - step_start))
                 step_seconds.append(time.perf_counter() - step_start)
             self._sync()
             end = time.perf_counter() - checking
-            shadow_copies = variant.planted_kv_copies - 1
-            shadow = [t.clone() for _ in range(shadow_copies) for t in cache_tensors(cache)]
+            shadow = [t.clone() for _ in range(side.kv_copies - 1) for t in cache_tensors(cache)]
+            del shadow  # held while measured, as in `generate`; each row counts its share below
+            peak = int(torch.cuda.max_memory_allocated(self.device)) if on_cuda else None
         if deadline is not None and end > deadline:
             raise CellTimeout(f"batch exceeded cell_timeout_s={timeout_s:g}")
-        del shadow  # held while measured, as in `generate`; each row counts its share below
-        shape = self.kv_shape
-        elem = bytes_per_element(variant.kv_cache_dtype, self.model.dtype)
-        scale = None if variant.kv_cache_dtype == "auto" else variant.kv_scale
         cache_tokens = cache.get_seq_length()
         longest = max(len(g) for g in generated)
         results = []
         for i, gen in enumerate(generated):
             # The cache grew by one position per step for every row; this row's own ended when it finished.
             kv_tokens = cache_tokens - (longest - len(gen))
-            decode_steps = len(gen) - 1
             results.append(Generation(
                 answer=self._answer_text(gen).strip(),
                 new_tokens=len(gen),
                 prefill_s=first - start,
-                decode_s_per_token=decode_seconds(step_seconds[:decode_steps]),
+                decode_s_per_token=decode_seconds(step_seconds[: len(gen) - 1]),
                 total_s=end - start,
-                kv_bytes=sequence_nbytes(cache, i, kv_tokens) * variant.planted_kv_copies,
-                kv_bytes_analytic=shape.sequence_bytes(kv_tokens, elem, scale=scale) * variant.planted_kv_copies,
+                kv_bytes=sequence_nbytes(cache, i, kv_tokens) * side.kv_copies,
+                kv_bytes_analytic=self._analytic_bytes(side, kv_tokens),
                 kv_tokens=kv_tokens,
-                peak_bytes=int(torch.cuda.max_memory_allocated(self.device)) if on_cuda else None,
+                peak_bytes=peak,
                 hit_limit=not stopped[i] and gen[-1] not in self._eos,
             ))
         return results
-
 
 class _Drafts:
     """Draft tokens for greedy decoding by prompt lookup: what followed the latest earlier occurrence of the
@@ -473,5 +527,3 @@ class _Drafts:
         return []
 
 
-class CellTimeout(TimeoutError):
-    """A generation that ran past the gate's `cell_timeout_s`."""

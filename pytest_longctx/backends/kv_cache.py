@@ -254,6 +254,13 @@ class Fp8Layer(QuantizedLayer):
         super().__init__(Fp8Codec(fp8_dtype), granularity)
 
 
+def cache_keyword(model: Any) -> str:
+    """The forward() keyword that takes a Cache: 5.24 renamed `past_key_values=` to `cache=`; 5.17 knows only the old."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def make_cache(kv_cache_dtype: str, config: Any, *, kv_scale: str = "token_head", answers_only: bool = False) -> Cache:
     """A fresh cache for one sequence: the model's dynamic cache for `auto`, else a quantized cache.
 
@@ -290,6 +297,18 @@ def cache_tensors(cache: Cache) -> list[torch.Tensor]:
 def cache_nbytes(cache: Cache) -> int:
     """Bytes the cache holds for K and V, measured from its own tensors (quantization scales included)."""
     return sum(t.nbytes for t in cache_tensors(cache))
+
+
+def held_tokens(cache: Cache) -> int:
+    """Tokens whose K/V the cache holds now: a layer's `stored_tokens()` where it has one (a windowed layer counts
+    the tokens seen in `get_seq_length()`, as transformers' own sliding layers do), else its `get_seq_length()`."""
+    counts = [layer.stored_tokens() if hasattr(layer, "stored_tokens") else layer.get_seq_length() for layer in cache.layers]
+    return max(counts, default=0)
+
+
+def croppable(cache: Cache) -> bool:
+    """Whether `crop_to` can take the cache back to an earlier length (a windowed layer has evicted what it would need)."""
+    return all(isinstance(layer, (DynamicLayer, QuantizedLayer)) and layer.is_croppable for layer in cache.layers)
 
 
 def keep_last(cache: Cache, tokens: int) -> None:

@@ -14,19 +14,19 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..gate.spec import VariantSpec
+if TYPE_CHECKING:
+    from ..gate.spec import VariantSpec
 
 K = TypeVar("K")
 
-# Variant fields that do not change what a prompt's K/V are; every other field, present or future, keys reuse apart.
-_NOT_KV_FIELDS = frozenset({"name", "planted_decode_delay", "planted_kv_copies"})
-
 
 def variant_key(variant: VariantSpec) -> Hashable:
-    """What must match for two runs' caches to be interchangeable: the variant's K/V-relevant fields, not its name."""
-    return tuple((f.name, getattr(variant, f.name)) for f in dataclasses.fields(variant) if f.name not in _NOT_KV_FIELDS)
+    """What must match for two runs' caches to be interchangeable: the side's changes, not its name. Planted timing
+    and memory regressions do not change a prompt's K/V (a planted window forbids reuse on its own); every other
+    change, present or future, keys reuse apart."""
+    return tuple(change for change in variant.changes if change.changes_kv())
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .base import Change, ChangeError
+
 if TYPE_CHECKING:
-    from .retrievers import RetrievalSettings
     from ..tasks import TaskPrompt
+    from .retrievers import RetrievalSettings
 
 
 @dataclass(frozen=True)
@@ -71,3 +74,46 @@ def retrieval_prompt(tokenizer: Any, prompt: TaskPrompt, settings: RetrievalSett
         evidence_spans=tuple(spans),
     )
     return RetrievedPrompt(retrieved, found.seconds, not_retrieved(found, evidence), found.to_dict())
+
+
+@dataclass(frozen=True)
+class RetrievalChange(Change):
+    """`retrieval: {method, chunk_tokens, top_k | budget_tokens, order}`: the side answers from the chunks retrieved
+    from the very prompt the other side gets whole; a miss whose evidence was not retrieved is `not_retrieved`."""
+
+    kind = "retrieval"
+    keys = ("retrieval",)
+    stage = "prompt"
+    changes_tokens = True
+    computation = False
+    in_process_only = False
+
+    settings: RetrievalSettings
+
+    @classmethod
+    def parse(cls, side: Mapping[str, Any]) -> RetrievalChange | None:
+        from .retrievers import RetrievalError, parse_retrieval
+
+        if side.get("retrieval") is None:
+            return None
+        try:
+            return cls(parse_retrieval(side["retrieval"]))
+        except RetrievalError as exc:
+            raise ChangeError(exc.key, exc.problem, exc.fix) from None
+
+    def record(self) -> dict[str, Any]:
+        return {"retrieval": self.settings.to_dict()}
+
+    def describe(self) -> tuple[tuple[str, str], ...]:
+        s = self.settings.to_dict()
+        if s.get("budget_tokens") is not None:
+            picked = f"best chunks of {s.get('chunk_tokens')} tokens up to {s['budget_tokens']} tokens"
+        else:
+            picked = f"top {s.get('top_k')} chunks of {s.get('chunk_tokens')} tokens"
+        return (("retrieval", f"{s.get('method')}, {picked}, order {s.get('order')}"),)
+
+    def transform(self, tokenizer: Any, prompt: TaskPrompt) -> RetrievedPrompt:
+        return retrieval_prompt(tokenizer, prompt, self.settings)
+
+
+CHANGE = RetrievalChange

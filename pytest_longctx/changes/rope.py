@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
+
+from .base import Change, ChangeError, LoadPlan, Reuse
 
 RopeType = Literal["default", "linear", "dynamic", "yarn", "llama3", "longrope"]
 
@@ -292,3 +294,83 @@ def _belongs_to(key: str) -> str:
 def _shown(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+@dataclass(frozen=True)
+class RopeChange(Change):
+    """`rope_parameters` and `max_position_embeddings`, applied to the config before the weights load.
+
+    Dynamic NTK and longrope scale by the length seen, so their K/V depend on more than a prefix's own tokens
+    (never reused), and the state dynamic NTK keeps is reset before each prompt so answers do not depend on cell
+    order."""
+
+    kind = "rope"
+    keys = ("rope_parameters", "max_position_embeddings")
+    stage = "load"
+
+    settings: RopeSettings
+
+    @classmethod
+    def parse(cls, side: Mapping[str, Any]) -> RopeChange | None:
+        if side.get("rope_parameters") is None and side.get("max_position_embeddings") is None:
+            return None
+        try:
+            # max_position_embeddings alone keeps the model's own RoPE and changes only the length it accepts.
+            return cls(parse_rope(side.get("rope_parameters") or {}, side.get("max_position_embeddings")))
+        except RopeError as exc:
+            raise ChangeError(exc.key, exc.problem, exc.fix) from None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RopeChange | None:
+        rope = record.get("rope")  # results files record the settings whole, under "rope"
+        if isinstance(rope, Mapping):
+            return cls(parse_rope(rope.get("rope_parameters") or {}, rope.get("max_position_embeddings")))
+        return super().from_record(record)  # type: ignore[return-value]
+
+    def record(self) -> dict[str, Any]:
+        return {"rope": self.settings.as_record()}
+
+    def describe(self) -> tuple[tuple[str, str], ...]:
+        params = dict(self.settings.parameters)
+        parts = []
+        if self.settings.rope_type is None:
+            parts.append("the model's own")
+        else:
+            head = str(self.settings.rope_type)
+            if "factor" in params:
+                head += f" factor {params.pop('factor'):g}"
+            if "original_max_position_embeddings" in params:
+                head += f" (original {params.pop('original_max_position_embeddings')})"
+            parts.append(head)
+            for key, value in sorted(params.items()):
+                parts.append(f"{key} " + (f"[{len(value)} values]" if isinstance(value, (list, tuple)) else f"{value:g}"
+                                          if isinstance(value, float) else str(value)))
+        if self.settings.max_position_embeddings is not None:
+            parts.append(f"max_position_embeddings {self.settings.max_position_embeddings}")
+        return (("rope", ", ".join(parts)),)
+
+    @property
+    def position_dependent(self) -> bool:
+        return self.settings.rope_type in ("dynamic", "longrope")
+
+    @property
+    def reuse(self) -> Reuse:  # type: ignore[override]
+        return "never" if self.position_dependent else "any"
+
+    @property
+    def drafts(self) -> bool:  # type: ignore[override]
+        return not self.position_dependent
+
+    @property
+    def batch(self) -> bool:  # type: ignore[override]
+        return not self.position_dependent
+
+    def load(self, plan: LoadPlan) -> LoadPlan:
+        return replace(plan, rope=self.settings)
+
+    def before_prompt(self, model: Any) -> None:
+        if self.position_dependent:
+            reset_rope_state(model)
+
+
+CHANGE = RopeChange

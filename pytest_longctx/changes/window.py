@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+
+from .base import CachePlan, Change, ChangeError
 
 if TYPE_CHECKING:
     import torch
@@ -217,7 +220,7 @@ def windowed_prefill(
     """
     import torch
 
-    from ..backends.in_process import cache_keyword
+    from ..backends.kv_cache import cache_keyword
 
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
@@ -254,3 +257,61 @@ def windowed_prefill(
         logits = out.logits[:, -1]
     assert logits is not None
     return logits
+
+
+@dataclass(frozen=True)
+class WindowChange(Change):
+    """`attention: {window: N, sink_tokens: S}`: a sliding window with attention sinks, applied from the first
+    prompt token on (a chunked prefill with a mask per chunk) by a cache that evicts to the window."""
+
+    kind = "window"
+    keys = ("attention",)
+    stage = "cache"
+    reuse = "never"  # every layer evicts: a held prefix is not the prefix's K/V
+    drafts = False
+    batch = False
+
+    window: AttentionWindow
+
+    @classmethod
+    def parse(cls, side: Mapping[str, Any]) -> WindowChange | None:
+        raw = side.get("attention")
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping):
+            raise ChangeError("attention", f"expected a mapping, got {type(raw).__name__}", "write attention: {window: 1024, sink_tokens: 4}")
+        for key in raw:
+            if key not in ("window", "sink_tokens"):
+                raise ChangeError(f"attention.{key}", "unknown key", "use one of: window, sink_tokens")
+        if "window" not in raw:
+            raise ChangeError("attention.window", "is missing", "add window: 1024 (the recent tokens each query sees)")
+        for key, low in (("window", 1), ("sink_tokens", 0)):
+            value = raw.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ChangeError(f"attention.{key}", f"expected an integer, got {value!r}", "write a whole number")
+            if value < low:
+                raise ChangeError(f"attention.{key}", f"{value} is below {low}", f"use an integer >= {low}")
+        return cls(AttentionWindow(window=raw["window"], sink_tokens=raw.get("sink_tokens", 0)))
+
+    def record(self) -> dict[str, Any]:
+        return {"attention": {"window": self.window.window, "sink_tokens": self.window.sink_tokens}}
+
+    def describe(self) -> tuple[tuple[str, str], ...]:
+        sinks = self.window.sink_tokens
+        tail = f" + {sinks} sink{'s' if sinks != 1 else ''}" if sinks else ", no sinks"
+        return (("attention", f"window {self.window.window}{tail}"),)
+
+    def check(self, side: Any, sweep: Any) -> None:
+        if sweep.loss is not None:
+            raise ChangeError("attention", "cannot be measured with sweep.loss (the loss pass has no windowed mask)",
+                              "drop sweep.loss from this gate, or measure the loss in a gate without attention")
+
+    def cache(self, plan: CachePlan) -> CachePlan:
+        return replace(plan, window=self.window)
+
+    def kv_tokens(self, prompt: int, new: int) -> int | None:
+        # The token the last step produced has no K/V yet.
+        return self.window.kv_tokens(prompt + max(new - 1, 0))
+
+
+CHANGE = WindowChange

@@ -22,7 +22,7 @@ def expected_keys(gate: GateSpec) -> list[Key]:
 def paired_by_content(gate: GateSpec) -> bool:
     """Sides whose prompts differ by design (a prompt layout, another model's tokenizer) pair on the cell's
     content, not on identical token ids."""
-    return any(v.changes_prompt or v.model is not None for v in gate.variants)
+    return any(v.changes_tokens for v in gate.variants)
 
 
 def positioned_tasks(gate: GateSpec) -> set[str]:

@@ -47,7 +47,7 @@ def loss_by_position(
     import torch.nn.functional as F
     from transformers import DynamicCache
 
-    from ..backends.in_process import cache_keyword
+    from ..backends.kv_cache import cache_keyword
 
     count = len(token_ids)
     edges = _edges(buckets, count)

@@ -24,16 +24,17 @@ class CellError(RuntimeError):
 
 
 def _default_backend(gate: GateSpec, variant: VariantSpec) -> Backend:
-    """The in-process model for one side, with what that side applies at load time (RoPE, dtype, kernels)."""
+    """The in-process model for one side, with what its changes apply at load time (RoPE, dtype, kernels)."""
     from ..backends.in_process import TransformersBackend
     from ..backends.loading import load_model
 
-    if variant.backend == "openai":
+    if variant.served is not None:
         raise ValueError("a served variant's backend comes from GateRun.served_backend")
-    spec = variant.model_spec(gate.model)
+    plan = variant.load_plan(gate.model)
+    spec = plan.model
     model, tokenizer, fingerprint = load_model(
         spec.ref, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code,
-        rope=variant.rope, attn_implementation=variant.attn_implementation,
+        rope=plan.rope, attn_implementation=plan.attn_implementation,
     )
     return TransformersBackend(model, tokenizer, fingerprint=fingerprint)
 
@@ -94,10 +95,10 @@ class GateRun:
             raise CellError(f"model {spec.ref} failed to load: {self._load_errors[key]}")
         if key not in self._backends:
             try:
-                if variant.backend != "openai" and self._backend_factory is _default_backend:
+                if variant.served is None and self._backend_factory is _default_backend:
                     self._import_model_code(variant)
                 started = time.perf_counter()
-                backend = self.served_backend(variant) if variant.backend == "openai" else self._backend_factory(self.gate, variant)
+                backend = self.served_backend(variant) if variant.served is not None else self._backend_factory(self.gate, variant)
                 self.load_seconds[variant.name] = time.perf_counter() - started
                 warm = backend.tokenizer.encode("Warm-up: the first forward pass pays one-off costs.") if hasattr(backend.tokenizer, "encode") else [1, 2, 3]
                 for side in self.variants:
@@ -132,18 +133,20 @@ class GateRun:
         from ..backends.loading import load_config, load_tokenizer, resolve
         from ..backends.served.client import ServedBackend
 
+        engine = variant.served
+        assert engine is not None
         spec = variant.model_spec(self.gate.model)
-        urls = list(variant.base_urls)
-        if variant.launch is not None:
+        urls = list(engine.base_urls)
+        if engine.launch is not None:
             from ..backends.served.launch import launched
 
             resolved = resolve(spec.ref)
             # {model} in the command: the file or folder the reference resolves to (the GGUF for embedded models).
             model_arg = str(resolved.gguf_path or resolved.location)
             self.server_logs[variant.name] = self.log_dir / f"{self.gate.name}.{variant.name}.server.log"
-            urls = [self._exit.enter_context(launched(variant.launch, model=model_arg, log_path=self.server_logs[variant.name]))]
+            urls = [self._exit.enter_context(launched(engine.launch, model=model_arg, log_path=self.server_logs[variant.name]))]
         tokenizer = load_tokenizer(spec.ref, trust_remote_code=spec.trust_remote_code)
-        if variant.tokenizer == "server":
+        if engine.tokenizer == "server":
             from ..backends.served.client import RemoteTokenizer
 
             # The engine's own ids (llama.cpp pre-tokenizes some text differently); ours decodes and templates.
@@ -151,7 +154,7 @@ class GateRun:
         return ServedBackend(
             urls, tokenizer=tokenizer,
             kv_shape=KvShape.from_config(load_config(spec.ref, trust_remote_code=spec.trust_remote_code)),
-            api=variant.api, max_concurrency=variant.max_concurrency, kv_bytes_per_element=variant.kv_bytes_per_element,
+            api=engine.api, max_concurrency=engine.max_concurrency, kv_bytes_per_element=engine.kv_bytes_per_element,
         )
 
     def close(self) -> None:
@@ -160,19 +163,17 @@ class GateRun:
 
     def prompt(self, cell: Cell, variant: VariantSpec | None = None) -> Any:
         """The cell's prompt for `variant`. Sides on one tokenizer with one prompt layout get the very same
-        token ids (built once); a prompt-level change or another tokenizer gets its own."""
+        token ids (built once); a prompt-level change or another tokenizer gets its own. A change that transforms a
+        built prompt (retrieval) works on the very prompt the other side gets in full."""
         variant = variant or self.variants[0]
         tokenizer = self.backend(variant).tokenizer
-        key = (id(tokenizer), variant.packing, variant.history, variant.retrieval, cell)
+        key = (id(tokenizer), variant.prompt_key(), cell)
         if key not in self._prompts:
-            if variant.retrieval is not None:
-                from ..changes.retrieval import retrieval_prompt
-
-                # Retrieval works on the very prompt the other side gets in full.
-                full = self.prompt(cell, dataclasses.replace(variant, retrieval=None))
-                self._prompts[key] = retrieval_prompt(tokenizer, full, variant.retrieval)
-            else:
-                self._prompts[key] = build_prompt(tokenizer, task_spec(self.gate.sweep, cell.task), cell, variant)
+            self._prompts[key] = build_prompt(tokenizer, task_spec(self.gate.sweep, cell.task), cell, variant)
+            for change in variant.changes:
+                transformed = change.transform(tokenizer, self._prompts[key])
+                if transformed is not None:
+                    self._prompts[key] = transformed
         return self._prompts[key]
 
     def measure(self, variant: VariantSpec, cell: Cell) -> CellResult:
@@ -200,7 +201,7 @@ class GateRun:
         """The recall pass's cache of prompts run so far, for untimed cells to start from (in-process models
         only, and only when some cell is untimed: a timed cell always runs from scratch)."""
         sweep = self.gate.sweep
-        if variant.backend != "transformers" or sweep.timing == TimingSpec():
+        if variant.served is not None or sweep.timing == TimingSpec():
             return None
         if self._prefix_store is None:
             from ..backends.prefix_reuse import PrefixStore
@@ -243,14 +244,14 @@ class GateRun:
 
     def loss_curve(self, variant: VariantSpec) -> dict[str, Any]:
         """Next-token loss by position over the gate's long seeded text, through `variant`'s model and cache."""
-        from ..backends.kv_cache import make_cache
+        from ..backends.in_process import build_cache
         from .loss_curve import long_text, loss_by_position
 
         spec = self.gate.sweep.loss
         assert spec is not None
         backend = self.backend(variant)
         ids = backend.tokenizer(long_text(backend.tokenizer, spec.tokens, spec.seed), add_special_tokens=False)["input_ids"]
-        cache = make_cache(variant.kv_cache_dtype, backend.model.config, kv_scale=variant.kv_scale)
+        cache = build_cache(variant.cache_plan(), backend.model.config)
         curve = loss_by_position(backend.model, ids, buckets=spec.buckets, cache=cache)
         return {"variant": variant.name, "edges": list(curve.edges), "losses": list(curve.losses),
                 "counts": list(curve.counts), "tokens": curve.tokens}

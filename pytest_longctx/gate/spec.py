@@ -8,29 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from .model import DEFAULT_MODEL, ModelSpec
+
 if TYPE_CHECKING:
-    from ..changes.window import AttentionWindow
-    from ..changes.prompt_layout import HistoryBudget
-    from ..changes.retrievers import RetrievalSettings
-    from ..changes.rope import RopeSettings
-    from ..backends.served.launch import LaunchSpec
+    from ..changes.base import CachePlan, Change, LoadPlan
+    from ..changes.served import ServedEngine
     from ..tasks import TaskSpec
 
-KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4"]
-KvScale = Literal["token_head", "tensor", "channel"]
+__all__ = ["DEFAULT_MODEL", "GateError", "GateSpec", "ModelSpec", "SweepSpec", "Thresholds", "VariantSpec", "load_gate", "parse_gate"]
+
 MemorySource = Literal["auto", "kv_bytes", "peak_bytes"]
 RecallPolicy = Literal["strict", "noninferiority"]
 LatencyPolicy = Literal["point", "bound"]
 RepeatStatistic = Literal["min", "median"]
-ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
-Device = Literal["auto", "cpu", "cuda"]
-AttnImplementation = Literal["sdpa", "eager"]
-BackendKind = Literal["transformers", "openai"]
-ServedApi = Literal["completions", "chat"]
-ServedTokenizer = Literal["local", "server"]
-Packing = Literal["given", "edge"]
-
-DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
 
 class GateError(ValueError):
@@ -38,113 +28,109 @@ class GateError(ValueError):
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    ref: str = DEFAULT_MODEL
-    dtype: ModelDtype = "auto"
-    device: Device = "auto"
-    trust_remote_code: bool = False
-
-
-@dataclass(frozen=True)
 class VariantSpec:
-    """One side of a gate: the long-context change it applies, to the model, its cache or its prompt."""
+    """One side of a gate: its name and the changes it applies (to the model, its cache, its prompt or its engine).
+
+    Every hook of the changes is asked in the registry's composition order; nothing here knows which kinds exist.
+    """
 
     name: str
-    kv_cache_dtype: KvCacheDtype = "auto"
-    kv_scale: KvScale = "token_head"
-    # Model-level changes, applied when the model loads (one model per distinct setting):
-    model: ModelSpec | None = None  # another model than the gate's (a model swap)
-    dtype: ModelDtype | None = None
-    attn_implementation: AttnImplementation | None = None
-    rope: RopeSettings | None = None  # rope_parameters and max_position_embeddings
-    # Cache-level: a sliding window with attention sinks (StreamingLLM).
-    attention: AttentionWindow | None = None
-    # Prompt-level changes: the same content, laid out differently.
-    packing: Packing = "given"
-    history: HistoryBudget | None = None
-    retrieval: RetrievalSettings | None = None
-    # Served: an OpenAI-compatible engine (vLLM, SGLang, TGI, llama.cpp) at base_urls, or launched per variant.
-    backend: BackendKind = "transformers"
-    base_urls: tuple[str, ...] = ()
-    launch: LaunchSpec | None = None
-    api: ServedApi = "completions"
-    max_concurrency: int = 1
-    tokenizer: ServedTokenizer = "local"  # whose tokenizer builds the token-exact prompts: ours, or the engine's
-    kv_bytes_per_element: float | None = None  # what the engine stores per K/V element (llama.cpp q8_0: 34/32)
-    # Planted regressions, for self-check gates that prove a gate catches what it should:
-    planted_decode_delay: float = 0.0  # extra wall time per decode step, as a fraction of the step's own time
-    planted_kv_copies: int = 1  # hold this many copies of the KV cache (real memory)
-    planted_window: int | None = None  # after prefill, keep only the last N tokens' K/V
+    changes: tuple[Change, ...] = ()
+
+    @classmethod
+    def of(cls, name: str, **settings: Any) -> VariantSpec:
+        """A side from gate keys, as a gate file would give them: `VariantSpec.of("c", kv_cache_dtype="fp8")`.
+
+        Raises:
+            GateError: naming the key, the problem and the fix.
+        """
+        from ..changes.base import ChangeError
+        from ..changes.registry import parse_side
+
+        try:
+            return cls(name, parse_side(settings))
+        except ChangeError as exc:
+            raise GateError(f"<settings>: key '{name}.{exc.key}': {exc.problem}. Fix: {exc.fix}.") from None
+
+    def find(self, kind: str) -> Change | None:
+        """This side's change of `kind` (a registry name such as "kv_quant"), or None."""
+        return next((c for c in self.changes if c.kind == kind), None)
+
+    @property
+    def served(self) -> ServedEngine | None:
+        """The engine this side runs on, None for the in-process model."""
+        return next((s for s in (c.served() for c in self.changes) if s is not None), None)
+
+    @property
+    def backend(self) -> str:
+        return "transformers" if self.served is None else "openai"
+
+    def load_plan(self, gate_model: ModelSpec) -> LoadPlan:
+        from ..changes.base import LoadPlan
+
+        plan = LoadPlan(model=gate_model)
+        for change in self.changes:
+            plan = change.load(plan)
+        return plan
 
     def model_spec(self, gate_model: ModelSpec) -> ModelSpec:
         """The model this side runs: the gate's, or its own, with its own dtype where it sets one."""
-        base = self.model or gate_model
-        return base if self.dtype is None else dataclasses.replace(base, dtype=self.dtype)
+        return self.load_plan(gate_model).model
 
     def load_key(self, gate_model: ModelSpec) -> tuple[Any, ...]:
         """Sides with equal keys share one loaded model; anything applied at load time is in it."""
-        if self.backend == "openai":
-            return (self.backend, self.model_spec(gate_model), self.base_urls, self.launch, self.api, self.max_concurrency,
-                    self.tokenizer, self.kv_bytes_per_element)
-        return (self.model_spec(gate_model), self.rope, self.attn_implementation)
+        if self.served is not None:
+            return ("served", self.model_spec(gate_model), self.served)
+        return ("in-process", self.load_plan(gate_model))
+
+    def cache_plan(self) -> CachePlan:
+        from ..changes.base import CachePlan
+
+        plan = CachePlan()
+        for change in self.changes:
+            plan = change.cache(plan)
+        return plan
+
+    @property
+    def changes_prompt(self) -> bool:
+        return any(c.stage == "prompt" for c in self.changes)
+
+    @property
+    def changes_tokens(self) -> bool:
+        """Whether this side's prompt token ids differ from another's by design (see Change.changes_tokens)."""
+        return any(c.changes_tokens for c in self.changes)
+
+    def prompt_key(self) -> tuple[Any, ...]:
+        """What makes this side's prompts differ from another's built with the same tokenizer."""
+        return tuple(c for c in self.changes if c.stage == "prompt")
 
     def computation_settings(self, baseline: VariantSpec) -> tuple[str, ...]:
         """The gate keys in which this side differs from `baseline` by a setting that should change what the
         model computes on the same prompt (not the prompt itself, not the weights): what a no-op guard checks."""
-        pairs = (
-            ("kv_cache_dtype", self.kv_cache_dtype != baseline.kv_cache_dtype
-             or (self.kv_cache_dtype != "auto" and self.kv_scale != baseline.kv_scale)),
-            ("rope_parameters", self.rope != baseline.rope),
-            ("attention", self.attention != baseline.attention),
-            ("dtype", self.dtype != baseline.dtype),
-            ("attn_implementation", self.attn_implementation != baseline.attn_implementation),
-            ("launch", self.launch != baseline.launch),
+        both = (*self.changes, *baseline.changes)
+        kinds = list(dict.fromkeys(c.kind for c in both if c.changes_computation()))
+        return tuple(
+            next(c for c in both if c.kind == kind).keys[0] for kind in kinds if self.find(kind) != baseline.find(kind)
         )
-        return tuple(key for key, differs in pairs if differs)
 
-    @property
-    def changes_prompt(self) -> bool:
-        return self.packing != "given" or self.history is not None or self.retrieval is not None
+    def describe(self) -> tuple[tuple[str, str], ...]:
+        """(setting, text) for each setting this side changes, for the report and summaries."""
+        return tuple(row for c in self.changes for row in c.describe())
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        data["model"] = None if self.model is None else dataclasses.asdict(self.model)
-        data["rope"] = None if self.rope is None else self.rope.as_record()
-        data["attention"] = None if self.attention is None else dataclasses.asdict(self.attention)
-        data["history"] = None if self.history is None else dataclasses.asdict(self.history)
-        data["retrieval"] = None if self.retrieval is None else self.retrieval.to_dict()
-        data["launch"] = None if self.launch is None else dataclasses.asdict(self.launch)
-        data["base_urls"] = list(self.base_urls)
+        """The side as results JSON records it: its changes' settings under their gate keys, their kinds, and
+        how each is described (so renderers need not import the changes)."""
+        data: dict[str, Any] = {"name": self.name, "changes": [c.kind for c in self.changes]}
+        for change in self.changes:
+            data.update(change.record())
+        data["described"] = [list(row) for row in self.describe()]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VariantSpec:
-        values = dict(data)
-        if values.get("model") is not None:
-            values["model"] = ModelSpec(**values["model"])
-        if values.get("rope") is not None:
-            from ..changes.rope import parse_rope
+        from ..changes.registry import from_records
 
-            values["rope"] = parse_rope(values["rope"]["rope_parameters"], values["rope"].get("max_position_embeddings"))
-        if values.get("attention") is not None:
-            from ..changes.window import AttentionWindow
-
-            values["attention"] = AttentionWindow(**values["attention"])
-        if values.get("history") is not None:
-            from ..changes.prompt_layout import HistoryBudget
-
-            values["history"] = HistoryBudget(**values["history"])
-        if values.get("retrieval") is not None:
-            from ..changes.retrievers import parse_retrieval
-
-            values["retrieval"] = parse_retrieval(values["retrieval"])
-        if values.get("launch") is not None:
-            from ..backends.served.launch import LaunchSpec
-
-            values["launch"] = LaunchSpec(**values["launch"])
-        values["base_urls"] = tuple(values.get("base_urls", ()))
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return cls(data["name"], from_records(data))
 
 
 @dataclass(frozen=True)
@@ -332,148 +318,27 @@ class _Reader:
 
 
 def _model(r: _Reader, raw: Any, key: str = "model") -> ModelSpec:
-    if raw is None:
-        return ModelSpec()
-    if isinstance(raw, str):
-        return ModelSpec(ref=r.string(raw, key))
-    m = r.mapping(raw, key, {"ref": "", "dtype": "", "device": "", "trust_remote_code": ""})
-    return ModelSpec(
-        ref=r.string(m.get("ref", DEFAULT_MODEL), f"{key}.ref"),
-        dtype=r.choice(m.get("dtype", "auto"), f"{key}.dtype", get_args(ModelDtype)),  # type: ignore[arg-type]
-        device=r.choice(m.get("device", "auto"), f"{key}.device", get_args(Device)),  # type: ignore[arg-type]
-        trust_remote_code=r.boolean(m.get("trust_remote_code", False), f"{key}.trust_remote_code"),
-    )
+    from ..changes.base import ChangeError
+    from .model import parse_model
 
-
-VARIANT_KEYS = (
-    "kv_cache_dtype", "kv_scale", "model", "dtype", "attn_implementation", "rope_parameters", "max_position_embeddings",
-    "attention", "packing", "history", "retrieval", "backend", "base_url", "base_urls", "launch", "api", "max_concurrency",
-    "tokenizer", "kv_bytes_per_element", "planted",
-)
+    try:
+        return parse_model(raw, key)
+    except ChangeError as exc:
+        raise r.fail(exc.key, exc.problem, exc.fix) from None
 
 
 def _variant(r: _Reader, raw: Any, name: str) -> VariantSpec:
-    v = r.mapping(raw if raw is not None else {}, name, {k: "" for k in VARIANT_KEYS})
-    planted = r.mapping(v.get("planted", {}), f"{name}.planted", {"decode_delay": "", "kv_copies": "", "window": ""})
-    window = planted.get("window")
-    return VariantSpec(
-        name=name,
-        kv_cache_dtype=r.choice(v.get("kv_cache_dtype", "auto"), f"{name}.kv_cache_dtype", get_args(KvCacheDtype)),  # type: ignore[arg-type]
-        kv_scale=r.choice(v.get("kv_scale", "token_head"), f"{name}.kv_scale", get_args(KvScale)),  # type: ignore[arg-type]
-        model=None if v.get("model") is None else _model(r, v["model"], f"{name}.model"),
-        dtype=None if v.get("dtype") is None else r.choice(v["dtype"], f"{name}.dtype", get_args(ModelDtype)),  # type: ignore[arg-type]
-        attn_implementation=None if v.get("attn_implementation") is None else r.choice(  # type: ignore[arg-type]
-            v["attn_implementation"], f"{name}.attn_implementation", get_args(AttnImplementation)),
-        rope=_rope(r, v, name),
-        attention=_attention(r, v.get("attention"), name),
-        packing=r.choice(v.get("packing", "given"), f"{name}.packing", get_args(Packing)),  # type: ignore[arg-type]
-        history=_history(r, v.get("history"), name),
-        retrieval=_retrieval(r, v.get("retrieval"), name),
-        **_served(r, v, name),
-        planted_decode_delay=r.number(planted.get("decode_delay", 0.0), f"{name}.planted.decode_delay", low=0.0, high=100.0),
-        planted_kv_copies=r.integer(planted.get("kv_copies", 1), f"{name}.planted.kv_copies", low=1),
-        planted_window=None if window is None else r.integer(window, f"{name}.planted.window", low=1),
-    )
+    """A side's mapping into its changes; every key belongs to one registered change kind."""
+    from ..changes.base import ChangeError
+    from ..changes.registry import parse_side
 
-
-def _served(r: _Reader, v: dict[str, Any], name: str) -> dict[str, Any]:
-    """A served variant: where its engine is (base_url(s)), or how to start it (launch), and how to talk to it."""
-    kind = r.choice(v.get("backend", "transformers"), f"{name}.backend", get_args(BackendKind))
-    keys = [k for k in ("base_url", "base_urls", "launch", "api", "max_concurrency", "tokenizer", "kv_bytes_per_element") if k in v]
-    if kind != "openai":
-        if keys:
-            raise r.fail(f"{name}.{keys[0]}", "only applies to a served model", f"add {name}.backend: openai, or remove it")
-        return {}
-    urls: list[Any] = []
-    if "base_url" in v:
-        urls = [r.string(v["base_url"], f"{name}.base_url")]
-    if "base_urls" in v:
-        if urls:
-            raise r.fail(f"{name}.base_urls", "is given beside base_url", "use one of base_url and base_urls")
-        urls = [r.string(u, f"{name}.base_urls") for u in r.listing(v["base_urls"], f"{name}.base_urls")]
-    for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise r.fail(f"{name}.base_url", f"{url!r} is not an http(s) URL", "write e.g. http://127.0.0.1:8000 (without /v1)")
-    launch = None
-    if "launch" in v:
-        from ..backends.served.launch import LaunchError, parse_launch
-
-        launch = _delegated(r, name, LaunchError, parse_launch, v["launch"])
-    if bool(urls) == (launch is not None):
-        raise r.fail(f"{name}.backend", "openai needs either base_url(s) or launch", "point at a running server, or give launch: {command: ...}")
-    # kv_cache_dtype stays allowed: it says what the engine stores, for the analytic KV estimate.
-    for key in ("rope_parameters", "max_position_embeddings", "attention", "attn_implementation", "dtype", "packing", "history"):
-        if key in v:
-            raise r.fail(f"{name}.{key}", "is applied by the engine of a served model, not by pytest-longctx",
-                         "put the engine's flag in launch.command (e.g. --kv-cache-dtype fp8)")
-    return {
-        "backend": kind, "base_urls": tuple(urls), "launch": launch,
-        "api": r.choice(v.get("api", "completions"), f"{name}.api", get_args(ServedApi)),
-        "max_concurrency": r.integer(v.get("max_concurrency", 1), f"{name}.max_concurrency", low=1),
-        "tokenizer": r.choice(v.get("tokenizer", "local"), f"{name}.tokenizer", get_args(ServedTokenizer)),
-        "kv_bytes_per_element": _bytes_per_element(r, v.get("kv_bytes_per_element"), f"{name}.kv_bytes_per_element"),
-    }
-
-
-def _bytes_per_element(r: _Reader, value: Any, key: str) -> float | None:
-    """A number, or a fraction as engines document block formats ("34/32": 32 int8 values and an fp16 scale)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        from fractions import Fraction
-
-        try:
-            value = float(Fraction(value.replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
-            raise r.fail(key, f"{value!r} is not a number", "write bytes per K/V element, e.g. 2 (f16) or 34/32 (llama.cpp q8_0)") from None
-    return r.number(value, key, low=0.01, high=8.0)
-
-
-def _rope(r: _Reader, v: dict[str, Any], name: str) -> RopeSettings | None:
-    if v.get("rope_parameters") is None and v.get("max_position_embeddings") is None:
-        return None
-    from ..changes.rope import RopeError, parse_rope
-
-    # max_position_embeddings alone keeps the model's own RoPE and changes only the length it accepts.
-    return _delegated(r, name, RopeError, parse_rope, v.get("rope_parameters") or {}, v.get("max_position_embeddings"))  # type: ignore[no-any-return]
-
-
-def _attention(r: _Reader, raw: Any, name: str) -> AttentionWindow | None:
-    if raw is None:
-        return None
-    from ..changes.window import AttentionWindow
-
-    a = r.mapping(raw, f"{name}.attention", {"window": "", "sink_tokens": ""})
-    if "window" not in a:
-        raise r.fail(f"{name}.attention.window", "is missing", "add window: 1024 (the recent tokens each query sees)")
-    return AttentionWindow(
-        window=r.integer(a["window"], f"{name}.attention.window", low=1),
-        sink_tokens=r.integer(a.get("sink_tokens", 0), f"{name}.attention.sink_tokens", low=0),
-    )
-
-
-def _delegated(r: _Reader, name: str, error: type[Exception], parse: Any, *args: Any) -> Any:
-    """Run a component's own parser; its error (key, problem, fix) becomes a GateError under the variant's key."""
+    side = {} if raw is None else raw
+    if not isinstance(side, dict):
+        raise r.fail(name, f"expected a mapping, got {type(side).__name__}", f"write {name} as `key: value` lines")
     try:
-        return parse(*args)
-    except error as exc:
-        raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None  # type: ignore[attr-defined]
-
-
-def _history(r: _Reader, raw: Any, name: str) -> HistoryBudget | None:
-    if raw is None:
-        return None
-    from ..changes.prompt_layout import LayoutError, parse_history
-
-    return _delegated(r, name, LayoutError, parse_history, raw)  # type: ignore[no-any-return]
-
-
-def _retrieval(r: _Reader, raw: Any, name: str) -> RetrievalSettings | None:
-    if raw is None:
-        return None
-    from ..changes.retrievers import RetrievalError, parse_retrieval
-
-    return _delegated(r, name, RetrievalError, parse_retrieval, raw)  # type: ignore[no-any-return]
+        return VariantSpec(name, parse_side(side))
+    except ChangeError as exc:
+        raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
 
 
 def _sweep(r: _Reader, raw: Any) -> SweepSpec:
@@ -635,20 +500,15 @@ def parse_gate(data: Any, *, source: str = "<gate>", base_dir: Path | None = Non
 
 def _check_combinations(r: _Reader, variants: tuple[VariantSpec, ...], sweep: SweepSpec, thresholds: Thresholds) -> None:
     """Settings that are each valid but cannot go together, caught before any model loads."""
-    from ..tasks import FAMILIES
-
-    for v in variants:
-        if v.attention is not None and v.planted_window is not None:
-            raise r.fail(f"{v.name}.planted.window", "cannot be combined with attention", "use attention: {window: N} alone")
-        if v.attention is not None and sweep.loss is not None:
-            raise r.fail("sweep.loss", f"is not measured under {v.name}.attention (the loss pass has no windowed mask)",
-                         "drop sweep.loss from this gate, or measure the loss in a gate without attention")
-        if v.packing != "given" and not any(FAMILIES[t.family].arranges for t in sweep.tasks):
-            raise r.fail(f"{v.name}.packing", "needs a task with documents to arrange", "add multi_doc_qa to sweep.tasks")
-        if v.history is not None and not any(FAMILIES[t.family].takes_history for t in sweep.tasks):
-            raise r.fail(f"{v.name}.history", "needs a task with a chat history", "add conversation to sweep.tasks")
+    from ..changes.base import ChangeError
     from ..tasks import uses_depth
 
+    for side in variants:
+        for change in side.changes:
+            try:
+                change.check(side, sweep)
+            except ChangeError as exc:
+                raise r.fail(f"{side.name}.{exc.key}", exc.problem, exc.fix) from None
     if not any(uses_depth(t) for t in sweep.tasks):
         raise r.fail("sweep.tasks", "has no family where the evidence has a position, so middle-depth recall is undefined",
                      "add a positioned family such as niah or multi_doc_qa beside the aggregation ones")

@@ -69,18 +69,15 @@ def interleaved(gate: GateSpec, variants: tuple[VariantSpec, ...] | None = None,
 
 
 def build_prompt(tokenizer: Any, spec: TaskSpec, cell: Cell, variant: VariantSpec | None = None) -> TaskPrompt:
-    """The cell's prompt as `variant` lays it out (a prompt-level change such as edge packing), token-exact."""
+    """The cell's prompt as `variant`'s prompt-level changes lay it out (edge packing, a history budget), token-exact."""
+    from ..changes.base import PromptPlan
     from ..tasks import FAMILIES, build_task
 
-    arrange = None
-    # Packing re-orders documents; a family without documents keeps its prompt (the gate checked that some
-    # family of the sweep has documents).
-    if variant is not None and variant.packing != "given" and FAMILIES[spec.family].arranges:
-        from ..changes.prompt_layout import arrange as packing
-
-        arrange = packing(variant.packing)
-    history = variant.history if variant is not None and FAMILIES[spec.family].takes_history else None
-    return build_task(tokenizer, spec, length=cell.length, depth=cell.depth, seed=cell.seed, arrange=arrange, history=history)
+    plan = PromptPlan()
+    for change in variant.changes if variant is not None else ():
+        plan = change.prompt(plan, FAMILIES[spec.family])
+    return build_task(tokenizer, spec, length=cell.length, depth=cell.depth, seed=cell.seed, arrange=plan.arrange,
+                      history=plan.history)
 
 
 def run_cell(
@@ -96,6 +93,8 @@ def run_cell(
     """
     prompt, retrieval = _unwrap(prompt)
     extra_kw: dict[str, Any] = {} if reuse is None else {"reuse": reuse, "reuse_prefix": not timed}
+    if getattr(backend, "measures_logprob", False):
+        extra_kw["expected"] = prompt.answers
     gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s,
                            stop=prompt.answer_complete, **extra_kw)
     reused = getattr(gen, "reused_tokens", 0)
@@ -144,7 +143,7 @@ def _cut_by_history(variant: VariantSpec, prompt: TaskPrompt) -> bool:
     from ..tasks import FAMILIES
 
     family = FAMILIES.get(prompt.family)
-    return variant.history is not None and family is not None and family.takes_history and not prompt.evidence_spans
+    return variant.find("history") is not None and family is not None and family.takes_history and not prompt.evidence_spans
 
 
 def _unwrap(prompt: Any) -> tuple[TaskPrompt, RetrievedPrompt | None]:

@@ -303,7 +303,7 @@ _SETTING_DEFAULTS: dict[str, str] = {
     "retrieval": "none (whole context)",
     "planted": "none",
 }
-_DESCRIBED = {"name", "model", "dtype", "attn_implementation", "rope", "attention", "kv_cache_dtype", "kv_scale", "packing",
+_DESCRIBED = {"name", "changes", "described", "model", "dtype", "attn_implementation", "rope", "attention", "kv_cache_dtype", "kv_scale", "packing",
               "history", "retrieval", "planted_decode_delay", "planted_kv_copies", "planted_window",
               "backend", "base_urls", "launch", "api", "max_concurrency", "tokenizer", "kv_bytes_per_element"}
 
@@ -372,6 +372,9 @@ def describe_variant(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     Reads `VariantSpec.to_dict()` records, old (kv_cache_dtype and planted_* only) and new; keys this module does
     not know are shown as they are, so a setting added later is never hidden.
     """
+    described = spec.get("described")
+    if isinstance(described, list):  # each change describes itself (results since changes became components)
+        return tuple((str(row[0]), str(row[1])) for row in described if isinstance(row, (list, tuple)) and len(row) == 2)
     shown: dict[str, str] = {}
     if spec.get("backend", "transformers") != "transformers":
         launch = spec.get("launch")

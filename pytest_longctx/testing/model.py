@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     Prompt = Union[str, Sequence[int], Haystack, MultiHaystack]
 
-DEFAULT_VARIANT = VariantSpec(name="default")
+DEFAULT_VARIANT = VariantSpec("default")
 
 
 class LongctxModel(Protocol):
@@ -120,33 +120,42 @@ class ModelHandle:
         return ModelHandle(self.backend, spec=self.spec, variant=variant_spec(self.variant_spec, **settings))
 
     def __repr__(self) -> str:
-        changed = {f.name: getattr(self.variant_spec, f.name) for f in dataclasses.fields(VariantSpec)
-                   if f.name != "name" and getattr(self.variant_spec, f.name) != getattr(DEFAULT_VARIANT, f.name)}
-        shown = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        shown = "; ".join(f"{k} {v}" for k, v in self.variant_spec.describe())
         return f"<ModelHandle {self.ref}{' ' + shown if shown else ''}>"
 
 
 def variant_spec(base: VariantSpec, **settings: Any) -> VariantSpec:
-    """`base` with `settings` applied, each checked against the VariantSpec field's declared choices."""
-    from ..gate import spec as gate_spec
+    """`base` with `settings` (gate keys of a side, e.g. kv_cache_dtype="fp8") applied, checked as a gate's are.
 
-    # Field annotations are strings; those naming a Literal alias of gate_spec (KvCacheDtype, ...) give choices.
-    hints = {f.name: getattr(gate_spec, str(f.type), None) for f in dataclasses.fields(VariantSpec)}
-    known = [f.name for f in dataclasses.fields(VariantSpec) if f.name != "name"]
-    for key, value in settings.items():
-        if key == "name":
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"variant name must be a non-empty string, got {value!r}")
-            continue
-        if key not in known:
-            raise TypeError(f"unknown variant setting {key!r}; this version supports: {', '.join(known)}")
-        choices = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is typing.Literal else ()
-        if choices and value not in choices:
-            raise ValueError(f"{key}={value!r} is not supported; use one of: {', '.join(map(str, choices))}")
-    if "name" not in settings:
-        changes = [f"{k}={v}" for k, v in settings.items() if getattr(base, k) != v]
-        settings["name"] = ",".join(changes) if changes else base.name
-    return dataclasses.replace(base, **settings)
+    Raises:
+        TypeError: a setting no registered change reads.
+        ValueError: a setting's value is refused (the message names the key and the fix).
+    """
+    from ..changes.registry import side_keys
+
+    name = settings.pop("name", None)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"variant name must be a non-empty string, got {name!r}")
+    for key in settings:
+        if key not in side_keys():
+            raise TypeError(f"unknown variant setting {key!r}; this version supports: {', '.join(side_keys())}")
+    merged: dict[str, Any] = {}
+    for change in base.changes:
+        merged.update(_as_keys(change))
+    changed = {k: v for k, v in settings.items() if merged.get(k) != v}
+    merged.update(settings)
+    if name is None:
+        name = ",".join(f"{k}={v}" for k, v in changed.items()) if changed else base.name
+    return VariantSpec.of(name, **merged)
+
+
+def _as_keys(change: Any) -> dict[str, Any]:
+    """A change's settings under the gate keys it reads (a record may use its own key, e.g. RoPE's "rope")."""
+    record = change.record()
+    if set(record) <= set(change.keys):
+        return record
+    rope = record.get("rope")
+    return dict(rope) if isinstance(rope, dict) else {}
 
 
 def resolve_model_spec(*, option: str | None, ini: str | None, gates: Sequence[GateSpec] = ()) -> ModelSpec:

@@ -46,7 +46,7 @@ Q8_0_BYTES = 34 / 32  # 32 int8 values and one fp16 scale per block
 LENGTH = 512
 CELLS = ((1, 0.5), (2, 0.5))  # (seed, depth): needles this 135M model finds at 512 tokens
 F16 = VariantSpec(name="baseline")
-Q8 = VariantSpec(name="candidate", kv_cache_dtype="int8")
+Q8 = VariantSpec.of("candidate", kv_cache_dtype="int8")
 
 
 @pytest.fixture(scope="module")

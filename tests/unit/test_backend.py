@@ -23,7 +23,7 @@ def test_greedy_loop_matches_transformers_generate(tiny_backend, tiny_llama):
 
 @pytest.mark.parametrize("dtype,elem,scale", [("auto", 4, None), ("fp8_e4m3", 1, "token_head")])
 def test_generation_reports_timings_and_kv_bytes_at_the_final_length(tiny_backend, dtype, elem, scale):
-    gen = tiny_backend.generate(PROMPT, variant=VariantSpec("v", kv_cache_dtype=dtype), max_new_tokens=6)
+    gen = tiny_backend.generate(PROMPT, variant=VariantSpec.of("v", kv_cache_dtype=dtype), max_new_tokens=6)
     # The last sampled token is never fed back, so the cache holds prompt + new - 1 tokens.
     assert gen.kv_tokens == len(PROMPT) + gen.new_tokens - 1
     expected = KvShape.from_config(tiny_backend.model.config).sequence_bytes(gen.kv_tokens, elem, scale=scale)
@@ -34,7 +34,7 @@ def test_generation_reports_timings_and_kv_bytes_at_the_final_length(tiny_backen
 
 def test_fp8_variant_uses_a_quarter_of_fp32_kv_plus_scales(tiny_backend):
     base = tiny_backend.generate(PROMPT, variant=VariantSpec("b"), max_new_tokens=1)
-    fp8 = tiny_backend.generate(PROMPT, variant=VariantSpec("c", kv_cache_dtype="fp8"), max_new_tokens=1)
+    fp8 = tiny_backend.generate(PROMPT, variant=VariantSpec.of("c", kv_cache_dtype="fp8"), max_new_tokens=1)
     head_dim = KvShape.from_config(tiny_backend.model.config).head_dim
     assert fp8.kv_bytes / base.kv_bytes == pytest.approx((1 + 4 / head_dim) / 4)
 
@@ -125,7 +125,7 @@ def _sweep_prompts(lengths=(120, 240), depths=(0.0, 0.3, 0.7, 1.0), seed=0):
 def test_prefix_reuse_answers_exactly_as_fresh_runs_across_a_sweep(tiny_backend, dtype):
     from pytest_longctx.backends.prefix_reuse import PrefixStore, reuse_order
 
-    variant = VariantSpec("v", kv_cache_dtype=dtype)
+    variant = VariantSpec.of("v", kv_cache_dtype=dtype)
     prompts = _sweep_prompts()
     store = PrefixStore(min_tokens=16)
     reused_total = 0
@@ -145,7 +145,7 @@ def test_prefix_reuse_answers_exactly_as_fresh_runs_across_a_sweep(tiny_backend,
 def test_frozen_scales_are_reused_only_for_an_identical_prompt(tiny_backend, kv_scale):
     from pytest_longctx.backends.prefix_reuse import PrefixStore
 
-    variant = VariantSpec("v", kv_cache_dtype="int8", kv_scale=kv_scale)
+    variant = VariantSpec.of("v", kv_cache_dtype="int8", kv_scale=kv_scale)
     prompts = _sweep_prompts(lengths=(120,), depths=(0.5, 1.0))
     store = PrefixStore(min_tokens=16)
     first = tiny_backend.generate(prompts[(120, 1.0)], variant=variant, max_new_tokens=8, reuse=store)
@@ -161,10 +161,10 @@ def test_reuse_never_crosses_variants_and_skips_planted_windows(tiny_backend):
     prompts = _sweep_prompts(lengths=(120,), depths=(0.5, 1.0))
     store = PrefixStore(min_tokens=16)
     tiny_backend.generate(prompts[(120, 1.0)], variant=VariantSpec("b"), max_new_tokens=4, reuse=store)
-    fp8 = tiny_backend.generate(prompts[(120, 0.5)], variant=VariantSpec("c", kv_cache_dtype="fp8"), max_new_tokens=4, reuse=store)
+    fp8 = tiny_backend.generate(prompts[(120, 0.5)], variant=VariantSpec.of("c", kv_cache_dtype="fp8"), max_new_tokens=4, reuse=store)
     renamed = tiny_backend.generate(prompts[(120, 0.5)], variant=VariantSpec("c"), max_new_tokens=4, reuse=store)
     assert fp8.reused_tokens == 0 and renamed.reused_tokens > 0  # the name is not part of the K/V
-    windowed = VariantSpec("w", planted_window=32)
+    windowed = VariantSpec.of("w", planted={"window": 32})
     stored = len(store)
     tiny_backend.generate(prompts[(120, 1.0)], variant=windowed, max_new_tokens=4, reuse=store)
     again = tiny_backend.generate(prompts[(120, 1.0)], variant=windowed, max_new_tokens=4, reuse=store)
@@ -185,7 +185,7 @@ def _batch_matches_single_runs(backend, variant, prompts, stops):
 def test_batch_rows_answer_as_single_runs(tiny_backend, dtype, kv_scale):
     prompts = [p for (length, _), p in _sweep_prompts(lengths=(120,), depths=(0.0, 0.5, 1.0)).items()]
     stops = [None, lambda text: len(text) >= 4, lambda text: len(text) >= 7]  # rows that finish at different steps
-    batch = _batch_matches_single_runs(tiny_backend, VariantSpec("v", kv_cache_dtype=dtype, kv_scale=kv_scale), prompts, stops)
+    batch = _batch_matches_single_runs(tiny_backend, VariantSpec.of("v", kv_cache_dtype=dtype, kv_scale=kv_scale), prompts, stops)
     assert [row.new_tokens for row in batch] == [10, 4, 7]
 
 
@@ -207,7 +207,7 @@ def test_cuda_batch_and_reuse_answer_as_single_fresh_runs(tiny_llama, dtype, kv_
 
     backend = TransformersBackend(copy.deepcopy(tiny_llama).to("cuda"), CharTokenizer(), fingerprint="tiny-cuda")
     assert backend.prefers_batches
-    variant = VariantSpec("v", kv_cache_dtype=dtype, kv_scale=kv_scale)
+    variant = VariantSpec.of("v", kv_cache_dtype=dtype, kv_scale=kv_scale)
     prompts = _sweep_prompts(lengths=(120, 240))
     for length in (120, 240):
         rows = [p for (n, _), p in prompts.items() if n == length]
@@ -225,7 +225,7 @@ def test_a_store_only_run_is_a_fresh_run_that_feeds_later_prompts(tiny_backend):
     from pytest_longctx.backends.prefix_reuse import PrefixStore
 
     prompts = _sweep_prompts(lengths=(120,), depths=(0.5, 1.0))
-    variant = VariantSpec("v", kv_cache_dtype="fp8")
+    variant = VariantSpec.of("v", kv_cache_dtype="fp8")
     store = PrefixStore(min_tokens=16)
     tiny_backend.generate(prompts[(120, 1.0)], variant=variant, max_new_tokens=4, reuse=store)
     timed = tiny_backend.generate(prompts[(120, 0.5)], variant=variant, max_new_tokens=4, reuse=store, reuse_prefix=False)
@@ -243,7 +243,7 @@ def test_a_windowed_side_prefills_and_decodes_within_its_window(tiny_backend):
 
     prompt = torch.randint(2, 90, (300,), generator=torch.Generator().manual_seed(3)).tolist()
     window = AttentionWindow(window=64, sink_tokens=4)
-    windowed = tiny_backend.generate(prompt, variant=VariantSpec("w", attention=window), max_new_tokens=6)
+    windowed = tiny_backend.generate(prompt, variant=VariantSpec.of("w", attention={"window": window.window, "sink_tokens": window.sink_tokens}), max_new_tokens=6)
     full = tiny_backend.generate(prompt, variant=VariantSpec("f"), max_new_tokens=6)
     seen = len(prompt) + windowed.new_tokens - 1
     assert windowed.kv_tokens == 68 and full.kv_tokens == seen
@@ -251,7 +251,7 @@ def test_a_windowed_side_prefills_and_decodes_within_its_window(tiny_backend):
     assert windowed.kv_bytes == windowed.kv_bytes_analytic == shape.sequence_bytes(68, 4)
     assert windowed.kv_bytes < full.kv_bytes / 4
     # A window that holds the whole prompt is plain causal attention: the same answer as full attention.
-    wide = tiny_backend.generate(prompt, variant=VariantSpec("wide", attention=AttentionWindow(window=4096)), max_new_tokens=6)
+    wide = tiny_backend.generate(prompt, variant=VariantSpec.of("wide", attention={"window": 4096}), max_new_tokens=6)
     assert wide.answer == full.answer
 
 
@@ -261,7 +261,7 @@ def test_the_rest_after_a_reused_prefix_is_prefilled_in_chunks_on_cpu(tiny_backe
 
     monkeypatch.setattr(backend_module, "_CPU_REUSE_CHUNK", 16)
     prompts = _sweep_prompts(lengths=(120,), depths=(0.5, 1.0))
-    variant = VariantSpec("v", kv_cache_dtype="int8")
+    variant = VariantSpec.of("v", kv_cache_dtype="int8")
     store = PrefixStore(min_tokens=16)
     tiny_backend.generate(prompts[(120, 1.0)], variant=variant, max_new_tokens=3, reuse=store)
     calls: list[int] = []

@@ -42,7 +42,7 @@ def test_quantized_caches_run_on_the_device_and_shrink_kv_bytes(cuda_backend, dt
     from pytest_longctx.gate.spec import VariantSpec
 
     base = cuda_backend.generate(_prompt(2000, 1), variant=VariantSpec("b"), max_new_tokens=4)
-    quant = cuda_backend.generate(_prompt(2000, 1), variant=VariantSpec("c", kv_cache_dtype=dtype), max_new_tokens=4)
+    quant = cuda_backend.generate(_prompt(2000, 1), variant=VariantSpec.of("c", kv_cache_dtype=dtype), max_new_tokens=4)
     # Against bf16: the codes plus one fp32 scale per token and head (head_dim 16 here).
     assert quant.kv_bytes == quant.kv_bytes_analytic
     assert quant.kv_bytes / base.kv_bytes == pytest.approx((bits / 8 + 4 / 16) / 2)
@@ -52,5 +52,5 @@ def test_a_window_bounds_the_cache_on_the_device(cuda_backend):
     from pytest_longctx.changes.window import AttentionWindow
     from pytest_longctx.gate.spec import VariantSpec
 
-    gen = cuda_backend.generate(_prompt(3000, 2), variant=VariantSpec("w", attention=AttentionWindow(256, 4)), max_new_tokens=4)
+    gen = cuda_backend.generate(_prompt(3000, 2), variant=VariantSpec.of("w", attention={"window": 256, "sink_tokens": 4}), max_new_tokens=4)
     assert gen.kv_tokens == 260 and gen.kv_bytes == gen.kv_bytes_analytic

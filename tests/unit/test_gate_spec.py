@@ -27,7 +27,7 @@ def test_shipped_fp8_gate_loads_with_the_documented_settings():
     gate = load_gate(ROOT / "gates" / "fp8.yaml", base_dir=ROOT)
     assert gate.name == "fp8-kv-cache"
     assert gate.model.ref == "embedded:smollm2-135m-instruct" and gate.model.trust_remote_code is False
-    assert gate.candidate.kv_cache_dtype == "fp8_e4m3" and gate.baseline.kv_cache_dtype == "auto"
+    assert gate.candidate.cache_plan().kv_cache_dtype == "fp8_e4m3" and gate.baseline.cache_plan().kv_cache_dtype == "auto"
     assert gate.sweep.lengths == (1024, 2048, 4096) and gate.sweep.seeds == (0, 1)
     assert gate.sweep.middle == (0.25, 0.75) and gate.sweep.max_new_tokens == 24
     assert (gate.thresholds.middle_recall_min_delta, gate.thresholds.p95_latency_ratio_max, gate.thresholds.memory_ratio_max) == (0.0, 1.10, 1.05)
@@ -107,9 +107,11 @@ CHANGES = {
 def test_every_change_a_variant_can_carry_round_trips_through_results():
     gate = parse_gate(minimal(candidate=CHANGES, sweep={"lengths": [256], "depths": [0.5], "tasks": ["niah", {"family": "multi_doc_qa"}, "conversation"]}))
     c = gate.candidate
-    assert c.model.ref == "other/model-dir" and c.model_spec(gate.model).dtype == "bfloat16"
-    assert c.rope.rope_type == "yarn" and c.rope.max_position_embeddings == 32768
-    assert (c.attention.window, c.attention.sink_tokens) == (512, 4) and c.history.budget == 1024
+    assert c.model_spec(gate.model).ref == "other/model-dir" and c.model_spec(gate.model).dtype == "bfloat16"
+    rope = c.load_plan(gate.model).rope
+    assert rope.rope_type == "yarn" and rope.max_position_embeddings == 32768
+    window = c.cache_plan().window
+    assert (window.window, window.sink_tokens) == (512, 4) and c.find("history").budget.budget == 1024
     assert c.changes_prompt and not gate.baseline.changes_prompt
     # Sides that differ only in what is applied after loading share one model; load-time settings split them.
     assert gate.baseline.load_key(gate.model) != c.load_key(gate.model)
@@ -166,7 +168,7 @@ def test_a_served_variant_names_its_engine_or_how_to_start_it():
         candidate={"backend": "openai", "base_urls": ["http://127.0.0.1:8000", "http://127.0.0.1:8001"], "kv_cache_dtype": "int8",
                    "max_concurrency": 4},
     ))
-    assert gate.baseline.launch.ready_timeout_s == 600 and gate.candidate.base_urls[1].endswith(":8001")
+    assert gate.baseline.served.launch.ready_timeout_s == 600 and gate.candidate.served.base_urls[1].endswith(":8001")
     assert gate.baseline.load_key(gate.model) != gate.candidate.load_key(gate.model)
     assert GateSpec.from_dict(gate.to_dict()) == gate
 
@@ -176,8 +178,8 @@ def test_a_served_variant_can_take_the_engines_tokenizer_and_kv_element_size():
         baseline={"backend": "openai", "base_url": "http://127.0.0.1:8000", "tokenizer": "server"},
         candidate={"backend": "openai", "base_url": "http://127.0.0.1:8000", "tokenizer": "server", "kv_bytes_per_element": "34/32"},
     ))
-    assert (gate.baseline.tokenizer, gate.baseline.kv_bytes_per_element) == ("server", None)
-    assert gate.candidate.kv_bytes_per_element == 34 / 32
+    assert (gate.baseline.served.tokenizer, gate.baseline.served.kv_bytes_per_element) == ("server", None)
+    assert gate.candidate.served.kv_bytes_per_element == 34 / 32
     # Same engine, but what its KV holds differs: the sides must not share one backend.
     assert gate.baseline.load_key(gate.model) != gate.candidate.load_key(gate.model)
     assert GateSpec.from_dict(gate.to_dict()) == gate
@@ -187,15 +189,15 @@ def test_a_served_variant_can_take_the_engines_tokenizer_and_kv_element_size():
     "candidate,key,fix",
     [
         ({"backend": "openai"}, "candidate.backend", "point at a running server"),
-        ({"base_url": "http://x:1"}, "candidate.base_url", "add candidate.backend: openai"),
+        ({"base_url": "http://x:1"}, "candidate.base_url", "add backend: openai"),
         ({"backend": "openai", "base_url": "x:1"}, "candidate.base_url", "without /v1"),
         ({"backend": "openai", "base_url": "http://x:1", "rope_parameters": {"rope_type": "linear", "factor": 2.0}},
          "candidate.rope_parameters", "launch.command"),
         ({"backend": "openai", "launch": {"command": "vllm serve {model}"}}, "candidate.launch.command", "--port {port}"),
-        ({"tokenizer": "server"}, "candidate.tokenizer", "add candidate.backend: openai"),
+        ({"tokenizer": "server"}, "candidate.tokenizer", "add backend: openai"),
         ({"backend": "openai", "base_url": "http://x:1", "tokenizer": "remote"}, "candidate.tokenizer", "local"),
         ({"backend": "openai", "base_url": "http://x:1", "kv_bytes_per_element": "q8"}, "candidate.kv_bytes_per_element", "34/32"),
-        ({"backend": "openai", "base_url": "http://x:1", "kv_bytes_per_element": 0}, "candidate.kv_bytes_per_element", "[0.01, 8.0]"),
+        ({"backend": "openai", "base_url": "http://x:1", "kv_bytes_per_element": 0}, "candidate.kv_bytes_per_element", "34/32"),
     ],
 )
 def test_bad_served_variants_name_the_key_and_fix(candidate, key, fix):

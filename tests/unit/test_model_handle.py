@@ -34,20 +34,20 @@ def test_variants_share_the_backend_and_change_the_cache(handle):
     fp8 = handle.variant(kv_cache_dtype="fp8")
 
     assert fp8.backend is handle.backend and fp8.torch_model is handle.torch_model
-    assert fp8.variant_spec == VariantSpec(name="kv_cache_dtype=fp8", kv_cache_dtype="fp8")
-    assert handle.variant_spec.kv_cache_dtype == "auto"
-    assert repr(fp8) == "<ModelHandle tiny kv_cache_dtype='fp8'>"
+    assert fp8.variant_spec == VariantSpec.of("kv_cache_dtype=fp8", kv_cache_dtype="fp8")
+    assert handle.variant_spec.cache_plan().kv_cache_dtype == "auto"
+    assert repr(fp8) == "<ModelHandle tiny kv_cache_dtype fp8>"
     ids = list(range(3, 40))
     assert fp8.generate(ids, max_new_tokens=1).kv_bytes < handle.generate(ids, max_new_tokens=1).kv_bytes / 3
-    assert fp8.variant(kv_scale="tensor", name="coarse").variant_spec == VariantSpec("coarse", "fp8", "tensor")
+    assert fp8.variant(kv_scale="tensor", name="coarse").variant_spec == VariantSpec.of("coarse", kv_cache_dtype="fp8", kv_scale="tensor")
 
 
 def test_variant_settings_are_checked():
-    with pytest.raises(TypeError, match="unknown variant setting 'rope_scaling'; this version supports: kv_cache_dtype"):
+    with pytest.raises(TypeError, match="unknown variant setting 'rope_scaling'; this version supports: .*kv_cache_dtype, kv_scale"):
         variant_spec(VariantSpec("x"), rope_scaling={"type": "yarn"})
-    with pytest.raises(ValueError, match="kv_cache_dtype='fp6' is not supported; use one of: auto, fp8"):
+    with pytest.raises(ValueError, match="kv_cache_dtype': 'fp6' is not supported. Fix: use one of: auto, fp8"):
         variant_spec(VariantSpec("x"), kv_cache_dtype="fp6")
-    assert variant_spec(VariantSpec("x"), planted_window=64).planted_window == 64  # any field a gate variant has
+    assert variant_spec(VariantSpec("x"), planted={"window": 64}).find("planted").window == 64  # any key a gate side has
 
 
 def test_text_prompts_go_through_the_chat_template(smollm_tokenizer):

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from pytest_longctx.backends.in_process import cache_keyword
+from pytest_longctx.backends.kv_cache import cache_keyword
 from pytest_longctx.gate.spec import VariantSpec
 from pytest_longctx.backends.kv_cache import cache_nbytes, make_cache
 from pytest_longctx.backends.prefix_reuse import PrefixStore, common_prefix_length, reuse_order, variant_key
@@ -117,9 +117,9 @@ def test_put_rejects_a_cache_that_does_not_hold_the_prompt(config):
 
 def test_variant_key_ignores_names_and_timing_plants_but_not_kv_fields():
     base = VariantSpec("baseline")
-    assert variant_key(base) == variant_key(VariantSpec("candidate", planted_decode_delay=0.5, planted_kv_copies=2))
+    assert variant_key(base) == variant_key(VariantSpec.of("candidate", planted={"decode_delay": 0.5, "kv_copies": 2}))
     for changed in (
-        VariantSpec("b", kv_cache_dtype="fp8"), VariantSpec("b", kv_scale="tensor"), VariantSpec("b", planted_window=64)
+        VariantSpec.of("b", kv_cache_dtype="fp8"), VariantSpec.of("b", kv_scale="tensor"), VariantSpec.of("b", planted={"window": 64})
     ):
         assert variant_key(changed) != variant_key(base)
 

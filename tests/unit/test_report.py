@@ -464,8 +464,8 @@ def test_what_changed_shows_a_window_with_sinks_and_a_model_swap() -> None:
     from pytest_longctx.changes.rope import parse_rope
 
     results = load_results(FAMILIES_RESULTS)
-    baseline = VariantSpec(name="baseline", model=ModelSpec(ref="hf:org/base", dtype="bfloat16"))
-    candidate = VariantSpec(name="candidate", rope=parse_rope({}, 32768), attention=AttentionWindow(window=1024, sink_tokens=4))
+    baseline = VariantSpec.of("baseline", model={"ref": "hf:org/base", "dtype": "bfloat16"})
+    candidate = VariantSpec.of("candidate", max_position_embeddings=32768, attention={"window": 1024, "sink_tokens": 4})
     gate = {**results.gate, "baseline": baseline.to_dict(), "candidate": candidate.to_dict()}
 
     changes = _text(_section(render_html(dataclasses.replace(results, gate=gate)), "changes"))

@@ -159,7 +159,7 @@ FAKE_SERVER = textwrap.dedent(
 
 SHAPE = KvShape(layers=2, kv_heads=2, head_dim=8, attention_heads=4)
 BASELINE = VariantSpec(name="baseline")
-FP8 = VariantSpec(name="candidate", kv_cache_dtype="fp8")
+FP8 = VariantSpec.of("candidate", kv_cache_dtype="fp8")
 
 
 class CharTokenizer:

@@ -217,11 +217,11 @@ def test_describe_variant_names_each_change_and_hides_the_defaults() -> None:
     from pytest_longctx.changes.retrievers import parse_retrieval
     from pytest_longctx.changes.rope import parse_rope
 
-    spec = VariantSpec(
-        name="candidate", kv_cache_dtype="int4", kv_scale="channel", attn_implementation="eager",
-        rope=parse_rope({"rope_type": "linear", "factor": 2.0}), attention=AttentionWindow(window=512, sink_tokens=1),
-        history=HistoryBudget(budget=2048), retrieval=parse_retrieval({"method": "bm25", "top_k": 4}),
-        planted_decode_delay=0.25, planted_kv_copies=3,
+    spec = VariantSpec.of(
+        "candidate", kv_cache_dtype="int4", kv_scale="channel", attn_implementation="eager",
+        rope_parameters={"rope_type": "linear", "factor": 2.0}, attention={"window": 512, "sink_tokens": 1},
+        history={"budget": 2048}, retrieval={"method": "bm25", "top_k": 4},
+        planted={"decode_delay": 0.25, "kv_copies": 3},
     )
 
     described = dict(describe_variant(spec.to_dict()))
@@ -239,7 +239,7 @@ def test_describe_variant_names_each_change_and_hides_the_defaults() -> None:
     assert describe_variant(VariantSpec(name="baseline").to_dict()) == ()
     assert dict(describe_variant({"name": "x", "speculative_draft": "tiny"})) == {"speculative_draft": "tiny"}  # a key added later
     budgeted = parse_retrieval({"method": "hybrid", "budget_tokens": 6000})
-    assert dict(describe_variant(VariantSpec(name="c", retrieval=budgeted).to_dict()))["retrieval"] == (
+    assert dict(describe_variant(VariantSpec.of("c", retrieval={"method": "hybrid", "budget_tokens": 6000}).to_dict()))["retrieval"] == (
         f"hybrid, best chunks of 256 tokens up to 6000 tokens, order {budgeted.order}")
     assert variant_settings(load_results(FP8_RESULTS)) == (("baseline", "defaults"), ("candidate", "kv_cache_dtype fp8_e4m3"))
 
@@ -248,7 +248,7 @@ def test_describe_variant_names_a_served_side_by_where_its_engine_runs() -> None
     from pytest_longctx.gate.spec import VariantSpec
     from pytest_longctx.backends.served.launch import LaunchSpec
 
-    served = VariantSpec(name="c", backend="openai", launch=LaunchSpec("vllm serve {model} --port {port}"), max_concurrency=4)
+    served = VariantSpec.of("c", backend="openai", launch={"command": "vllm serve {model} --port {port}"}, max_concurrency=4)
     assert dict(describe_variant(served.to_dict())) == {"backend": "openai (launched: vllm serve {model} --port {port}), 4 in flight"}
-    remote = VariantSpec(name="b", backend="openai", base_urls=("http://a:1", "http://b:2"))
+    remote = VariantSpec.of("b", backend="openai", base_urls=["http://a:1", "http://b:2"])
     assert dict(describe_variant(remote.to_dict())) == {"backend": "openai (http://a:1, http://b:2)"}

@@ -335,7 +335,7 @@ class ServedBackend:
             )
         new_tokens = int(usage["completion_tokens"]) if usage is not None and usage.get("completion_tokens") is not None else chunks
         kv_tokens = prompt_tokens + max(new_tokens, 1) - 1  # the last token sampled is never fed back
-        elem = self.kv_bytes_per_element if self.kv_bytes_per_element is not None else CACHE_DTYPE_BYTES.get(variant.kv_cache_dtype, 2.0)
+        elem = self.kv_bytes_per_element if self.kv_bytes_per_element is not None else CACHE_DTYPE_BYTES.get(variant.cache_plan().kv_cache_dtype, 2.0)
         analytic = 0 if self._kv_shape is None else self._kv_shape.sequence_bytes(kv_tokens, elem)
         kv_bytes, source = (analytic, "analytic") if self._kv_shape is not None else (0, "unknown")
         if metrics_reader is not None:
