@@ -104,7 +104,7 @@ def cached_sha256(path: Path) -> str:
     path = Path(path).resolve()
     stat = path.stat()
     identity = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
-    stamp = cache_dir() / CACHE_FORMAT / "stamps" / f"{hashlib.sha256(identity['path'].encode()).hexdigest()[:32]}.json"
+    stamp = cache_dir() / CACHE_FORMAT / "stamps" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
     try:
         recorded = json.loads(stamp.read_text(encoding="utf-8"))
         settled = int(recorded.get("hashed_at_ns", 0)) - stat.st_mtime_ns > RACY_NS
@@ -154,7 +154,7 @@ def _hub_snapshot(ref: str) -> Path:
 
     try:
         return Path(snapshot_download(ref, local_files_only=True))
-    except Exception as exc:  # noqa: BLE001 - any lookup failure means the files are not in the cache
+    except Exception as exc:  # any lookup failure means the files are not in the cache: say how to fetch them
         raise ModelLoadError(_hub_hint(ref, OSError(str(exc)))) from exc
 
 

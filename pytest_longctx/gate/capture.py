@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .spec import GateSpec
 from .results import CellResult, require_keys, write_atomic
+from .spec import GateSpec
 
 # 2: content hashes of the weights, config and tokenizer files, and digests of the cells and of the rest of the file.
 CAPTURE_VERSION = 2

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from pytest_longctx.backends import loading
-from pytest_longctx.gate.capture import CaptureError, CapturedBaseline, build_capture, load_capture, mismatches, write_capture
+from pytest_longctx.gate.capture import (
+    CapturedBaseline,
+    CaptureError,
+    build_capture,
+    load_capture,
+    mismatches,
+    write_capture,
+)
 from pytest_longctx.gate.decision import evaluate
 from pytest_longctx.gate.spec import parse_gate
 from tests.conftest import tiny_llama_config
@@ -134,9 +141,11 @@ def test_a_fingerprint_edited_to_match_other_weights_is_invalid_naming_the_heade
 
     problems = mismatches(load_capture(path), GATE, {**FP, "model_weights": "other"})
 
-    assert problems == ["captured baseline: header (gate_name, baseline, sweep, fingerprint, captured_at) digest mismatch "
-                        "(the file was edited after capture; re-capture with pytest --longctx-gate GATE --longctx-capture "
-                        "--longctx-overwrite-baseline)"]
+    assert problems == [(
+        "captured baseline: header (gate_name, baseline, sweep, fingerprint, captured_at) digest mismatch "
+        "(the file was edited after capture; re-capture with pytest --longctx-gate GATE --longctx-capture "
+        "--longctx-overwrite-baseline)"
+    )]
 
 
 def test_a_capture_of_the_old_version_is_refused_with_the_fix(tmp_path):
