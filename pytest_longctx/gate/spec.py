@@ -637,6 +637,7 @@ def _check_combinations(r: _Reader, variants: tuple[VariantSpec, ...], sweep: Sw
     """Settings that are each valid but cannot go together, caught before any model loads."""
     from ..tasks import FAMILIES
 
+    _refuse_planted_baseline(r, variants[0])
     for v in variants:
         if v.attention is not None and v.planted_window is not None:
             raise r.fail(f"{v.name}.planted.window", "cannot be combined with attention", "use attention: {window: N} alone")
@@ -654,6 +655,14 @@ def _check_combinations(r: _Reader, variants: tuple[VariantSpec, ...], sweep: Sw
                      "add a positioned family such as niah or multi_doc_qa beside the aggregation ones")
     if thresholds.loss_ratio_max is not None and sweep.loss is None:
         raise r.fail("thresholds.loss_ratio", "needs a loss curve to compare", "add sweep.loss: {tokens: 8192, buckets: 8}")
+
+
+def _refuse_planted_baseline(r: _Reader, baseline: VariantSpec) -> None:
+    """A regression planted on the baseline slows or shrinks the reference, so a slower or worse candidate approves."""
+    planted = (baseline.planted_decode_delay != 0.0, baseline.planted_kv_copies != 1, baseline.planted_window is not None)
+    if any(planted):
+        raise r.fail(f"{baseline.name}.planted", "plants a regression on the baseline, which would let a slower or worse "
+                     "candidate approve", "plant regressions on the candidate (candidate.planted)")
 
 
 def _captured_path(r: _Reader, top: dict[str, Any], source: str) -> Path | None:
