@@ -21,7 +21,7 @@ from pytest_longctx.output.summary import (
     variant_settings,
 )
 
-FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores
+FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores (schema 2: tests/data/regenerate.py)
 # A made-up, schema-exact run of six task families with a YaRN candidate and a loss curve (tests/data/families_results.py)
 FAMILIES_RESULTS = Path(__file__).parents[1] / "data" / "families-results.json"
 
