@@ -133,8 +133,8 @@ class LongctxSession:
 
 
 def _check_capture(gate: GateSpec, *, capture: bool, overwrite: bool) -> None:
-    """Capture conflicts surface before minutes of sweeping, not after."""
-    from .gate.capture import CaptureError, capture_path
+    """Capture conflicts, and a capture of an older version or unreadable, surface before minutes of sweeping."""
+    from .gate.capture import CaptureError, capture_path, load_capture
 
     try:
         path = capture_path(gate)
@@ -147,6 +147,11 @@ def _check_capture(gate: GateSpec, *, capture: bool, overwrite: bool) -> None:
             f"{gate.path}: key 'captured_baseline': {path} does not exist. "
             f"Fix: run pytest --longctx-gate {gate.path} --longctx-capture first"
         )
+    if not capture and gate.captured_baseline is not None:
+        try:
+            load_capture(path)  # its digests and fingerprints are checked after the run, into an `invalid` verdict
+        except CaptureError as exc:
+            raise GateError(f"{gate.path}: key 'captured_baseline': {exc}") from None
 
 
 def _check_model_reference(gate: GateSpec) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ def resolve(ref: str) -> ResolvedModel:
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file's bytes, read in 4 MiB chunks so a multi-gigabyte shard never sits in memory."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -87,31 +89,103 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def gguf_sha256(path: Path) -> str:
-    """The GGUF's content hash, hashed once and then looked up by (path, size, mtime, inode) while the file is unchanged.
+RACY_NS = 2_000_000_000  # FAT's mtime granularity, the coarsest in use
 
-    Hashing the embedded 98 MB file took ~0.15 s of every warm load; the cache entry and the fingerprint stay keyed
-    by the content hash, so a file edited in place (new size or mtime) is hashed again and gets its own entry.
+
+def cached_sha256(path: Path) -> str:
+    """A file's content hash, hashed once and then looked up by (path, size, mtime, inode) while the file is unchanged.
+
+    Hashing the embedded 98 MB GGUF took ~0.15 s of every warm load, and a directory model's shards take seconds
+    per gigabyte; the stamp sits in the cache dir, so a file rewritten in place (new size, mtime or inode) is
+    hashed again. A symlink (the hub cache's snapshot entries) is hashed and stamped as the blob it points to.
+    A stamp taken within RACY_NS of the file's mtime is not trusted (as git treats a "racy" index entry): on a
+    file system with coarse timestamps, a same-size rewrite in that window would keep size, mtime and inode.
     """
+    path = Path(path).resolve()
     stat = path.stat()
-    identity = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
-    stamp = cache_dir() / CACHE_FORMAT / "stamps" / f"{hashlib.sha256(identity['path'].encode()).hexdigest()[:32]}.json"
+    identity = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    stamp = cache_dir() / CACHE_FORMAT / "stamps" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
     try:
         recorded = json.loads(stamp.read_text(encoding="utf-8"))
-        if {key: recorded.get(key) for key in identity} == identity and isinstance(recorded.get("sha256"), str):
+        settled = int(recorded.get("hashed_at_ns", 0)) - stat.st_mtime_ns > RACY_NS
+        if settled and {key: recorded.get(key) for key in identity} == identity and isinstance(recorded.get("sha256"), str):
             return str(recorded["sha256"])
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         pass
+    hashed_at = time.time_ns()
     digest = file_sha256(path)
     try:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=stamp.parent, prefix=".stamp-")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({**identity, "sha256": digest}, handle)
+            json.dump({**identity, "sha256": digest, "hashed_at_ns": hashed_at}, handle)
         os.replace(partial, stamp)
     except OSError:
         pass  # a read-only cache only costs the hash next time
     return digest
+
+
+def gguf_sha256(path: Path) -> str:
+    """The GGUF's content hash (cached by file identity): its cache entry's name and its weights fingerprint."""
+    return cached_sha256(path)
+
+
+# What from_pretrained reads besides config.json: weights (every format it may pick) and the tokenizer's files.
+WEIGHT_GLOBS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.pth")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "vocab.txt", "chat_template.jinja", "chat_template.json",
+)
+
+
+def _files_sha256(files: list[Path]) -> str:
+    """One digest over several files' names and content hashes; `none` when there are none."""
+    if not files:
+        return "none"
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.name):
+        digest.update(f"{f.name}:{cached_sha256(f)}\n".encode())
+    return digest.hexdigest()
+
+
+def _hub_snapshot(ref: str) -> Path:
+    """The local snapshot folder transformers loads a hub id from (never downloads)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref, local_files_only=True))
+    except Exception as exc:  # any lookup failure means the files are not in the cache: say how to fetch them
+        raise ModelLoadError(_hub_hint(ref, OSError(str(exc)))) from exc
+
+
+def _loaded_folder(resolved: ResolvedModel) -> Path:
+    """The folder from_pretrained reads: the GGUF's cache entry, the model directory, or the hub snapshot."""
+    if resolved.kind == "gguf":
+        return _gguf_entry(resolved)
+    if resolved.kind == "hub":
+        return _hub_snapshot(resolved.location)
+    return Path(resolved.location)
+
+
+def weights_sha256(ref: str) -> str:
+    """The content hash of `ref`'s weights: the .gguf file's sha256, else a digest over every weight file's name
+    and sha256 (all of them: which of several formats from_pretrained picks is its business)."""
+    resolved = resolve(ref)
+    if resolved.gguf_path is not None:
+        return gguf_sha256(resolved.gguf_path)
+    folder = _loaded_folder(resolved)
+    return _files_sha256([f for pattern in WEIGHT_GLOBS for f in folder.glob(pattern) if f.is_file()])
+
+
+def model_files_sha256(ref: str) -> dict[str, str]:
+    """Content hashes of what a load of `ref` reads besides the weights: its config.json and its tokenizer's files
+    (for a GGUF, those converted from it into the cache entry; `none` for parts not built yet)."""
+    folder = _loaded_folder(resolve(ref))
+    config = folder / "config.json"
+    return {
+        "model_config": cached_sha256(config) if config.is_file() else "none",
+        "tokenizer_files": _files_sha256([folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]),
+    }
 
 
 def _gguf_entry(resolved: ResolvedModel) -> Path:
@@ -251,9 +325,9 @@ def load_model(
         attn_implementation: "sdpa" or "eager"; None keeps transformers' default.
 
     Returns:
-        The model in eval mode on the device, its tokenizer, and a fingerprint of the weights alone (the GGUF's
-        content hash, or a directory's weight file names and sizes): rope and attention settings do not change
-        it, so the caller records them beside it.
+        The model in eval mode on the device, its tokenizer, and a fingerprint of the weights alone
+        (`weights_sha256`: content hashes, cached by file identity so a warm load does not rehash them): rope and
+        attention settings do not change it, so the caller records them beside it.
 
     Every call loads its own copy and keeps no reference to it: nothing is shared in memory between calls, so
     two configurations (or two model refs) held at once cost two sets of weights plus each one's KV cache, and
@@ -286,19 +360,7 @@ def load_model(
         raise ModelLoadError(_hub_hint(ref, exc)) from exc
     model.to(target_device)
     model.eval()
-    fingerprint = Path(location).name if resolved.kind == "gguf" else _directory_fingerprint(location)
-    return model, tokenizer, fingerprint
-
-
-def _directory_fingerprint(location: str) -> str:
-    """Hash the weight files' names and sizes (cheap); a full content hash belongs to captured baselines."""
-    path = Path(location)
-    if not path.is_dir():
-        return f"hub:{location}"
-    digest = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        digest.update(f"{f.name}:{f.stat().st_size}".encode())
-    return digest.hexdigest()
+    return model, tokenizer, weights_sha256(ref)
 
 
 def _hub_hint(ref: str, exc: OSError) -> str:

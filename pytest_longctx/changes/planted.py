@@ -69,8 +69,8 @@ class Planted(Change):
 
     def check(self, side: Any, sweep: Any) -> None:
         if side.name == "baseline":
-            raise ChangeError("planted", "is set on the baseline, where a slowed or shrunk baseline would let a worse "
-                              "candidate approve", "plant regressions on the candidate only")
+            raise ChangeError("planted", "plants a regression on the baseline, which would let a slower or worse "
+                              "candidate approve", "plant regressions on the candidate (candidate.planted)")
         if self.window is not None and side.find("window") is not None:
             raise ChangeError("planted.window", "cannot be combined with attention", "use attention: {window: N} alone")
 

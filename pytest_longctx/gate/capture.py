@@ -9,41 +9,74 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .results import CellResult, require_keys, write_atomic
 from .spec import GateSpec
-from .results import CellResult, write_atomic
 
-CAPTURE_VERSION = 1
+# 2: content hashes of the weights, config and tokenizer files, and digests of the cells and of the rest of the file.
+CAPTURE_VERSION = 2
 PROMPT_GENERATOR_VERSION = 1  # bump whenever haystack text or layout changes: old captures stop comparing
+RECAPTURE = "re-capture with pytest --longctx-gate GATE --longctx-capture --longctx-overwrite-baseline"
 
 
 class CaptureError(RuntimeError):
     """A capture that cannot be written or read; the message says what to do."""
 
 
+def canonical_sha256(value: Any) -> str:
+    """The sha256 of a value's canonical JSON (sorted keys, no spaces): equal content, equal digest."""
+    return hashlib.sha256(json.dumps(_plain(value), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class CapturedBaseline:
+    """A baseline side's cells and what they were measured on, with digests that tell a hand-edited file.
+
+    The digests guard against edits after capture (a flipped `found`, a fingerprint made to match new
+    weights), not against someone who recomputes them: they are checksums, not signatures.
+    """
+
     gate_name: str
     baseline: dict[str, Any]
     sweep: dict[str, Any]
     fingerprint: dict[str, str]
     cells: tuple[CellResult, ...]
     captured_at: str
+    # The digests the file states; those of a capture built here are computed from its content.
+    stated_digests: dict[str, str] | None = None
+
+    def _header(self) -> dict[str, Any]:
+        return {"gate_name": self.gate_name, "baseline": self.baseline, "sweep": self.sweep,
+                "fingerprint": self.fingerprint, "captured_at": self.captured_at}
+
+    def digests(self) -> dict[str, str]:
+        """`cells`: over the cell records; `header`: over everything else but the version."""
+        return {"cells": canonical_sha256([c.to_dict() for c in self.cells]), "header": canonical_sha256(self._header())}
+
+    def integrity_problems(self) -> list[str]:
+        """Each digest the file states that its content no longer matches, naming what was edited."""
+        if self.stated_digests is None:
+            return []
+        what = {"cells": "cells", "header": "header (gate_name, baseline, sweep, fingerprint, captured_at)"}
+        return [
+            f"captured baseline: {what[name]} digest mismatch (the file was edited after capture; {RECAPTURE})"
+            for name, digest in self.digests().items() if self.stated_digests.get(name) != digest
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "capture_version": CAPTURE_VERSION,
-            "gate_name": self.gate_name,
-            "baseline": self.baseline,
-            "sweep": self.sweep,
-            "fingerprint": self.fingerprint,
-            "captured_at": self.captured_at,
-            "cells": [c.to_dict() for c in self.cells],
-        }
+        return {"capture_version": CAPTURE_VERSION, **self._header(),
+                "digests": self.digests(), "cells": [c.to_dict() for c in self.cells]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CapturedBaseline:
-        if data.get("capture_version") != CAPTURE_VERSION:
-            raise CaptureError(f"capture_version {data.get('capture_version')!r} is not {CAPTURE_VERSION}; re-capture with --longctx-capture")
+        version = data.get("capture_version")
+        if version != CAPTURE_VERSION:
+            older = isinstance(version, int) and version < CAPTURE_VERSION
+            why = " (it holds no content hashes of the weights and no digest of its cells)" if older else ""
+            raise CaptureError(f"capture_version {version!r} is not {CAPTURE_VERSION}{why}; {RECAPTURE}")
+        require_keys(data, ("capture_version", "gate_name", "baseline", "sweep", "fingerprint", "captured_at", "digests", "cells"), "capture", fix=RECAPTURE)
+        missing = sorted(set(FINGERPRINT_KEYS) - set(data["fingerprint"]))
+        if missing:
+            raise CaptureError(f"fingerprint lacks {', '.join(missing)}; {RECAPTURE}")
         return cls(
             gate_name=data["gate_name"],
             baseline=data["baseline"],
@@ -51,6 +84,7 @@ class CapturedBaseline:
             fingerprint=data["fingerprint"],
             cells=tuple(CellResult.from_dict(c) for c in data["cells"]),
             captured_at=data["captured_at"],
+            stated_digests=dict(data["digests"]),
         )
 
 
@@ -74,8 +108,18 @@ def _sha(text: str | bytes | None) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
-def fingerprint(backend: Any) -> dict[str, str]:
-    """What must match for two runs' recall to be comparable: weights, tokenizer, template, generator, stack."""
+FINGERPRINT_KEYS = ("model_weights", "tokenizer", "chat_template", "prompt_generator", "torch", "transformers", "device")
+FILE_KEYS = ("model_config", "tokenizer_files")  # from the model reference's files, when it is loaded in-process
+HASHED = {"model_weights", "model_config", "tokenizer", "tokenizer_files", "chat_template"}
+
+
+def fingerprint(backend: Any, *, ref: str | None = None) -> dict[str, str]:
+    """What must match for two runs' recall to be comparable: weights, config, tokenizer, template, generator, stack.
+
+    `model_weights` is the backend's own fingerprint (for an in-process model, the sha256 of the weight files it
+    loaded); the tokenizer and chat template are hashed as loaded; with `ref`, the content hashes of its
+    config.json and tokenizer files are added (cached by file identity, so a warm run does not rehash).
+    """
     import torch
     import transformers
 
@@ -83,7 +127,7 @@ def fingerprint(backend: Any) -> dict[str, str]:
     inner = getattr(tok, "backend_tokenizer", None)
     vocab = inner.to_str() if inner is not None else json.dumps(sorted(tok.get_vocab().items()))
     device = getattr(backend, "device", None)
-    return {
+    found = {
         "model_weights": str(backend.fingerprint),
         "tokenizer": _sha(vocab),
         "chat_template": _sha(getattr(tok, "chat_template", None)),
@@ -92,6 +136,11 @@ def fingerprint(backend: Any) -> dict[str, str]:
         "transformers": transformers.__version__,
         "device": "cpu" if device is None or device.type == "cpu" else torch.cuda.get_device_name(device),
     }
+    if ref is not None:
+        from ..backends.loading import model_files_sha256
+
+        found.update(model_files_sha256(ref))
+    return found
 
 
 def require_complete(gate: GateSpec, cells: list[CellResult]) -> dict[tuple[str, int, float, int], CellResult]:
@@ -128,22 +177,36 @@ def write_capture(capture: CapturedBaseline, path: Path, *, overwrite: bool = Fa
 
 
 def load_capture(path: Path) -> CapturedBaseline:
+    """Read a capture; a CaptureError naming the file for one that is missing, unreadable or of another version."""
     try:
         return CapturedBaseline.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise CaptureError(f"{path}: no captured baseline; run pytest --longctx-gate GATE --longctx-capture first") from None
-    except (ValueError, KeyError) as exc:
-        raise CaptureError(f"{path}: not a readable captured baseline ({exc}); re-capture with --longctx-capture") from exc
+    except CaptureError as exc:
+        raise CaptureError(f"{path}: {exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CaptureError(f"{path}: not a readable captured baseline ({exc}); {RECAPTURE}") from exc
+
+
+def _shown(key: str, value: str | None) -> str:
+    """A fingerprint value for a reason: hashes cut to 12 hex digits, versions and devices in full."""
+    if value is None:
+        return "absent"
+    return f"{value[:12]}.." if key in HASHED and len(value) == 64 else repr(value)
 
 
 def mismatches(capture: CapturedBaseline, gate: GateSpec, current: dict[str, str]) -> list[str]:
-    """Every reason the capture cannot stand in for this run's baseline, each naming what differs."""
+    """Every reason the capture cannot stand in for this run's baseline, each naming what differs.
+
+    First the file's own integrity (a hand-edited capture), then each fingerprint key this run loaded.
+    """
     spec = _plain(gate.to_dict())
-    problems = [
-        f"{key}: captured {capture.fingerprint.get(key, 'absent')!r}, now {value!r}"
-        for key, value in current.items()
-        if capture.fingerprint.get(key) != value
-    ]
+    problems = capture.integrity_problems()
+    for key, value in current.items():
+        captured = capture.fingerprint.get(key)
+        if captured != value:
+            label = f"{key} sha256" if key in HASHED else key
+            problems.append(f"{label} differs: captured {_shown(key, captured)}, loaded {_shown(key, value)}")
     if capture.baseline != spec["baseline"]:
         problems.append(f"baseline settings: captured {capture.baseline}, gate now {spec['baseline']}")
     if capture.sweep != spec["sweep"]:

@@ -6,14 +6,41 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+# 2: cells gained kv_source, retrieval, score, timed samples and reused_tokens; metrics gained prefill_tokens,
+# loss curves, recall by task and length, failures and kv_source; reading became strict about keys.
+SCHEMA_VERSION = 2
 
 Verdict = Literal["approve", "reject", "incomplete", "invalid"]
 Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "not_retrieved", "cut_from_history", "error"]
+
+
+class ResultsError(ValueError):
+    """A results record with keys this version does not write, or without keys it does; names which and where."""
+
+
+REWRITE = "re-run the gate with this pytest-longctx to write the file again"
+
+
+def require_keys(data: Any, expected: Iterable[str], where: str, *, fix: str = REWRITE) -> None:
+    """Refuse a record whose keys differ from `expected`: an unknown key is a typo or another version's field,
+    and a missing one would be silently filled with a default that the run never measured."""
+    if not isinstance(data, dict):
+        raise ResultsError(f"{where}: expected an object, got {type(data).__name__}")
+    expected = tuple(expected)
+    unknown = sorted(k for k in data if k not in expected)
+    missing = [k for k in expected if k not in data]
+    if unknown or missing:
+        parts = ([f"unknown keys {', '.join(unknown)}"] if unknown else []) + ([f"missing keys {', '.join(missing)}"] if missing else [])
+        raise ResultsError(f"{where}: {'; '.join(parts)}. Fix: {fix}")
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass(frozen=True)
@@ -67,9 +94,9 @@ class CellResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CellResult:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
+    def from_dict(cls, data: dict[str, Any], where: str = "cell") -> CellResult:
+        require_keys(data, _field_names(cls), where)
+        values = dict(data)
         for key in ("prefill_samples", "decode_samples", "total_samples"):
             if key in values:
                 values[key] = tuple(values[key])
@@ -137,10 +164,13 @@ class Decision:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Decision:
+        require_keys(data, ("verdict", "reasons", "checks"), "decision")
+        for i, check in enumerate(data["checks"]):
+            require_keys(check, _field_names(Check), f"decision.checks[{i}]")
         return cls(
             verdict=data["verdict"],
             reasons=tuple(data["reasons"]),
-            checks=tuple(Check(**c) for c in data.get("checks", [])),
+            checks=tuple(Check(**c) for c in data["checks"]),
         )
 
 
@@ -200,8 +230,8 @@ class Metrics:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Metrics:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
+        require_keys(data, _field_names(cls), "metrics")
+        values = dict(data)
         for key in ("middle_recall_delta_ci", "p95_latency_ratio_ci", "p95_prefill_ratio_ci", "p95_decode_ratio_ci", "fingerprint_mismatches"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
@@ -233,18 +263,26 @@ class GateResults:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GateResults:
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(
-                f"results schema_version {data.get('schema_version')!r} is not supported "
-                f"(this pytest-longctx reads version {SCHEMA_VERSION})"
+        if not isinstance(data, dict):
+            raise ResultsError(f"expected a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if isinstance(version, int) and version < SCHEMA_VERSION:
+            raise ResultsError(
+                f"results schema_version {version} is older than {SCHEMA_VERSION}, the version this pytest-longctx reads "
+                "(fields were added since). Fix: re-run the gate to write the file again"
             )
+        if version != SCHEMA_VERSION:
+            raise ResultsError(
+                f"results schema_version {version!r} is not supported (this pytest-longctx reads version {SCHEMA_VERSION})"
+            )
+        require_keys(data, ("schema_version", "gate", "decision", "metrics", "cells", "environment", "wall_s"), "top level")
         return cls(
             gate=data["gate"],
             decision=Decision.from_dict(data["decision"]),
             metrics=Metrics.from_dict(data["metrics"]),
-            cells=tuple(CellResult.from_dict(c) for c in data["cells"]),
-            environment=data.get("environment", {}),
-            wall_s=data.get("wall_s"),
+            cells=tuple(CellResult.from_dict(c, f"cells[{i}]") for i, c in enumerate(data["cells"])),
+            environment=data["environment"],
+            wall_s=data["wall_s"],
         )
 
 

@@ -282,7 +282,11 @@ class GateRun:
         if self._fingerprint is None:
             from .capture import fingerprint
 
-            self._fingerprint = fingerprint(self.backend(self.gate.baseline))
+            side = self.gate.baseline
+            backend = self.backend(side)
+            # The files behind the reference are what an in-process load read; a custom factory's or an engine's are not.
+            in_process = side.backend != "openai" and self._backend_factory is _default_backend
+            self._fingerprint = fingerprint(backend, ref=side.model_spec(self.gate.model).ref if in_process else None)
         return self._fingerprint
 
     def captured(self) -> Any:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ..gate.results import CellResult, Failure, GateResults, write_atomic
+from .planted import planted_notice
 from .summary import (
     LOSS_METRIC,
     NA,
@@ -876,6 +877,7 @@ def _context(results: GateResults) -> dict[str, Any]:
         "meaning": VERDICT_MEANING.get(verdict, verdict),
         "tally": f"{judged - failed} of {judged} thresholds met" if judged else "no threshold could be evaluated",
         "reasons": results.decision.reasons,
+        "planted_notice": planted_notice(results),
         "variants": variant_settings(results),
         "setting_rows": setting_rows(results),
         "task_rows": task_recall_rows(results),

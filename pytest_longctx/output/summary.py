@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..gate.results import Check, GateResults
+from .planted import planted_notice, planted_regressions
 
 NA = "n/a"
 NONE = "—"
@@ -510,6 +511,9 @@ def terminal_lines(results: GateResults, written: Iterable[Path] = ()) -> list[s
     d = results.decision
     lines = [f"gate {gate_name(results)}: {d.verdict.upper()} ({results.metrics.paired_cells}/{results.metrics.expected_cells} cells paired)"
              f" - {VERDICT_MEANING.get(d.verdict, d.verdict)}"]
+    notice = planted_notice(results)
+    if notice is not None:
+        lines.append(f"  !! {notice}")
     lines.extend("  " + row for row in _table(metric_rows(results)))
     tasks = task_recall_rows(results)
     if len(tasks) > 1:
@@ -546,6 +550,11 @@ def markdown(results: GateResults, written: Iterable[Path] = ()) -> str:
         "",
         variants,
         "",
+    ]
+    notice = planted_notice(results)
+    if notice is not None:
+        out += [f"> [!WARNING]\n> **{md_escape(notice)}**", ""]
+    out += [
         "| " + " | ".join(_TABLE_HEAD) + " |",
         "| --- | ---: | ---: | ---: | --- | --- | --- |",
     ]
@@ -594,7 +603,10 @@ def junit_properties(results: GateResults) -> list[tuple[str, str]]:
     """The verdict, each check and each recorded metric as flat `longctx.<gate>.…` name/value pairs."""
     prefix = f"longctx.{gate_name(results)}"
     d = results.decision
-    props = [(f"{prefix}.verdict", d.verdict)]
+    props: list[tuple[str, str]] = [(f"{prefix}.verdict", d.verdict)]
+    planted = planted_regressions(results.gate.get("candidate") or {})
+    if planted:
+        props.append((f"{prefix}.candidate_planted", ",".join(planted)))
     for check in d.checks:
         for key in ("value", "threshold", "comparison", "passed", "ci_low", "ci_high", "policy"):
             if hasattr(check, key) and getattr(check, key) is not None:

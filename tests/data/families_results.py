@@ -5,7 +5,7 @@ written by `save_results`, so it holds exactly what a real run would record. The
 invented (no model runs): several task families, two of them position-free, misses of every kind, three
 timed runs per cell, recall runs that reused a cached prefix, and a loss curve per side.
 
-Run `python tests/data/families_results.py` from the repository root to regenerate the file.
+Run `python tests/data/regenerate.py families` from the repository root (PYTHONPATH=.) to regenerate the file.
 """
 
 from __future__ import annotations

@@ -148,6 +148,9 @@ def test_an_unchanged_gguf_is_not_hashed_again(tiny_gguf, monkeypatch):
     import os
 
     hashes = Calls(monkeypatch, "file_sha256")
+    stat = tiny_gguf.stat()
+    # Written an hour ago: a stamp taken within seconds of the file's mtime is not trusted (see cached_sha256).
+    os.utime(tiny_gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns - 3600 * 10**9))
     digest = model_loading.gguf_sha256(tiny_gguf)
     assert model_loading.gguf_sha256(tiny_gguf) == digest and hashes.count == 1
     stat = tiny_gguf.stat()

@@ -52,3 +52,14 @@ def test_cell_timeout_raises(tiny_backend):
 
     with pytest.raises(CellTimeout, match="cell_timeout_s"):
         tiny_backend.generate(PROMPT, variant=VariantSpec.of("c", planted={"decode_delay": 50.0}), max_new_tokens=20, timeout_s=0.05)
+
+
+@pytest.mark.parametrize("planted", [{"decode_delay": 0.25}, {"kv_copies": 2}, {"window": 64}])
+def test_a_regression_planted_on_the_baseline_is_refused_at_parse(planted):
+    from pytest_longctx.gate.spec import GateError, parse_gate
+
+    gate = {"name": "g", "baseline": {"planted": planted}, "candidate": {}, "sweep": {"lengths": [512], "depths": [0.5]}}
+    with pytest.raises(GateError, match=r"g.yaml: key 'baseline.planted': plants a regression on the baseline.*"
+                                        r"Fix: plant regressions on the candidate"):
+        parse_gate(gate, source="g.yaml")
+    assert parse_gate({**gate, "baseline": {}, "candidate": {"planted": planted}}).candidate != parse_gate({**gate, "baseline": {}}).candidate

@@ -21,7 +21,7 @@ from pytest_longctx.output.summary import (
     variant_settings,
 )
 
-FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores
+FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores (schema 2: tests/data/regenerate.py)
 # A made-up, schema-exact run of six task families with a YaRN candidate and a loss curve (tests/data/families_results.py)
 FAMILIES_RESULTS = Path(__file__).parents[1] / "data" / "families-results.json"
 
@@ -46,7 +46,7 @@ def test_markdown_shows_the_same_metrics_as_the_html_report() -> None:
     md_rows = _markdown_table(markdown(results))
     html_rows = _html_metric_rows(render_html(results))
 
-    assert len(md_rows) == len(html_rows) == 6
+    assert len(md_rows) == len(html_rows) == 8
     for md, page in zip(md_rows, html_rows):
         assert md[:6] == page[:6]  # metric, baseline, candidate, ratio/delta, CI, threshold
         result = {"✓ pass": "✅ pass", "✗ fail": "❌ FAIL", "info": "info"}[page[6]]
@@ -142,8 +142,9 @@ def test_rows_are_one_list_for_every_output() -> None:
     rows = metric_rows(results)
 
     assert [r.metric for r in rows] == ["middle-band recall", "recall, all depths", "p95 latency (s)", "p95 prefill (s)",
-                                        "p95 decode (ms/token)", "memory (kv_bytes)"]
-    assert [r.status for r in rows] == ["fail", "info", "fail", "info", "info", "pass"]
+                                        "p95 decode (ms/token)", "memory (kv_bytes)", "prompt tokens per query",
+                                        "effective length (tokens, recall >= 0.85)"]
+    assert [r.status for r in rows] == ["fail", "info", "fail", "info", "info", "pass", "info", "info"]
 
 
 def test_effective_length_and_loss_ratio_are_rows_of_every_output() -> None:
@@ -163,7 +164,7 @@ def test_effective_length_and_loss_ratio_are_rows_of_every_output() -> None:
     assert loss.change == f"{m['loss_ratio']:.3f} (ratio)" and loss.threshold == "<= 1.05" and loss.status == "fail"
     md_rows = _markdown_table(markdown(results).split("**Recall by task**")[0])  # the metrics table, not the tasks'
     html_rows = _html_metric_rows(render_html(results))
-    assert len(md_rows) == len(html_rows) == 8 and [r[:6] for r in md_rows] == [r[:6] for r in html_rows]
+    assert len(md_rows) == len(html_rows) == 9 and [r[:6] for r in md_rows] == [r[:6] for r in html_rows]
     lines = terminal_lines(results)
     assert any(re.search(r"effective length \(tokens, recall >= 0\.85\)\s+4096\s+2048\s+0\.500 \(ratio\)\s+—\s+>= 1\.00\s+FAIL$", line)
                for line in lines)
@@ -252,3 +253,35 @@ def test_describe_variant_names_a_served_side_by_where_its_engine_runs() -> None
     assert dict(describe_variant(served.to_dict())) == {"backend": "openai (launched: vllm serve {model} --port {port}), 4 in flight"}
     remote = VariantSpec.of("b", backend="openai", base_urls=["http://a:1", "http://b:2"])
     assert dict(describe_variant(remote.to_dict())) == {"backend": "openai (http://a:1, http://b:2)"}
+
+
+def _planted_results():
+    results = load_results(FP8_RESULTS)
+    candidate = {**results.gate["candidate"], "planted_decode_delay": 0.25, "planted_kv_copies": 3}
+    return dataclasses.replace(results, gate={**results.gate, "candidate": candidate})
+
+
+PLANTED = "candidate has PLANTED regressions: decode_delay +25%, kv_copies x3"
+
+
+def test_every_summary_leads_with_a_candidates_planted_regressions() -> None:
+    results = _planted_results()
+
+    lines = terminal_lines(results)
+    text = markdown(results)
+    props = dict(junit_properties(results))
+    page = render_html(results)
+
+    assert lines[1].startswith(f"  !! {PLANTED}")  # right under the verdict, above the table
+    assert f"> **{PLANTED}" in text and text.index(PLANTED) < text.index("| metric")
+    assert props["longctx.fp8-kv-cache.candidate_planted"] == "decode_delay +25%,kv_copies x3"
+    banner = page[page.index('<section id="decision"'):page.index("</section>")]
+    assert PLANTED in html.unescape(banner)
+
+
+def test_without_planted_regressions_no_summary_mentions_them() -> None:
+    results = load_results(FP8_RESULTS)
+
+    assert not any("PLANTED" in line for line in terminal_lines(results))
+    assert "PLANTED" not in markdown(results) and "PLANTED" not in render_html(results)
+    assert not any(name.endswith("candidate_planted") for name, _ in junit_properties(results))
