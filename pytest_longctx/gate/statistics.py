@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 BOOTSTRAP_RESAMPLES = 2000
 POWER = 0.80  # the power a "smallest detectable drop" is stated at
@@ -70,14 +71,22 @@ def mean_delta_ci(deltas: Sequence[float], confidence: float) -> tuple[float, fl
     if len(deltas) < 3:
         return None
     import numpy as np
-    from scipy.stats import bootstrap
 
     values = np.asarray(deltas, dtype=float)
     if float(values.max() - values.min()) == 0.0:
         return (float(values[0]), float(values[0]))
-    res = bootstrap((values,), np.mean, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=confidence,
-                    method="percentile", rng=np.random.default_rng(0))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    low, high = mean_delta_ci_rows(values[None, :], confidence)
+    return float(low[0]), float(high[0])
+
+
+def mean_delta_ci_rows(rows: Any, confidence: float) -> tuple[Any, Any]:
+    """mean_delta_ci for each row of a 2-D array at once (simulations of many gates): arrays of lows and highs."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    res = bootstrap((np.asarray(rows, dtype=float),), np.mean, axis=-1, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES,
+                    confidence_level=confidence, method="percentile", rng=np.random.default_rng(0))
+    return np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)
 
 
 def wilcoxon_p(deltas: Sequence[float]) -> float | None:
