@@ -63,7 +63,7 @@ def p95_ratio_ci(base: Sequence[float], cand: Sequence[float], confidence: float
 
 
 def mean_delta_ci(deltas: Sequence[float], confidence: float) -> tuple[float, float] | None:
-    """Bootstrap CI (percentile, seeded) of the mean of per-cell paired differences; None under 3 cells.
+    """Bootstrap CI (expanded percentile, seeded) of the mean of per-cell paired differences; None under 3 cells.
 
     Every difference equal (an unchanged computation gives exact zeros): the interval is that value, since
     resampling cannot move it.
@@ -79,13 +79,29 @@ def mean_delta_ci(deltas: Sequence[float], confidence: float) -> tuple[float, fl
     return float(low[0]), float(high[0])
 
 
+MEAN_RESAMPLES = 10000  # the expanded tails sit far out: enough resamples that they are not the extremes alone
+
+
+def expanded_confidence(confidence: float, n: int) -> float:
+    """The level at which a percentile bootstrap of a mean covers as a t interval would (Hesterberg's expanded
+    percentile interval): the z quantile is stretched to sqrt(n / (n - 1)) x t(n - 1). The plain percentile
+    interval is too narrow for few cells: at 12 cells and a one-sided 0.4 % it rejects a true zero 2.7x as often."""
+    from scipy.stats import norm, t
+
+    tail = (1 - confidence) / 2
+    stretched = (n / (n - 1)) ** 0.5 * float(t.ppf(1 - tail, n - 1))
+    return float(1 - 2 * norm.sf(stretched))
+
+
 def mean_delta_ci_rows(rows: Any, confidence: float) -> tuple[Any, Any]:
     """mean_delta_ci for each row of a 2-D array at once (simulations of many gates): arrays of lows and highs."""
     import numpy as np
     from scipy.stats import bootstrap
 
-    res = bootstrap((np.asarray(rows, dtype=float),), np.mean, axis=-1, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES,
-                    confidence_level=confidence, method="percentile", rng=np.random.default_rng(0))
+    data = np.asarray(rows, dtype=float)
+    res = bootstrap((data,), np.mean, axis=-1, vectorized=True, n_resamples=MEAN_RESAMPLES, batch=max(1, 2_000_000 // data.size),
+                    confidence_level=expanded_confidence(confidence, data.shape[-1]), method="percentile",
+                    rng=np.random.default_rng(0))
     return np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)
 
 
