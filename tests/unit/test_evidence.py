@@ -12,7 +12,12 @@ from pytest_longctx.cli.main import main
 from pytest_longctx.gate.decision import evaluate
 from pytest_longctx.gate.results import CellResult
 from pytest_longctx.gate.spec import parse_gate
-from pytest_longctx.gate.statistics import cells_needed, min_detectable_drop, paired_difference_ci, recall_power
+from pytest_longctx.gate.statistics import (
+    cells_needed,
+    min_detectable_drop,
+    paired_difference_ci,
+    recall_power,
+)
 
 
 def gate(candidate=None, sweep=None, **thresholds):
@@ -62,7 +67,7 @@ def test_a_likelihood_drop_with_identical_recall_rejects_and_an_unchanged_one_ap
 
 def test_an_unmeasured_likelihood_blocks_only_when_a_threshold_asks_for_it():
     g = gate()
-    metrics, decision = evaluate(g, cells(g, "baseline") + cells(g, "candidate", kv_bytes=530))
+    _, decision = evaluate(g, cells(g, "baseline") + cells(g, "candidate", kv_bytes=530))
     check = next(c for c in decision.checks if c.name == "answer_logprob_delta")
     assert decision.verdict == "approve" and check.policy == "not measured" and "not measured on baseline and candidate" in check.detail
     served = gate(answer_logprob={"max_drop": 0.5})

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from pytest_longctx.gate.decision import evaluate
-from pytest_longctx.gate.results import CellResult, Check, GateResults, load_results, save_results
+from pytest_longctx.gate.results import (
+    CellResult,
+    Check,
+    GateResults,
+    load_results,
+    save_results,
+)
 from pytest_longctx.gate.sequential import judge, look_confidence, stop_reason
 from pytest_longctx.gate.spec import GateError, parse_gate
 from pytest_longctx.gate.statistics import mean_delta_ci_rows, paired_difference_ci
