@@ -153,3 +153,17 @@ def test_power_command_answers_the_planning_question(capsys):
         main(["power", "--cells", "0", "--baseline-recall", "0.5"])
     with pytest.raises(SystemExit):
         main(["power", "--cells", "10", "--baseline-recall", "1.5"])
+
+
+def test_the_report_shows_the_log_prob_change_beside_the_recall_heatmaps_and_json_cells_carry_it(tmp_path):
+    from pytest_longctx.gate.results import GateResults, load_results, save_results
+    from pytest_longctx.output.report import render_html
+
+    g = gate()
+    both = cells(g, "baseline", logprob=-1.0) + cells(g, "candidate", logprob=-1.5, kv_bytes=530)
+    metrics, decision = evaluate(g, both)
+    results = GateResults(gate=g.to_dict(), decision=decision, metrics=metrics, cells=tuple(both))
+    html = render_html(results)
+    assert "answer log-prob change (candidate − baseline), nats" in html and ">-0.50<" in html
+    save_results(results, tmp_path / "r.json")
+    assert {c.answer_logprob for c in load_results(tmp_path / "r.json").cells} == {-1.0, -1.5}
