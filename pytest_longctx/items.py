@@ -25,16 +25,33 @@ class GateNode(pytest.Collector):
 
     def collect(self) -> Iterator[pytest.Item]:
         variants = {v.name: VariantNode.from_parent(self, name=v.name) for v in self.run.variants}
+        sequential = self.run.gate.sweep.sequential
+        if sequential is not None:
+            yield from self._loss_items(variants)
+            # One look after the other: its recall runs, then its timing passes; GateRun evaluates the looks so
+            # far when the next one starts, and skips it once the verdict is decided.
+            for look in range(1, sequential.planned_looks + 1):
+                yield from self._cell_items(variants, look)
+                for number in self.run.timing_passes:
+                    yield TimingPassItem.from_parent(self, name=f"timing-pass-{number}-look-{look}", run=self.run, number=number, look=look)
+            return
+        yield from self._cell_items(variants, None)
+        yield from self._loss_items(variants)
+        # Timed runs come after every recall run, in passes over the whole sweep (see GateRun.timing_pass).
+        for number in self.run.timing_passes:
+            yield TimingPassItem.from_parent(self, name=f"timing-pass-{number}", run=self.run, number=number)
+
+    def _cell_items(self, variants: dict[str, VariantNode], look: int | None) -> Iterator[pytest.Item]:
+        sequential = self.run.gate.sweep.sequential
         for variant, cell in interleaved(self.run.gate):
-            if variant.name in variants:
+            if variant.name in variants and (look is None or sequential is None or sequential.look_of(cell.seed) == look):
                 yield CellItem.from_parent(variants[variant.name], name=cell.id, run=self.run, variant=variant, cell=cell)
+
+    def _loss_items(self, variants: dict[str, VariantNode]) -> Iterator[pytest.Item]:
         if self.run.gate.sweep.loss is not None:
             for variant in self.run.variants:
                 yield LossItem.from_parent(variants[variant.name], name=f"loss[{self.run.gate.sweep.loss.tokens}]",
                                            run=self.run, variant=variant)
-        # Timed runs come after every recall run, in passes over the whole sweep (see GateRun.timing_pass).
-        for number in self.run.timing_passes:
-            yield TimingPassItem.from_parent(self, name=f"timing-pass-{number}", run=self.run, number=number)
 
 
 class VariantNode(pytest.Collector):
@@ -52,6 +69,10 @@ class CellItem(pytest.Item):
         self.cell = cell
 
     def runtest(self) -> None:
+        sequential = self.run.gate.sweep.sequential
+        reason = None if sequential is None else self.run.stop_reason(sequential.look_of(self.cell.seed))
+        if reason is not None:
+            pytest.skip(reason)
         result = self.run.measure(self.variant, self.cell)
         # Results travel on the report, so a controller (e.g. under xdist) sees every worker's cells.
         self.user_properties.append((CELL_PROPERTY, result.to_dict()))
@@ -85,13 +106,17 @@ class LossItem(pytest.Item):
 class TimingPassItem(pytest.Item):
     """One pass of full, uncached timed runs over the sweep; it fails when any of its runs failed."""
 
-    def __init__(self, *, run: GateRun, number: int, **kwargs: Any) -> None:
+    def __init__(self, *, run: GateRun, number: int, look: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.run = run
         self.number = number
+        self.look = look  # a sequential gate's look: the pass times that look's cells only
 
     def runtest(self) -> None:
-        samples = self.run.timing_pass(self.number)
+        reason = None if self.look is None else self.run.stop_reason(self.look)
+        if reason is not None:
+            pytest.skip(reason)
+        samples = self.run.timing_pass(self.number, self.look)
         self.user_properties.append((TIMING_PROPERTY, [s.to_dict() for s in samples]))
         failed = [f"{s.variant}::{s.task}[{s.length}-d{s.depth:.2f}-s{s.seed}]: {s.error}" for s in samples if s.error is not None]
         if failed:

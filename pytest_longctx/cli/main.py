@@ -1,4 +1,5 @@
-"""The `longctx` command: re-render a report, recompute a decision, plan KV capacity (`kv`) or a retrieval path (`plan`)."""
+"""The `longctx` command: re-render a report, recompute a decision, plan KV capacity (`kv`), a retrieval path (`plan`) or a
+recall check's cells (`power`)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,14 @@ def main(argv: list[str] | None = None) -> int:
 
     add_kv_parser(commands)
     _add_plan_parser(commands)
+    from .power import add_parser as add_power_parser
+
+    add_power_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "power":
+        from .power import run as run_power
+
+        return run_power(args)
     if args.command == "kv":
         from .kv import run as run_kv
 

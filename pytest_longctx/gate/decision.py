@@ -7,9 +7,9 @@ from typing import Any
 
 from .spec import GateSpec
 from .results import CellResult, Check, Decision, Metrics
+from .statistics import mcnemar_exact_p, min_detectable_drop, p95_ratio_ci, paired_difference_ci
 
 EPS = 1e-9  # recall fractions are ratios of small integers; compare them without float noise
-BOOTSTRAP_RESAMPLES = 2000
 Key = tuple[str, int, float, int]
 
 
@@ -48,57 +48,17 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or den is None or den == 0 else num / den
 
 
-def paired_difference_ci(baseline_only: int, candidate_only: int, n: int, confidence: float) -> tuple[float, float] | None:
-    """Exact CI of the paired recall difference (candidate - baseline) over `n` cells.
-
-    Conditional on the discordant cells, the share the candidate wins is binomial; its Clopper-Pearson
-    interval maps to the difference as (2p - 1) x discordant / n. No discordant cell: the difference is 0.
-    """
-    if n == 0:
-        return None
-    discordant = baseline_only + candidate_only
-    if discordant == 0:
-        return (0.0, 0.0)
-    from scipy.stats import binomtest
-
-    ci = binomtest(candidate_only, discordant, 0.5).proportion_ci(confidence_level=confidence, method="exact")
-    scale = discordant / n
-    return ((2 * ci.low - 1) * scale, (2 * ci.high - 1) * scale)
-
-
-def mcnemar_exact_p(baseline_only: int, candidate_only: int) -> float:
-    """Two-sided exact McNemar test: are the discordant cells split unevenly between the variants?"""
-    discordant = baseline_only + candidate_only
-    if discordant == 0:
-        return 1.0
-    from scipy.stats import binomtest
-
-    return float(binomtest(candidate_only, discordant, 0.5).pvalue)
-
-
-def p95_ratio_ci(base: Sequence[float], cand: Sequence[float], confidence: float) -> tuple[float, float] | None:
-    """Paired bootstrap CI of p95(candidate) / p95(baseline), resampling cells (seeded: same data, same CI)."""
-    if len(base) < 3 or len(base) != len(cand):
-        return None
-    import numpy as np
-    from scipy.stats import bootstrap
-
-    def statistic(b: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.percentile(c, 95, axis=axis) / np.percentile(b, 95, axis=axis)
-
-    res = bootstrap(
-        (np.asarray(base, dtype=float), np.asarray(cand, dtype=float)), statistic, paired=True, vectorized=True,
-        n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=confidence, method="percentile", rng=np.random.default_rng(0),
-    )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return None if np.isnan(low) or np.isnan(high) else (low, high)
-
-
 def compute_metrics(
     gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_mismatches: Sequence[str] = (),
-    loss_curves: Mapping[str, dict[str, Any]] | None = None,
+    loss_curves: Mapping[str, dict[str, Any]] | None = None, confidence: float | None = None,
 ) -> Metrics:
-    """Metrics over the cells both variants measured without error; missing, errored and mismatched cells are counted."""
+    """Metrics over the cells both variants measured without error; missing, errored and mismatched cells are counted.
+
+    `confidence` sets every interval's level (a sequential look's); by default the recall interval reads
+    thresholds.middle_recall.alpha and the bootstrap intervals thresholds.p95_latency_ratio.confidence.
+    """
+    from .evidence import logprob_metrics, noop_problem, sensitivity_notes, truncation_notes
+
     names = (gate.baseline.name, gate.candidate.name)
     base_name, cand_name = names
     by_variant: dict[str, dict[Key, CellResult]] = {n: {} for n in names}
@@ -125,7 +85,8 @@ def compute_metrics(
         pairs = [(b, c) for b, c in pairs if b is not None and c is not None]
         return [b for b, _ in pairs], [c for _, c in pairs]
 
-    confidence = gate.thresholds.latency_confidence
+    recall_confidence = confidence or 1 - gate.thresholds.middle_recall_alpha
+    confidence = confidence or gate.thresholds.latency_confidence
     latency: dict[str, tuple[dict[str, float | None], float | None, tuple[float, float] | None]] = {}
     for field in ("total_s", "prefill_s", "decode_s_per_token"):
         b, c = timing(field)
@@ -148,7 +109,19 @@ def compute_metrics(
     effective, effective_ratio = _effective_lengths(gate, by_length)
     curves = {label: dict((loss_curves or {})[n]) for label, n in zip(("baseline", "candidate"), names) if n in (loss_curves or {})}
     loss_ratio, worst = _loss_ratio(curves)
+    t = gate.thresholds
+    recall_bound = -t.middle_recall_margin if t.middle_recall_policy == "noninferiority" else t.middle_recall_min_delta
+    detectable = None if not middle or not middle_recall["baseline"] else min_detectable_drop(
+        len(middle), middle_recall["baseline"], confidence=recall_confidence, threshold=recall_bound)
+    likelihood = logprob_metrics(side(base_name, paired), side(cand_name, paired), confidence)
+    notes, insensitive = sensitivity_notes(gate, side(base_name, paired), likelihood["answer_logprob_cells"] > 0)
     return Metrics(
+        **likelihood,
+        sensitivity=tuple(notes),
+        insensitive=insensitive,
+        configuration=tuple(truncation_notes(gate, {"baseline": side(base_name, paired), "candidate": side(cand_name, paired)})),
+        noop=noop_problem(gate, side(base_name, paired), side(cand_name, paired)),
+        middle_recall_detectable_drop=detectable,
         prefill_tokens={label: _mean(float(c.tokens) for c in side(n, paired)) for label, n in zip(("baseline", "candidate"), names)},
         loss_curves=curves,
         loss_ratio=loss_ratio,
@@ -173,7 +146,7 @@ def compute_metrics(
         errored_cells=errored,
         missing_cells=missing,
         middle_recall_delta=delta,
-        middle_recall_delta_ci=paired_difference_ci(baseline_only, candidate_only, len(middle), 1 - gate.thresholds.middle_recall_alpha),
+        middle_recall_delta_ci=paired_difference_ci(baseline_only, candidate_only, len(middle), recall_confidence),
         discordant={"baseline_only": baseline_only, "candidate_only": candidate_only},
         mcnemar_p=mcnemar_exact_p(baseline_only, candidate_only) if middle else None,
         p95_latency_ratio_ci=total[2],
@@ -252,11 +225,22 @@ def _recall_check(gate: GateSpec, m: Metrics) -> Check:
     lo, hi = ci if ci is not None else (None, None)
     if t.middle_recall_policy == "noninferiority":
         passed = hi is not None and hi >= -t.middle_recall_margin - EPS
-        detail = f"{head}; non-inferior unless the CI's upper end is below -{t.middle_recall_margin:.2f}"
+        detail = f"{head}; non-inferior unless the CI's upper end is below -{t.middle_recall_margin:.2f}{_power_note(m)}"
         return Check("middle_recall_delta", delta, -t.middle_recall_margin, ">=", passed, detail, lo, hi, "noninferiority")
     passed = delta is not None and delta >= t.middle_recall_min_delta - EPS
     return Check("middle_recall_delta", delta, t.middle_recall_min_delta, ">=", passed,
-                 f"{head}; required >= {t.middle_recall_min_delta:.2f}", lo, hi, "strict")
+                 f"{head}; required >= {t.middle_recall_min_delta:.2f}{_power_note(m)}", lo, hi, "strict")
+
+
+def _power_note(m: Metrics) -> str:
+    """The smallest drop the recall interval shows with 80 % power, at these cells and this baseline rate."""
+    base = m.middle_recall.get("baseline")
+    if not m.middle_cells or base is None:
+        return ""
+    drop = m.middle_recall_detectable_drop
+    shown = f"a drop of {drop:.2f} or more" if drop is not None else "no drop up to the baseline's own recall"
+    return (f"; with {m.middle_cells} cells at baseline {base:.2f} its interval shows {shown} with 80 % power "
+            "(exact binomial; `longctx power` plans more)")
 
 
 def _latency_check(name: str, label: str, ratio: float | None, ci: tuple[float, float] | None,
@@ -281,11 +265,18 @@ def _millis(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 1000:.1f} ms/token"
 
 
-def decide(gate: GateSpec, metrics: Metrics) -> Decision:
-    """Apply the approval rule. Fail closed: mismatched data is `invalid`, missing or errored cells `incomplete`."""
+def decide(gate: GateSpec, metrics: Metrics, *, judge: Callable[[Check], Check] | None = None) -> Decision:
+    """Apply the approval rule. Fail closed: mismatched data is `invalid`, missing or errored cells `incomplete`.
+
+    `judge` (a sequential look, see sequential.py) re-reads each check by its interval and sets its state; a
+    check left undecided makes the verdict `inconclusive` unless another one already rejects.
+    """
+    from .evidence import NOT_MEASURED, logprob_check, unmeasured_sides
+
     t, m = gate.thresholds, metrics
     checks = [
         _recall_check(gate, m),
+        logprob_check(gate, m),
         _latency_check("p95_latency_ratio", "p95 end-to-end latency", m.p95_latency_ratio, m.p95_latency_ratio_ci,
                        m.p95_latency_s, t.p95_latency_ratio_max, t.p95_latency_policy, m.latency_compared, _seconds),
     ]
@@ -321,15 +312,20 @@ def decide(gate: GateSpec, metrics: Metrics) -> Decision:
             "loss_ratio", m.loss_ratio, t.loss_ratio_max, "<=", m.loss_ratio is not None and m.loss_ratio <= t.loss_ratio_max + EPS,
             f"next-token loss, worst position bucket{where}: ratio {_fmt(m.loss_ratio)}, allowed <= {t.loss_ratio_max:.2f}",
         ))
-    reasons = [("PASS " if c.passed else "FAIL ") + c.detail for c in checks if c.policy != "skipped"]
-    reasons += ["NOTE " + c.detail for c in checks if c.policy == "skipped"]
+    if judge is not None:
+        checks = [judge(c) for c in checks]
+    unjudged = ("skipped", "info", NOT_MEASURED)
+    reasons = [("OPEN " if c.state == "undecided" else "PASS " if c.passed else "FAIL ") + c.detail
+               for c in checks if c.policy not in unjudged]
+    reasons += ["NOTE " + c.detail for c in checks if c.policy in unjudged]
+    reasons += ["CONFIG " + note for note in m.configuration] + ["NOTE " + note for note in m.sensitivity]
     problems = []
     if m.fingerprint_mismatches:
         problems.append("the captured baseline does not match this run: " + "; ".join(m.fingerprint_mismatches))
     if m.prompt_mismatches:
         problems.append(f"{m.prompt_mismatches} paired cells gave the two variants different prompts (prompt_sha256 differs)")
-    if problems:
-        return Decision("invalid", tuple([f"cannot compare: {p}" for p in problems] + reasons), tuple(checks))
+    if problems or m.noop:
+        return Decision("invalid", tuple([f"cannot compare: {p}" for p in problems] + ([m.noop] if m.noop else []) + reasons), tuple(checks))
     gaps = []
     if m.missing_cells:
         gaps.append(f"{m.missing_cells} of {2 * m.expected_cells} cells were not run (deselected, interrupted or skipped)")
@@ -337,8 +333,16 @@ def decide(gate: GateSpec, metrics: Metrics) -> Decision:
         gaps.append(f"{m.errored_cells} cells errored")
     if gate.sweep.loss is not None and set(m.loss_curves) != {"baseline", "candidate"}:
         gaps.append("the loss curve was not measured on both sides")
+    if t.answer_logprob_max_drop is not None and m.answer_logprob_cells == 0 and m.paired_cells:
+        sides = " and ".join(unmeasured_sides(m)) or "both sides together"
+        gaps.append(f"thresholds.answer_logprob needs the answer log-probability, which was not measured on {sides}")
+    if gate.sweep.require_sensitivity and m.insensitive:
+        gaps.append("sweep.require_sensitivity: the baseline sits at a recall ceiling or floor at every task and length, so "
+                    "no recall change could show (use longer lengths, a harder task, or more distractors)")
     if gaps:
         return Decision("incomplete", tuple(["cannot approve: " + "; ".join(gaps)] + reasons), tuple(checks))
+    if any(c.state == "undecided" for c in checks) and not any(c.state == "reject" for c in checks):
+        return Decision("inconclusive", tuple(reasons), tuple(checks))
     verdict = "approve" if all(c.passed for c in checks) else "reject"
     return Decision(verdict, tuple(reasons), tuple(checks))
 
@@ -351,5 +355,10 @@ def evaluate(
     gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_mismatches: Sequence[str] = (),
     loss_curves: Mapping[str, dict[str, Any]] | None = None,
 ) -> tuple[Metrics, Decision]:
+    """The metrics and decision of a finished run; a sequential gate's are those of the look it stopped at."""
+    if gate.sweep.sequential is not None:
+        from .sequential import evaluate_looks
+
+        return evaluate_looks(gate, cells, fingerprint_mismatches=fingerprint_mismatches, loss_curves=loss_curves)
     metrics = compute_metrics(gate, cells, fingerprint_mismatches=fingerprint_mismatches, loss_curves=loss_curves)
     return metrics, decide(gate, metrics)

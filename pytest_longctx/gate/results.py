@@ -15,7 +15,7 @@ from typing import Any, Literal
 # loss curves, recall by task and length, failures and kv_source; reading became strict about keys.
 SCHEMA_VERSION = 2
 
-Verdict = Literal["approve", "reject", "incomplete", "invalid"]
+Verdict = Literal["approve", "reject", "incomplete", "invalid", "inconclusive"]
 Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "not_retrieved", "cut_from_history", "error"]
 
 
@@ -84,6 +84,9 @@ class CellResult:
     # Where kv_bytes came from: "measured" (the cache tensors), "engine" (a server's /metrics), "analytic" (the
     # formula, for a server that reports no cache), "unknown".
     kv_source: str = "measured"
+    # Sum over the task's expected values of log p(value tokens | this side's prompt), teacher-forced on the very
+    # cache, window and RoPE the side ran with; None where the backend does not measure it (served engines).
+    answer_logprob: float | None = None
 
     @property
     def key(self) -> tuple[str, int, float, int]:
@@ -143,6 +146,8 @@ class Check:
     ci_low: float | None = None
     ci_high: float | None = None
     policy: str = "strict"
+    # Sequential gates only: what this look's interval says (approve, reject, or undecided: look again).
+    state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,28 @@ class Metrics:
     loss_ratio: float | None = None  # worst bucket's candidate/baseline mean next-token loss
     loss_worst_bucket: int | None = None
     kv_source: dict[str, str] = field(default_factory=dict)  # per side: where kv_bytes came from (CellResult.kv_source)
+    # Answer likelihood: per side the mean teacher-forced log p of the expected answer (nats), over the cells both
+    # sides measured; the paired mean difference, its bootstrap interval and the Wilcoxon signed-rank p.
+    answer_logprob: dict[str, float | None] = field(default_factory=dict)
+    answer_logprob_delta: float | None = None
+    answer_logprob_delta_ci: tuple[float, float] | None = None
+    answer_logprob_wilcoxon_p: float | None = None
+    answer_logprob_cells: int = 0
+    # The smallest middle-band recall drop the recall check rejects with 80 % power (statistics.min_detectable_drop).
+    middle_recall_detectable_drop: float | None = None
+    # Evidence about the sweep itself: where a baseline at a ceiling or floor hides recall changes (and whether that
+    # is everywhere), misses the gate's own settings caused, and a candidate change that changed nothing.
+    sensitivity: tuple[str, ...] = ()
+    insensitive: bool = False
+    configuration: tuple[str, ...] = ()
+    noop: str | None = None
+    # Sequential gates: the look the verdict was reached at, of how many planned, the seeds it read, and the
+    # confidence of each look's intervals (the error rate split over the looks).
+    looks: int | None = None
+    planned_looks: int | None = None
+    seeds_used: tuple[int, ...] = ()
+    stopped_early: bool | None = None
+    look_confidence: float | None = None
 
     @property
     def memory_label(self) -> str:
@@ -232,7 +259,8 @@ class Metrics:
     def from_dict(cls, data: dict[str, Any]) -> Metrics:
         require_keys(data, _field_names(cls), "metrics")
         values = dict(data)
-        for key in ("middle_recall_delta_ci", "p95_latency_ratio_ci", "p95_prefill_ratio_ci", "p95_decode_ratio_ci", "fingerprint_mismatches"):
+        for key in ("middle_recall_delta_ci", "p95_latency_ratio_ci", "p95_prefill_ratio_ci", "p95_decode_ratio_ci", "fingerprint_mismatches",
+                    "answer_logprob_delta_ci", "seeds_used", "sensitivity", "configuration"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)

@@ -68,6 +68,7 @@ class GateRun:
         # Cells whose recall run failed here: their timing passes would fail the same way.
         self._failed: set[tuple[str, Cell]] = set()
         self._prefix_store: Any = None
+        self._stop_reasons: dict[int, str | None] = {}  # sequential gates: per look, why it was skipped
         self._started = time.perf_counter()
 
     @property
@@ -210,16 +211,32 @@ class GateRun:
             self._prefix_store = PrefixStore(max_entries_per_key=min(8, len(sweep.seeds) * len(sweep.tasks) + 1))
         return self._prefix_store
 
+    def stop_reason(self, look: int) -> str | None:
+        """Why a sequential gate's look `look` need not run (the looks before it decided the verdict), else None.
+
+        Asked by the look's items as they start, so every item of the looks before it has been recorded; the
+        answer is kept, since the cells of those looks no longer change.
+        """
+        if self.gate.sweep.sequential is None or look <= 1:
+            return None
+        if look not in self._stop_reasons:
+            from .sequential import stop_reason
+
+            earlier = self.stop_reason(look - 1)
+            self._stop_reasons[look] = earlier or stop_reason(self.gate, self.merged_cells(), look, loss_curves=self.loss_curves)
+        return self._stop_reasons[look]
+
     @property
     def timing_passes(self) -> tuple[int, ...]:
         """The numbers of the timing passes after the recall pass (whose timed cells give sample 1)."""
         return tuple(range(2, self.gate.sweep.repeats + 1))
 
-    def timing_pass(self, number: int) -> list[TimingSample]:
-        """Timing pass `number`: one more full, uncached run of every timed cell.
+    def timing_pass(self, number: int, look: int | None = None) -> list[TimingSample]:
+        """Timing pass `number`: one more full, uncached run of every timed cell (of sequential look `look` only).
 
         Passes sweep the whole gate in ABBA order, flipping which side leads from one pass to the next, so a
-        cell's repeats are minutes apart and a burst of load on a shared runner cannot hit all of them.
+        cell's repeats are minutes apart and a burst of load on a shared runner cannot hit all of them. Cells of
+        a sequential look that was skipped never ran, so they are not timed either.
         """
         sweep = self.gate.sweep
         samples = []
@@ -227,6 +244,10 @@ class GateRun:
             key = (variant.name, cell)
             if key in self._failed or not sweep.timed(cell.length, cell.depth, cell.seed):
                 continue
+            if sweep.sequential is not None:
+                cell_look = sweep.sequential.look_of(cell.seed)
+                if (look is not None and cell_look != look) or self.stop_reason(cell_look) is not None:
+                    continue
             try:
                 prompt = self.prompt(cell, variant)
             except Exception as exc:  # noqa: BLE001 - recorded against the cell

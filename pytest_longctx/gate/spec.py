@@ -153,6 +153,29 @@ class TimingSpec:
 
 
 @dataclass(frozen=True)
+class SequentialSpec:
+    """A sweep run in looks of `batch` seeds (0, 1, ... up to `max_seeds`), stopping once every check is decided.
+
+    `alpha` is the gate's false-reject rate over all looks and checks, split evenly among them (Bonferroni; see
+    docs/statistics.md)."""
+
+    batch: int
+    max_seeds: int
+    alpha: float = 0.05
+
+    @property
+    def planned_looks(self) -> int:
+        return -(-self.max_seeds // self.batch)
+
+    def seeds_through(self, look: int) -> tuple[int, ...]:
+        """The seeds read at look `look` (1-based): every seed of that look and the looks before it."""
+        return tuple(range(min(look * self.batch, self.max_seeds)))
+
+    def look_of(self, seed: int) -> int:
+        return seed // self.batch + 1
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     lengths: tuple[int, ...]
     depths: tuple[float, ...]
@@ -165,6 +188,8 @@ class SweepSpec:
     cell_timeout_s: float | None = None
     loss: LossSpec | None = None
     timing: TimingSpec = TimingSpec()
+    sequential: SequentialSpec | None = None
+    require_sensitivity: bool = False  # a sweep where no task and length can show a recall change is incomplete
 
     def timed(self, length: int, depth: float, seed: int) -> bool:
         t = self.timing
@@ -193,6 +218,8 @@ class Thresholds:
     effective_length_ratio_min: float | None = None
     effective_length_recall: float = 0.85  # the recall a length must hold to count as effective
     loss_ratio_max: float | None = None  # worst position bucket's candidate/baseline mean next-token loss
+    answer_logprob_max_drop: float | None = None  # nats of mean answer log-probability the candidate may lose
+    answer_logprob_policy: LatencyPolicy = "point"
 
 
 @dataclass(frozen=True)
@@ -234,6 +261,7 @@ class GateSpec:
         sweep["loss"] = None if sweep.get("loss") is None else LossSpec(**sweep["loss"])
         timing = sweep.get("timing") or {}
         sweep["timing"] = TimingSpec(**{k: None if v is None else tuple(v) for k, v in timing.items()})
+        sweep["sequential"] = None if sweep.get("sequential") is None else SequentialSpec(**sweep["sequential"])
 
         def path(key: str) -> Path | None:
             return None if data.get(key) is None else Path(data[key])
@@ -342,13 +370,19 @@ def _variant(r: _Reader, raw: Any, name: str) -> VariantSpec:
 
 
 def _sweep(r: _Reader, raw: Any) -> SweepSpec:
-    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "repeat_statistic", "cell_timeout_s", "loss", "timing")}
+    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "repeat_statistic", "cell_timeout_s", "loss", "timing",
+                               "sequential", "require_sensitivity")}
     s = r.mapping(raw, "sweep", allowed)
     if "lengths" not in s or "depths" not in s:
         raise r.fail("sweep", "needs both lengths and depths", "add sweep.lengths: [1024, ...] and sweep.depths: [0.0, ..., 1.0]")
     lengths = tuple(r.integer(x, "sweep.lengths", low=64) for x in r.listing(s["lengths"], "sweep.lengths"))
     depths = tuple(r.number(x, "sweep.depths", low=0.0, high=1.0) for x in r.listing(s["depths"], "sweep.depths"))
-    seeds = tuple(r.integer(x, "sweep.seeds") for x in r.listing(s.get("seeds", [0]), "sweep.seeds"))
+    sequential = _sequential(r, s.get("sequential"))
+    if sequential is not None and "seeds" in s:
+        raise r.fail("sweep.seeds", "cannot be given with sweep.sequential (its looks run seeds 0, 1, ... up to max_seeds)",
+                     "drop sweep.seeds, or drop sweep.sequential to run a fixed set of seeds")
+    seeds = tuple(range(sequential.max_seeds)) if sequential is not None else \
+        tuple(r.integer(x, "sweep.seeds") for x in r.listing(s.get("seeds", [0]), "sweep.seeds"))
     middle_raw = s.get("middle", [0.25, 0.75])
     if not isinstance(middle_raw, list) or len(middle_raw) != 2:
         raise r.fail("sweep.middle", f"expected [low, high], got {middle_raw!r}", "write sweep.middle: [0.25, 0.75]")
@@ -370,7 +404,23 @@ def _sweep(r: _Reader, raw: Any) -> SweepSpec:
         cell_timeout_s=None if s.get("cell_timeout_s") is None else r.number(s["cell_timeout_s"], "sweep.cell_timeout_s", low=0.001),
         loss=_loss(r, s.get("loss")),
         timing=_timing(r, s.get("timing"), lengths, depths, seeds),
+        sequential=sequential,
+        require_sensitivity=r.boolean(s.get("require_sensitivity", False), "sweep.require_sensitivity"),
     )
+
+
+def _sequential(r: _Reader, raw: Any) -> SequentialSpec | None:
+    if raw is None:
+        return None
+    m = r.mapping(raw, "sweep.sequential", {"batch": "", "max_seeds": "", "alpha": ""})
+    for key in ("batch", "max_seeds"):
+        if key not in m:
+            raise r.fail(f"sweep.sequential.{key}", "is missing", "write sweep.sequential: {batch: 2, max_seeds: 6}")
+    batch = r.integer(m["batch"], "sweep.sequential.batch", low=1)
+    max_seeds = r.integer(m["max_seeds"], "sweep.sequential.max_seeds", low=1)
+    if batch > max_seeds:
+        raise r.fail("sweep.sequential.batch", f"{batch} is above max_seeds {max_seeds}", "use a batch of at most max_seeds seeds")
+    return SequentialSpec(batch, max_seeds, r.number(m.get("alpha", 0.05), "sweep.sequential.alpha", low=0.001, high=0.5))
 
 
 def _timing(r: _Reader, raw: Any, lengths: tuple[int, ...], depths: tuple[float, ...], seeds: tuple[int, ...]) -> TimingSpec:
@@ -421,12 +471,15 @@ def _tasks(r: _Reader, raw: Any) -> tuple[TaskSpec, ...]:
 
 def _thresholds(r: _Reader, raw: Any) -> Thresholds:
     keys = {"middle_recall": "", "p95_latency_ratio": "", "p95_prefill_ratio": "", "p95_decode_ratio": "", "memory_ratio": "",
-            "effective_length_ratio": "", "loss_ratio": ""}
+            "effective_length_ratio": "", "loss_ratio": "", "answer_logprob": ""}
     t = r.mapping(raw if raw is not None else {}, "thresholds", keys)
     mr = r.mapping(t.get("middle_recall", {}), "thresholds.middle_recall", {"min_delta": "", "policy": "", "margin": "", "alpha": ""})
     mem = r.mapping(t.get("memory_ratio", {}), "thresholds.memory_ratio", {"max": "", "source": ""})
     eff = r.mapping(t.get("effective_length_ratio", {}), "thresholds.effective_length_ratio", {"min": "", "recall": ""})
     loss = r.mapping(t.get("loss_ratio", {}), "thresholds.loss_ratio", {"max": ""})
+    logprob = r.mapping(t.get("answer_logprob", {}), "thresholds.answer_logprob", {"max_drop": "", "policy": ""})
+    if logprob and "max_drop" not in logprob:
+        raise r.fail("thresholds.answer_logprob.max_drop", "is missing", "add max_drop: 0.5 (the nats of answer log-probability you accept losing)")
     latency: dict[str, tuple[float | None, str, float]] = {}
     for name, default in (("p95_latency_ratio", 1.10), ("p95_prefill_ratio", None), ("p95_decode_ratio", None)):
         key = f"thresholds.{name}"
@@ -459,6 +512,8 @@ def _thresholds(r: _Reader, raw: Any) -> Thresholds:
         effective_length_ratio_min=None if eff.get("min") is None else r.number(eff["min"], "thresholds.effective_length_ratio.min", low=0.0),
         effective_length_recall=r.number(eff.get("recall", 0.85), "thresholds.effective_length_ratio.recall", low=0.0, high=1.0),
         loss_ratio_max=None if loss.get("max") is None else r.number(loss["max"], "thresholds.loss_ratio.max", low=0.0),
+        answer_logprob_max_drop=None if "max_drop" not in logprob else r.number(logprob["max_drop"], "thresholds.answer_logprob.max_drop", low=0.0),
+        answer_logprob_policy=r.choice(logprob.get("policy", "point"), "thresholds.answer_logprob.policy", get_args(LatencyPolicy)),  # type: ignore[arg-type]
     )
 
 

@@ -136,6 +136,7 @@ def run_cell(
         reused_tokens=reused,
         retrieval=None if retrieval is None else retrieval.record,
         kv_source=getattr(gen, "kv_source", "measured"),
+        answer_logprob=getattr(gen, "answer_logprob", None),
     )
 
 

@@ -37,7 +37,7 @@ __all__ = ["fmt_bytes", "fmt_number", "render_html", "write_html"]
 
 # Okabe-Ito blue and vermillion, a neutral grey and Tol's wine: told apart by colour-blind readers, and
 # always shown next to the word they stand for.
-VERDICT_COLOURS = {"approve": "#0072b2", "reject": "#c04f00", "incomplete": "#6b6b6b", "invalid": "#882255"}
+VERDICT_COLOURS = {"approve": "#0072b2", "reject": "#c04f00", "incomplete": "#6b6b6b", "invalid": "#882255", "inconclusive": "#6a4c93"}
 # Okabe-Ito blue and orange for the two variants in the latency charts, each with its own marker shape too.
 VARIANT_COLOURS = ("#0072b2", "#e69f00")
 
@@ -157,7 +157,7 @@ class HeatGrid:
     """One SVG heatmap, laid out: rows are depths (one row for a position-free task), columns are lengths."""
 
     title: str
-    kind: Literal["recall", "difference"]
+    kind: Literal["recall", "difference", "logprob"]
     width: int
     height: int
     cell_w: int
@@ -209,7 +209,7 @@ def _difference_cell(base: Tally | None, cand: Tally | None, where: str, x: int,
 
 def _grid(
     title: str,
-    kind: Literal["recall", "difference"],
+    kind: Literal["recall", "difference", "logprob"],
     lengths: Sequence[int],
     depths: Sequence[float],
     middle: tuple[float, float] | None,
@@ -240,6 +240,32 @@ def _grid(
         cols=cols,
         corner="depth ↓ / length →" if middle is not None else "length →",
     )
+
+
+LOGPROB_SCALE = 2.0  # nats of mean change that take the full colour
+
+
+def logprob_grid(cells: Iterable[CellResult], baseline: str, candidate: str, task: str) -> dict[GridKey, list[float]]:
+    """Per (length, depth): the paired changes candidate - baseline of the answer's log-probability, over seeds."""
+    sides: dict[tuple[str, int, float, int], float] = {}
+    for c in cells:
+        if c.task == task and c.error is None and c.answer_logprob is not None and c.variant in (baseline, candidate):
+            sides[(c.variant, c.length, round(c.depth, 6), c.seed)] = c.answer_logprob
+    deltas: dict[GridKey, list[float]] = defaultdict(list)
+    for (variant, n, d, seed), value in sides.items():
+        if variant == candidate and (baseline, n, d, seed) in sides:
+            deltas[(n, d)].append(value - sides[(baseline, n, d, seed)])
+    return deltas
+
+
+def _logprob_cell(deltas: list[float] | None, where: str, x: int, y: int) -> HeatCell:
+    if not deltas:
+        return HeatCell(x, y, MISSING_FILL, "#000000", "–", "", f"{where}: not measured on both sides")
+    mean = sum(deltas) / len(deltas)
+    fill = diverging_colour(max(-1.0, min(1.0, mean / LOGPROB_SCALE)))
+    label = "0.00" if abs(mean) < 0.005 else f"{mean:+.2f}"
+    return HeatCell(x, y, fill, ink_for(fill), label, f"n={len(deltas)}",
+                    f"{where}: mean answer log-probability change {mean:+.3f} nats over {len(deltas)} paired cells")
 
 
 def _middle_band(gate: dict[str, Any]) -> tuple[float, float]:
@@ -294,7 +320,7 @@ def heatmap_panels(results: GateResults) -> tuple[HeatPanel, ...]:
         def recall_cell(grid: dict[GridKey, Tally], name: str) -> CellMaker:
             return lambda n, d, where, x, y: _recall_cell(grid.get((n, d)), f"{name} · {where}", x, y)
 
-        grids = (
+        grids: tuple[HeatGrid, ...] = (
             _grid(f"{baseline} recall", "recall", lengths, depths, band, recall_cell(base, baseline)),
             _grid(f"{candidate} recall", "recall", lengths, depths, band, recall_cell(cand, candidate)),
             _grid(
@@ -302,13 +328,19 @@ def heatmap_panels(results: GateResults) -> tuple[HeatPanel, ...]:
                 lambda n, d, where, x, y: _difference_cell(base.get((n, d)), cand.get((n, d)), f"difference · {where}", x, y),
             ),
         )
+        likelihood = logprob_grid(results.cells, baseline, candidate, task)
+        if likelihood:  # beside the recall grids: the change recall cannot show at a ceiling or floor
+            grids += (_grid(f"answer log-prob change ({candidate} − {baseline}), nats", "logprob", lengths, depths, band,
+                            lambda n, d, where, x, y: _logprob_cell(likelihood.get((n, d)), f"log-prob · {where}", x, y)),)
         panels.append(HeatPanel(task=task, grids=grids, family=families.get(task, task), positioned=positioned))
     return tuple(panels)
 
 
-def legend(kind: Literal["recall", "difference"]) -> tuple[tuple[str, str, str], ...]:
+def legend(kind: Literal["recall", "difference", "logprob"]) -> tuple[tuple[str, str, str], ...]:
     """Swatches (label, fill, ink) explaining a grid's colour scale."""
-    if kind == "recall":
+    if kind == "logprob":
+        points = [(f"{v:+.1f}" if v else "0.0", diverging_colour(v / LOGPROB_SCALE)) for v in (-2.0, -1.0, 0.0, 1.0, 2.0)]
+    elif kind == "recall":
         points = [(f"{v:.2f}", sequential_colour(v)) for v in (0.0, 0.25, 0.5, 0.75, 1.0)]
     else:
         points = [(f"{v:+.2f}" if v else "0.00", diverging_colour(v)) for v in (-1.0, -0.5, 0.0, 0.5, 1.0)]
@@ -891,7 +923,8 @@ def _context(results: GateResults) -> dict[str, Any]:
         "other_metrics": other_metrics(results),
         "counts": cell_counts(results),
         "panels": heatmap_panels(results),
-        "legends": {"recall": legend("recall"), "difference": legend("difference")},
+        "legends": {"recall": legend("recall"), "difference": legend("difference"), "logprob": legend("logprob")},
+        "any_logprob": any(c.answer_logprob is not None for c in results.cells),
         "middle_band": f"[{lo:.2f}, {hi:.2f}]",
         "latency_charts": latency_charts(results),
         "latency_rows": latency_rows(results),
@@ -903,7 +936,8 @@ def _context(results: GateResults) -> dict[str, Any]:
         "errored": sum(1 for c in results.cells if c.error is not None),
         "run_rows": run_rows(results),
         "environment": environment_rows(results.environment),
-        "colours": {"pass": VERDICT_COLOURS["approve"], "fail": VERDICT_COLOURS["reject"], "errored": ERRORED_FILL},
+        "colours": {"pass": VERDICT_COLOURS["approve"], "fail": VERDICT_COLOURS["reject"], "errored": ERRORED_FILL,
+                    "undecided": VERDICT_COLOURS["inconclusive"]},
     }
 
 

@@ -18,15 +18,17 @@ from .planted import planted_notice, planted_regressions
 NA = "n/a"
 NONE = "—"
 
-Status = Literal["pass", "fail", "info", "skipped"]
-STATUS_WORDS: dict[str, str] = {"pass": "pass", "fail": "FAIL", "info": "info", "skipped": "not compared"}
+Status = Literal["pass", "fail", "info", "skipped", "unmeasured", "undecided"]
+STATUS_WORDS: dict[str, str] = {"pass": "pass", "fail": "FAIL", "info": "info", "skipped": "not compared", "unmeasured": "not measured",
+                                "undecided": "UNDECIDED"}
 VERDICT_MEANING: dict[str, str] = {
     "approve": "the candidate met every threshold of the rule",
     "reject": "the candidate missed at least one threshold of the rule",
     "incomplete": "not every cell was measured, so the gate cannot approve (it fails closed)",
     "invalid": "the two sides cannot be compared, so the numbers decide nothing",
+    "inconclusive": "every planned look ran and some check is still undecided: more seeds would decide it",
 }
-_MARKDOWN_MARK = {"approve": "✅", "reject": "❌", "incomplete": "⚠️", "invalid": "⛔"}
+_MARKDOWN_MARK = {"approve": "✅", "reject": "❌", "incomplete": "⚠️", "invalid": "⛔", "inconclusive": "❔"}
 _POLICY_NOTE = {"bound": "upper CI bound", "noninferiority": "CI upper end", "skipped": "not compared"}
 
 
@@ -110,6 +112,9 @@ class _Family:
 _FAMILIES = (
     _Family("middle-band recall", "middle_recall", "middle_recall_delta", "middle_recall_delta_ci", "middle_recall_delta", "delta", fmt_number),
     _Family("recall, all depths", "recall", None, None, None, "delta", fmt_number),
+    # Teacher-forced log p of the expected answer: a continuous signal where recall sits at a ceiling or floor.
+    _Family("answer log-probability (nats)", "answer_logprob", "answer_logprob_delta", "answer_logprob_delta_ci", "answer_logprob_delta",
+            "delta", lambda v: "not measured" if v is None else f"{v:.3f}"),
     _Family("p95 latency (s)", "p95_latency_s", "p95_latency_ratio", "p95_latency_ratio_ci", "p95_latency_ratio", "ratio", fmt_seconds),
     _Family("p95 prefill (s)", "p95_prefill_s", "p95_prefill_ratio", "p95_prefill_ratio_ci", "p95_prefill_ratio", "ratio", fmt_seconds),
     _Family("p95 decode (ms/token)", "p95_decode_s", "p95_decode_ratio", "p95_decode_ratio_ci", "p95_decode_ratio", "ratio", fmt_millis),
@@ -121,7 +126,8 @@ LOSS_METRIC = "next-token loss, worst bucket (nats)"  # the row the report's los
 _COUNTS = ("paired_cells", "middle_cells", "expected_cells", "errored_cells", "missing_cells")
 # Shown by their own rows (effective length, loss) or the report's own sections (recall by task and length, misses).
 _SHOWN_ELSEWHERE = {"memory_source", "kv_source", *_COUNTS, "effective_length", "effective_length_ratio", "loss_curves", "loss_ratio",
-                    "loss_worst_bucket", "recall_by_task", "recall_by_length", "failures"}
+                    "loss_worst_bucket", "recall_by_task", "recall_by_length", "failures",
+                    "sensitivity", "insensitive", "configuration", "noop"}  # the last four: in the decision's reasons
 
 
 def _pair(value: Any) -> tuple[float, float] | None:
@@ -133,9 +139,21 @@ def _pair(value: Any) -> tuple[float, float] | None:
 def _status(check: Check | None) -> Status:
     if check is None:
         return "info"
-    if getattr(check, "policy", None) == "skipped":
+    policy = getattr(check, "policy", None)
+    if getattr(check, "state", None) == "undecided":
+        return "undecided"
+    if policy == "skipped":
         return "skipped"
+    if policy == "not measured":
+        return "unmeasured" if check.passed else "fail"
+    if policy == "info":
+        return "info"
     return "pass" if check.passed else "fail"
+
+
+def _threshold(check: Check) -> str:
+    """A check that judges nothing (no threshold set) shows none."""
+    return NONE if check.policy == "info" or (check.policy == "not measured" and check.passed) else fmt_threshold(check)
 
 
 def metric_rows(results: GateResults) -> tuple[MetricRow, ...]:
@@ -172,7 +190,7 @@ def metric_rows(results: GateResults) -> tuple[MetricRow, ...]:
             candidate=fam.fmt(cand),
             change=text if change is None else f"{text} ({fam.how})",
             ci=fmt_ci(*ci) if ci else NONE,
-            threshold=fmt_threshold(check) if check is not None else NONE,
+            threshold=_threshold(check) if check is not None else NONE,
             status=_status(check),
             detail=check.detail if check is not None else "not part of the rule",
         ))
@@ -274,8 +292,13 @@ def other_metrics(results: GateResults) -> tuple[tuple[str, str], ...]:
 
 def cell_counts(results: GateResults) -> str:
     m = results.metrics
-    return (f"{m.paired_cells}/{m.expected_cells} cells paired, {m.middle_cells} in the middle band, "
-            f"{m.errored_cells} errored, {m.missing_cells} missing")
+    counts = (f"{m.paired_cells}/{m.expected_cells} cells paired, {m.middle_cells} in the middle band, "
+              f"{m.errored_cells} errored, {m.missing_cells} missing")
+    if m.looks is None:
+        return counts
+    seeds = m.seeds_used
+    early = "stopped early" if m.stopped_early else "every look ran"
+    return f"{counts}; sequential: look {m.looks} of {m.planned_looks} (seeds {seeds[0]}-{seeds[-1]}), {early}" if seeds else counts
 
 
 def gate_name(results: GateResults) -> str:
@@ -509,7 +532,9 @@ def terminal_lines(results: GateResults, written: Iterable[Path] = ()) -> list[s
     """The gate's block in pytest's `longctx gate` section: verdict, the metrics table, recall per task when the
     gate swept several, the reasons, the files."""
     d = results.decision
-    lines = [f"gate {gate_name(results)}: {d.verdict.upper()} ({results.metrics.paired_cells}/{results.metrics.expected_cells} cells paired)"
+    m = results.metrics
+    looks = "" if m.looks is None else f", look {m.looks} of {m.planned_looks}" + (", stopped early" if m.stopped_early else "")
+    lines = [f"gate {gate_name(results)}: {d.verdict.upper()} ({m.paired_cells}/{m.expected_cells} cells paired{looks})"
              f" - {VERDICT_MEANING.get(d.verdict, d.verdict)}"]
     notice = planted_notice(results)
     if notice is not None:
@@ -559,7 +584,8 @@ def markdown(results: GateResults, written: Iterable[Path] = ()) -> str:
         "| --- | ---: | ---: | ---: | --- | --- | --- |",
     ]
     for r in metric_rows(results):
-        status = {"pass": "✅ pass", "fail": "❌ FAIL", "info": "info", "skipped": "not compared"}[r.status]
+        status = {"pass": "✅ pass", "fail": "❌ FAIL", "info": "info", "skipped": "not compared", "unmeasured": "not measured",
+                  "undecided": "❔ UNDECIDED"}[r.status]
         cells = (r.metric, r.baseline, r.candidate, r.change, r.ci, r.threshold)
         out.append("| " + " | ".join(md_escape(c) for c in cells) + f" | {status} |")
     tasks = task_recall_rows(results)
@@ -608,7 +634,7 @@ def junit_properties(results: GateResults) -> list[tuple[str, str]]:
     if planted:
         props.append((f"{prefix}.candidate_planted", ",".join(planted)))
     for check in d.checks:
-        for key in ("value", "threshold", "comparison", "passed", "ci_low", "ci_high", "policy"):
+        for key in ("value", "threshold", "comparison", "passed", "ci_low", "ci_high", "policy", "state"):
             if hasattr(check, key) and getattr(check, key) is not None:
                 props.append((f"{prefix}.check.{check.name}.{key}", _junit_value(getattr(check, key))))
     for f in dataclasses.fields(results.metrics):

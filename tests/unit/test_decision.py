@@ -8,11 +8,13 @@ from pytest_longctx.gate.decision import evaluate
 from pytest_longctx.gate.spec import parse_gate
 from pytest_longctx.gate.results import CellResult
 
+# The candidate changes nothing the cells could show: these synthetic sides give the same answers and KV bytes,
+# which under an FP8 candidate the no-op guard would (rightly) call invalid (see test_evidence.py).
 GATE = parse_gate(
     {
         "name": "g",
         "baseline": {"kv_cache_dtype": "auto"},
-        "candidate": {"kv_cache_dtype": "fp8"},
+        "candidate": {"kv_cache_dtype": "auto"},
         "sweep": {"lengths": [512, 1024], "depths": [0.0, 0.5, 1.0], "seeds": [0, 1], "middle": [0.25, 0.75]},
     }
 )
@@ -39,7 +41,8 @@ def test_identical_sides_approve():
     assert decision.verdict == "approve"
     assert metrics.paired_cells == 12 and metrics.middle_cells == 4
     assert metrics.p95_latency_ratio == pytest.approx(1.0) and metrics.memory_ratio == pytest.approx(1.0)
-    assert all(r.startswith("PASS") for r in decision.reasons)
+    # Notes (answer likelihood not measured, a baseline at the recall ceiling) inform; nothing fails.
+    assert all(r.startswith(("PASS", "NOTE")) for r in decision.reasons) and any(r.startswith("PASS") for r in decision.reasons)
 
 
 def test_one_middle_miss_rejects_but_an_edge_miss_does_not():
@@ -108,7 +111,7 @@ def test_cells_of_other_variants_or_extra_keys_are_ignored():
 
 def gate_with(**thresholds):
     return parse_gate({
-        "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
+        "name": "g", "baseline": {}, "candidate": {},
         "sweep": {"lengths": [512, 1024], "depths": [0.0, 0.5, 1.0], "seeds": [0, 1], "middle": [0.25, 0.75]},
         "thresholds": thresholds,
     })
@@ -242,7 +245,7 @@ def _curve(losses):
 
 def test_loss_ratio_reads_the_worst_bucket_and_a_missing_curve_blocks_approval():
     gate = parse_gate({
-        "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
+        "name": "g", "baseline": {}, "candidate": {},
         "sweep": {"lengths": [512, 1024], "depths": [0.0, 0.5, 1.0], "seeds": [0, 1], "loss": {"tokens": 300, "buckets": 3}},
         "thresholds": {"loss_ratio": {"max": 1.10}},
     })

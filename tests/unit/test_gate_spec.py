@@ -28,9 +28,13 @@ def test_shipped_fp8_gate_loads_with_the_documented_settings():
     assert gate.name == "fp8-kv-cache"
     assert gate.model.ref == "embedded:smollm2-135m-instruct" and gate.model.trust_remote_code is False
     assert gate.candidate.cache_plan().kv_cache_dtype == "fp8_e4m3" and gate.baseline.cache_plan().kv_cache_dtype == "auto"
-    assert gate.sweep.lengths == (1024, 2048, 4096) and gate.sweep.seeds == (0, 1)
+    # Sequential: looks of 2 seeds up to 6 (the items cover every seed; a decided gate skips the later looks).
+    assert gate.sweep.lengths == (1024, 2048, 4096) and gate.sweep.seeds == tuple(range(6))
+    assert (gate.sweep.sequential.batch, gate.sweep.sequential.max_seeds, gate.sweep.sequential.alpha) == (2, 6, 0.05)
     assert gate.sweep.middle == (0.25, 0.75) and gate.sweep.max_new_tokens == 24
-    assert (gate.thresholds.middle_recall_min_delta, gate.thresholds.p95_latency_ratio_max, gate.thresholds.memory_ratio_max) == (0.0, 1.10, 1.05)
+    t = gate.thresholds
+    assert (t.middle_recall_policy, t.middle_recall_margin, t.answer_logprob_max_drop) == ("noninferiority", 0.10, 0.5)
+    assert (t.p95_latency_ratio_max, t.memory_ratio_max) == (1.10, 1.05)
     assert gate.report == ROOT / "reports" / "fp8.html"
     assert len(gate.sha256 or "") == 64
 
