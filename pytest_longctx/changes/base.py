@@ -108,7 +108,8 @@ class Change:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Change | None:
         """The change from a results file's side record; the default parses the recorded keys again."""
-        return cls.parse({k: record[k] for k in cls.keys if k in record and record[k] is not None})
+        own = {k: record[k] for k in cls.keys if k in record and record[k] is not None}
+        return cls.parse(own) if own else None
 
     def describe(self) -> tuple[tuple[str, str], ...]:
         """(setting, text) rows for the report and summaries, e.g. ("attention", "window 512 + 4 sinks")."""

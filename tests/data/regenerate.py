@@ -15,7 +15,8 @@ What each mode runs, from the repository root (PYTHONPATH=. and the project's ve
 
 `python tests/data/regenerate.py fp8 --migrate-schema1`
     ONE-OFF MIGRATION (what the committed fp8-results.json went through): upgrades the schema-1 file of the
-    real run recorded on 2 CPU cores to schema 2 without re-running the model. Each cell gains the fields the
+    real run recorded on 2 CPU cores (or a schema-2 file written before the evidence fields) to today's fields
+    without re-running the model; `answer_logprob` is None (not measured then). Each cell gains the fields the
     code writes for such a run (in-process, one timed full run per cell, nothing reused): its timings as its
     one sample each, `reused_tokens` 0, `retrieval` None, `kv_source` "measured", `score` 1.0 when found and
     0.0 otherwise (niah scores all-or-nothing; None for an errored cell); the gate record is rebuilt by
@@ -77,6 +78,7 @@ def _migrated_cell(cell: dict[str, Any]) -> dict[str, Any]:
     errored = cell.get("error") is not None
     timed = not errored and cell.get("total_s") is not None
     return {
+        "answer_logprob": None,  # not measured when the run was recorded
         **cell,
         "score": None if errored else (1.0 if cell["found"] else 0.0),
         "prefill_samples": [cell["prefill_s"]] if timed and cell.get("prefill_s") is not None else [],
@@ -96,8 +98,8 @@ def migrate_fp8_schema1(path: Path = FP8) -> Path:
     from pytest_longctx.gate.spec import GateSpec
 
     data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("schema_version") != 1:
-        raise SystemExit(f"{path} is schema_version {data.get('schema_version')!r}, not 1: nothing to migrate")
+    if data.get("schema_version") not in (1, 2):
+        raise SystemExit(f"{path} is schema_version {data.get('schema_version')!r}, not 1 or 2: nothing to migrate")
     gate = GateSpec.from_dict(data["gate"])
     cells = tuple(CellResult.from_dict(_migrated_cell(c), f"cells[{i}]") for i, c in enumerate(data["cells"]))
     recorded = data["metrics"]

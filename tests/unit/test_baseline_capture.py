@@ -21,7 +21,7 @@ from tests.conftest import tiny_llama_config
 from tests.unit.test_decision import cell
 
 GATE = parse_gate({
-    "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
+    "name": "g", "baseline": {}, "candidate": {},
     "sweep": {"lengths": [512], "depths": [0.0, 0.5], "seeds": [0]},
 })
 FP = {"model_weights": "w", "tokenizer": "t", "chat_template": "c", "prompt_generator": "1", "torch": "2", "transformers": "5", "device": "cpu"}

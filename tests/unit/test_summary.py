@@ -46,10 +46,10 @@ def test_markdown_shows_the_same_metrics_as_the_html_report() -> None:
     md_rows = _markdown_table(markdown(results))
     html_rows = _html_metric_rows(render_html(results))
 
-    assert len(md_rows) == len(html_rows) == 8
+    assert len(md_rows) == len(html_rows) == 9
     for md, page in zip(md_rows, html_rows):
         assert md[:6] == page[:6]  # metric, baseline, candidate, ratio/delta, CI, threshold
-        result = {"✓ pass": "✅ pass", "✗ fail": "❌ FAIL", "info": "info"}[page[6]]
+        result = {"✓ pass": "✅ pass", "✗ fail": "❌ FAIL", "info": "info", "not measured": "not measured"}[page[6]]
         assert md[6] == result
 
 
@@ -94,13 +94,14 @@ def test_terminal_table_lines_up_metrics_thresholds_and_results() -> None:
     lines = terminal_lines(results, [Path("reports/fp8.json")])
 
     assert lines[0].startswith("gate fp8-kv-cache: REJECT (30/30 cells paired)")
-    header, rule, *body = lines[1:9]
+    header, rule, *body = lines[1:10]
     assert header.split()[:2] == ["metric", "baseline"] and set(rule.strip()) <= {"-", " "}
     recall = next(line for line in body if "middle-band recall" in line)
     assert re.search(r"middle-band recall\s+0\.611\s+0\.500\s+-0\.111 \(delta\)\s+\[-0\.111, 0\.076\]\s+>= 0\.00\s+FAIL$", recall)
-    assert re.search(r"memory \(kv_bytes\)\s+105\.86 MiB\s+28\.12 MiB\s+0\.266 \(ratio\)\s+—\s+<= 1\.05\s+pass$", lines[8])
+    assert re.search(r"memory \(kv_bytes\)\s+105\.86 MiB\s+28\.12 MiB\s+0\.266 \(ratio\)\s+—\s+<= 1\.05\s+pass$", lines[9])
     result_at = header.index("result")
-    assert [line[result_at:] for line in body] == ["FAIL", "info", "FAIL", "info", "info", "pass"]  # one column
+    # one column; the answer log-probability was not measured in this run, so its row only informs
+    assert [line[result_at:] for line in body] == ["FAIL", "info", "not measured", "FAIL", "info", "info", "pass"]
     for reason in results.decision.reasons:
         assert f"  {reason}" in lines
     assert lines[-1] == "  wrote reports/fp8.json"
@@ -114,6 +115,9 @@ def test_junit_properties_carry_the_verdict_checks_and_metrics() -> None:
     assert props["longctx.fp8-kv-cache.verdict"] == "reject"
     for check in data["decision"]["checks"]:
         prefix = f"longctx.fp8-kv-cache.check.{check['name']}"
+        if check["value"] is None:  # not measured (the answer log-probability of a run recorded before it was)
+            assert f"{prefix}.value" not in props
+            continue
         assert float(props[f"{prefix}.value"]) == check["value"]
         assert float(props[f"{prefix}.threshold"]) == check["threshold"]
         assert props[f"{prefix}.passed"] == str(check["passed"]).lower()
@@ -141,10 +145,11 @@ def test_rows_are_one_list_for_every_output() -> None:
 
     rows = metric_rows(results)
 
-    assert [r.metric for r in rows] == ["middle-band recall", "recall, all depths", "p95 latency (s)", "p95 prefill (s)",
+    assert [r.metric for r in rows] == ["middle-band recall", "recall, all depths", "answer log-probability (nats)",
+                                        "p95 latency (s)", "p95 prefill (s)",
                                         "p95 decode (ms/token)", "memory (kv_bytes)", "prompt tokens per query",
                                         "effective length (tokens, recall >= 0.85)"]
-    assert [r.status for r in rows] == ["fail", "info", "fail", "info", "info", "pass", "info", "info"]
+    assert [r.status for r in rows] == ["fail", "info", "unmeasured", "fail", "info", "info", "pass", "info", "info"]
 
 
 def test_effective_length_and_loss_ratio_are_rows_of_every_output() -> None:
@@ -164,7 +169,7 @@ def test_effective_length_and_loss_ratio_are_rows_of_every_output() -> None:
     assert loss.change == f"{m['loss_ratio']:.3f} (ratio)" and loss.threshold == "<= 1.05" and loss.status == "fail"
     md_rows = _markdown_table(markdown(results).split("**Recall by task**")[0])  # the metrics table, not the tasks'
     html_rows = _html_metric_rows(render_html(results))
-    assert len(md_rows) == len(html_rows) == 9 and [r[:6] for r in md_rows] == [r[:6] for r in html_rows]
+    assert len(md_rows) == len(html_rows) == 10 and [r[:6] for r in md_rows] == [r[:6] for r in html_rows]
     lines = terminal_lines(results)
     assert any(re.search(r"effective length \(tokens, recall >= 0\.85\)\s+4096\s+2048\s+0\.500 \(ratio\)\s+—\s+>= 1\.00\s+FAIL$", line)
                for line in lines)
