@@ -94,8 +94,9 @@ def gguf_sha256(path: Path) -> str:
     by the content hash, so a file edited in place (new size or mtime) is hashed again and gets its own entry.
     """
     stat = path.stat()
-    identity = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
-    stamp = cache_dir() / CACHE_FORMAT / "stamps" / f"{hashlib.sha256(identity['path'].encode()).hexdigest()[:32]}.json"
+    resolved = str(path.resolve())
+    identity = {"path": resolved, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    stamp = cache_dir() / CACHE_FORMAT / "stamps" / f"{hashlib.sha256(resolved.encode()).hexdigest()[:32]}.json"
     try:
         recorded = json.loads(stamp.read_text(encoding="utf-8"))
         if {key: recorded.get(key) for key in identity} == identity and isinstance(recorded.get("sha256"), str):

@@ -11,7 +11,9 @@ from pytest_longctx.gate.results import load_results
 
 
 def capture(pytester, gate, model_dir, *extra):
-    return pytester.runpytest("--longctx-gate", str(gate), "--longctx-model", str(model_dir), "--longctx-capture", "-p", "no:cacheprovider", *extra)
+    return pytester.runpytest(
+        "--longctx-gate", str(gate), "--longctx-model", str(model_dir), "--longctx-capture", "-p", "no:cacheprovider", *extra,
+    )
 
 
 def test_capture_then_compare_against_it(pytester, write_gate, tiny_model_dir):
@@ -22,7 +24,9 @@ def test_capture_then_compare_against_it(pytester, write_gate, tiny_model_dir):
     assert "::candidate::" not in result.stdout.str()
     saved = json.loads((pytester.path / "gate.baseline.json").read_text())
     assert len(saved["cells"]) == 6 and saved["fingerprint"]["chat_template"] != "none"
-    assert set(saved["fingerprint"]) >= {"model_weights", "tokenizer", "chat_template", "prompt_generator", "torch", "transformers", "device"}
+    assert set(saved["fingerprint"]) >= {
+        "model_weights", "tokenizer", "chat_template", "prompt_generator", "torch", "transformers", "device",
+    }
 
     again = capture(pytester, gate, tiny_model_dir)
     assert again.ret == pytest.ExitCode.USAGE_ERROR
@@ -62,4 +66,6 @@ def test_comparing_without_a_capture_is_a_usage_error(pytester, write_gate):
     gate = write_gate(captured_baseline="nowhere.json")
     result = pytester.runpytest("--longctx-gate", str(gate))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*key 'captured_baseline'*nowhere.json does not exist. Fix: run pytest --longctx-gate*--longctx-capture first*"])
+    result.stderr.fnmatch_lines(
+        ["*key 'captured_baseline'*nowhere.json does not exist. Fix: run pytest --longctx-gate*--longctx-capture first*"]
+    )

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pytest_longctx.gate.capture import CaptureError, CapturedBaseline, build_capture, load_capture, mismatches, write_capture
+from pytest_longctx.gate.capture import CapturedBaseline, CaptureError, build_capture, load_capture, mismatches, write_capture
 from pytest_longctx.gate.spec import parse_gate
 from tests.unit.test_decision import cell
 
@@ -12,7 +12,10 @@ GATE = parse_gate({
     "name": "g", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8"},
     "sweep": {"lengths": [512], "depths": [0.0, 0.5], "seeds": [0]},
 })
-FP = {"model_weights": "w", "tokenizer": "t", "chat_template": "c", "prompt_generator": "1", "torch": "2", "transformers": "5", "device": "cpu"}
+FP = {
+    "model_weights": "w", "tokenizer": "t", "chat_template": "c", "prompt_generator": "1", "torch": "2", "transformers": "5",
+    "device": "cpu",
+}
 
 
 def complete():

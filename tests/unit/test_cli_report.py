@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytest_longctx.cli.main import main
-from pytest_longctx.output.report import render_html
 from pytest_longctx.gate.results import load_results
+from pytest_longctx.output.report import render_html
 
 FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"
 

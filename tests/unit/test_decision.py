@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 
 from pytest_longctx.gate.decision import evaluate
-from pytest_longctx.gate.spec import parse_gate
 from pytest_longctx.gate.results import CellResult
+from pytest_longctx.gate.spec import parse_gate
 
 GATE = parse_gate(
     {

@@ -30,7 +30,8 @@ def test_shipped_fp8_gate_loads_with_the_documented_settings():
     assert gate.candidate.kv_cache_dtype == "fp8_e4m3" and gate.baseline.kv_cache_dtype == "auto"
     assert gate.sweep.lengths == (1024, 2048, 4096) and gate.sweep.seeds == (0, 1)
     assert gate.sweep.middle == (0.25, 0.75) and gate.sweep.max_new_tokens == 24
-    assert (gate.thresholds.middle_recall_min_delta, gate.thresholds.p95_latency_ratio_max, gate.thresholds.memory_ratio_max) == (0.0, 1.10, 1.05)
+    thresholds = gate.thresholds
+    assert (thresholds.middle_recall_min_delta, thresholds.p95_latency_ratio_max, thresholds.memory_ratio_max) == (0.0, 1.10, 1.05)
     assert gate.report == ROOT / "reports" / "fp8.html"
     assert len(gate.sha256 or "") == 64
 
@@ -105,7 +106,8 @@ CHANGES = {
 
 
 def test_every_change_a_variant_can_carry_round_trips_through_results():
-    gate = parse_gate(minimal(candidate=CHANGES, sweep={"lengths": [256], "depths": [0.5], "tasks": ["niah", {"family": "multi_doc_qa"}, "conversation"]}))
+    tasks = ["niah", {"family": "multi_doc_qa"}, "conversation"]
+    gate = parse_gate(minimal(candidate=CHANGES, sweep={"lengths": [256], "depths": [0.5], "tasks": tasks}))
     c = gate.candidate
     assert c.model.ref == "other/model-dir" and c.model_spec(gate.model).dtype == "bfloat16"
     assert c.rope.rope_type == "yarn" and c.rope.max_position_embeddings == 32768

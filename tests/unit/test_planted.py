@@ -51,4 +51,5 @@ def test_cell_timeout_raises(tiny_backend):
     from pytest_longctx.backends.in_process import CellTimeout
 
     with pytest.raises(CellTimeout, match="cell_timeout_s"):
-        tiny_backend.generate(PROMPT, variant=dataclasses.replace(VariantSpec("c"), planted_decode_delay=50.0), max_new_tokens=20, timeout_s=0.05)
+        slowed = dataclasses.replace(VariantSpec("c"), planted_decode_delay=50.0)
+        tiny_backend.generate(PROMPT, variant=slowed, max_new_tokens=20, timeout_s=0.05)
