@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from pytest_longctx.backends.in_process import Backend
-from pytest_longctx.gate.spec import GateSpec, load_gate
 from pytest_longctx.gate.run import GateRun
+from pytest_longctx.gate.spec import GateSpec, load_gate
 from pytest_longctx.gate.sweep import interleaved
 
 PLANTED = {

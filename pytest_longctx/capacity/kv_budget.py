@@ -210,7 +210,9 @@ class KvBudget:
         """KV size in `dtype` relative to `baseline`, e.g. `relative_dtype_cost("fp8")` is 0.5."""
         return dtype_bytes(dtype) / dtype_bytes(baseline)
 
-    def prefix_reuse(self, prefix_tokens: int, requests: int, *, suffix_tokens: int = 0, dtype: str | float | Any | None = None) -> PrefixReuse:
+    def prefix_reuse(
+        self, prefix_tokens: int, requests: int, *, suffix_tokens: int = 0, dtype: str | float | Any | None = None,
+    ) -> PrefixReuse:
         """Savings when `requests` prompts share a `prefix_tokens` prefix whose KV is computed and held once."""
         _check_tokens(prefix_tokens, "prefix_tokens", allow_zero=True)
         _check_tokens(suffix_tokens, "suffix_tokens", allow_zero=True)

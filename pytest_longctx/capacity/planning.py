@@ -328,7 +328,7 @@ def render_plan(result: Plan) -> list[str]:
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines.append("")
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     shape = result.kv.shape
     source = f"{result.model}: " if result.model else ""
     lines.append(f"KV: {source}{shape.layers} layers x {shape.kv_heads} KV heads x head dim {shape.head_dim}, {result.kv.dtype}")

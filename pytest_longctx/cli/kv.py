@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from ..capacity.kv_budget import GIB, KvBudget, dtype_name, format_bytes
 COMPARED_DTYPES = ("fp32", "bf16", "fp8")
 
 
-def _positive(convert: type[int] | type[float], what: str):  # noqa: ANN202 - an argparse `type=` callable
+def _positive(convert: type[int] | type[float], what: str) -> Callable[[str], int | float]:
+    """An argparse `type=`: a positive number (underscores allowed), so bad input fails at parse time."""
+
     def parse(text: str) -> int | float:
         try:
             value = convert(text.replace("_", ""))
@@ -110,7 +113,7 @@ def figures(budget: KvBudget, *, tokens: int, concurrent: int, budget_gib: float
 
 def render(data: dict[str, Any]) -> list[str]:
     tokens = f"{data['tokens']:,} tokens"
-    size = lambda n: format_bytes(n)  # noqa: E731
+    size = format_bytes
     heads = f", {data['attention_heads']} attention heads" if data["attention_heads"] else ""
     elem = data["bytes_per_element"]
     lines = [

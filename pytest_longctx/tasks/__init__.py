@@ -7,15 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from . import aggregation
-
-from . import conversation_qa
-
-from . import multi_doc_qa
-
-from . import niah
-
-from . import variable_tracking
+from . import aggregation, conversation_qa, multi_doc_qa, niah, variable_tracking
 from .family import Family, Option, TaskError
 from .multi_doc_qa import Arrange
 from .prompt import Document, Miss, Score, Scoring, TaskPrompt
@@ -93,7 +85,7 @@ def build_task(
             families with `takes_history`, else ValueError.
     """
     family = _family(spec.family)
-    options = {}
+    options: dict[str, Any] = {}
     for key, value in spec.options:
         option = family.option(key)
         if option is None:

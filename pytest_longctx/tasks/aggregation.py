@@ -9,9 +9,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .haystack import Haystack, Needle, build_haystack
 from .corpus import ADJECTIVES, ADVERBS, NOUNS, coded_words
 from .family import Family, Option
+from .haystack import Haystack, Needle, build_haystack
 from .prompt import TaskPrompt, token_span
 
 _ATTEMPTS = 5
@@ -75,7 +75,7 @@ def build_frequent_words(tokenizer: Any, *, length: int, depth: float, seed: int
         top, tail_count = words[:top_k], sum(counts)
         tail = itertools.cycle(words[top_k : top_k + 2 * tail_count + 1])
         while True:
-            block = [w for w, n in zip(top, counts) for _ in range(n)] + [next(tail) for _ in range(tail_count)]
+            block = [w for w, n in zip(top, counts, strict=True) for _ in range(n)] + [next(tail) for _ in range(tail_count)]
             rng.shuffle(block)
             yield from block
 

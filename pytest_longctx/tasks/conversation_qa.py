@@ -20,8 +20,8 @@ def build_conversation_qa(
     """A conversation of `length` tokens whose fact sits in the pair at `depth`; `history` (a prompt-level
     change) keeps only the newest pairs that fit its budget, so an old fact can be dropped before the model
     ever sees it. The prompt's `evidence_spans` is then empty: the fact is not in it."""
-    from .conversation import build_conversation, render
     from ..changes.prompt_layout import apply_history_budget
+    from .conversation import build_conversation, render
 
     conversation = build_conversation(tokenizer, length=length, depth=depth, seed=seed)
     if history is not None:

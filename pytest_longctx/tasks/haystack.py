@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import random
@@ -306,7 +305,7 @@ def _place(
             "try a slightly different length"
         )
     spans, hay_start, hay_end = builder.spans(layout.filler, layout.needle_at)
-    for needle, (start, end) in zip(needles, spans):
+    for needle, (start, end) in zip(needles, spans, strict=True):
         if needle.answer not in tokenizer.decode(list(token_ids[start:end])):
             raise RuntimeError(f"the needle's token span {start}:{end} does not decode to text holding {needle.answer!r}")
         if text.count(needle.answer) != 1:
@@ -349,7 +348,7 @@ class _Builder:
             return filler[:at] + [self.needles[0].text] + filler[at:]
         lines: list[str] = []
         for index in range(len(filler) + 1):
-            lines.extend(n.text for n, at in zip(self.needles, needle_at) if at == index)
+            lines.extend(n.text for n, at in zip(self.needles, needle_at, strict=True) if at == index)
             if index < len(filler):
                 lines.append(filler[index])
         return lines
@@ -381,7 +380,9 @@ class _Builder:
             taken.add(row)
             char_spans.append((starts[row], starts[row] + len(needle.text)))
         body_end = head + len("\n".join(lines))
-        count = lambda cut: len(self.encode(text[:cut]))  # noqa: E731
+        def count(cut: int) -> int:
+            return len(self.encode(text[:cut]))
+
         spans = [(count(a), count(b)) for a, b in char_spans]
         return spans, count(head), count(body_end)
 
@@ -540,7 +541,7 @@ def _fragments(tokenizer: Any, candidates: list[str], *, keep_whole: bool = Fals
     encoded = tokenizer(["\n" + line[:cut] for line, cut in cuts], add_special_tokens=False)["input_ids"]
     return [
         _Fragment(line[:cut], len(ids), cut == len(line) or line[cut].isspace(), cut == len(line))
-        for (line, cut), ids in zip(cuts, encoded)
+        for (line, cut), ids in zip(cuts, encoded, strict=True)
     ]
 
 

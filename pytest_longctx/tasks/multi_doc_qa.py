@@ -6,9 +6,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from .haystack import Needle, build_haystack
 from .corpus import essay_sentence
 from .family import Family, Option
+from .haystack import Needle, build_haystack
 from .prompt import Document, TaskPrompt, token_span
 
 Arrange = Callable[[list[Document]], list[Document]]
@@ -60,7 +60,7 @@ def build_multi_doc_qa(
     )
     budget = _document_budget(tokenizer, length, documents, instructions, question)
     docs = []
-    for i, (entity, year, r) in enumerate(zip(entities, years, relevance)):
+    for i, (entity, year, r) in enumerate(zip(entities, years, relevance, strict=True)):
         title = rng.choice(_TITLES).format(entity=entity)
         body = _body(tokenizer, f"The {entity} was founded in {year}.", budget, random.Random(f"multi_doc_qa:{seed}:{i}"))
         docs.append(Document(title=title, text=body, relevance=round(r, 3), holds_answer=i == 0))
@@ -86,7 +86,7 @@ def build_multi_doc_qa(
     if min(heads) < 0:
         raise ValueError(f"length {length} is too short for {documents} documents; use a longer length or fewer documents")
     rendered, span = [], (0, 0)
-    for i, (doc, start) in enumerate(zip(order, heads)):
+    for i, (doc, start) in enumerate(zip(order, heads, strict=True)):
         end = heads[i + 1] if i + 1 < len(heads) else body_end
         body = text[start + 1 : end].partition("\n")[2]
         rendered.append(Document(doc.title, body, doc.relevance, doc.holds_answer))

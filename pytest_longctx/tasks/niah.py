@@ -6,9 +6,9 @@ import random
 import re
 from typing import Any
 
-from .haystack import MultiHaystack, Needle, build_haystack, build_multi_haystack, make_needle
 from .corpus import HaystackKind, ValueKind, haystack_lines, make_keys, make_values, similar_key, value_pattern
 from .family import Family, Option
+from .haystack import MultiHaystack, Needle, build_haystack, build_multi_haystack, make_needle
 from .prompt import Scoring, TaskPrompt
 
 CODE_PATTERN = r"[A-Z]+-\d{4}"
@@ -98,7 +98,7 @@ def _magic(
             v = values.pop(0)
             targets.append(Needle(sentence.format(noun=noun, key=key, value=v), "", v))
     distractors = [
-        Needle(sentence.format(noun=noun, key=key, value=v), "", v) for key, v in zip(keys[asked:], values[:others])
+        Needle(sentence.format(noun=noun, key=key, value=v), "", v) for key, v in zip(keys[asked:], values[:others], strict=True)
     ]
     near_wording = (
         "One of the expired magic {noun}s for {key} was: {value}.",

@@ -176,5 +176,7 @@ def _form(pattern: str) -> re.Pattern[str]:
 
 def token_span(tokenizer: Any, text: str, start: int, end: int) -> tuple[int, int]:
     """The token span of `text[start:end]` in the tokenized `text`, from the token counts of its prefixes."""
-    count = lambda cut: len(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])  # noqa: E731
+    def count(cut: int) -> int:
+        return len(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+
     return count(start), count(end)

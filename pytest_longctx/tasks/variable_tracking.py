@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import string
 from typing import Any
 
-from .haystack import Needle, build_multi_haystack
 from .corpus import HaystackKind, haystack_lines
 from .family import Family, Option
+from .haystack import Needle, build_multi_haystack
 from .prompt import TaskPrompt
 
 NAME_PATTERN = r"[A-Z]{5}"
@@ -30,7 +31,7 @@ def build_variable_tracking(
     depths: list[float] = []
     for c in range(chains):
         chain = names[c * (hops + 1) : (c + 1) * (hops + 1)]
-        lines = [f"VAR {chain[0]} = {values[c]}"] + [f"VAR {b} = VAR {a}" for a, b in zip(chain, chain[1:])]
+        lines = [f"VAR {chain[0]} = {values[c]}"] + [f"VAR {b} = VAR {a}" for a, b in itertools.pairwise(chain)]
         offset = rng.random()
         # The line itself is the needle's "answer": it occurs once, while each name occurs on two lines.
         needles.extend(Needle(line, "", line) for line in lines)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..gate.spec import DEFAULT_MODEL, GateSpec, ModelSpec, VariantSpec
 from ..capacity.kv_math import KvShape
+from ..gate.spec import DEFAULT_MODEL, GateSpec, ModelSpec, VariantSpec
 
 if TYPE_CHECKING:
     from ..backends.in_process import Backend, Generation
     from ..tasks.haystack import Haystack, MultiHaystack
 
-    Prompt = Union[str, Sequence[int], Haystack, MultiHaystack]
+    Prompt = str | Sequence[int] | Haystack | MultiHaystack
 
 DEFAULT_VARIANT = VariantSpec("default")
 

@@ -14,8 +14,8 @@ import random
 from pathlib import Path
 
 from pytest_longctx.gate.decision import evaluate
-from pytest_longctx.gate.spec import parse_gate
 from pytest_longctx.gate.results import CellResult, GateResults, save_results
+from pytest_longctx.gate.spec import parse_gate
 from pytest_longctx.gate.sweep import plan_cells
 
 TARGET = Path(__file__).with_name("families-results.json")
@@ -93,7 +93,7 @@ def _cell(variant: str, task: str, length: int, depth: float, seed: int, rng: ra
     slower = 1.04 if variant == "candidate" else 1.0
     prefill = tuple(round(0.06 * length / 1024 * slower * rng.uniform(1.0, 1.12), 4) for _ in range(3))
     decode = tuple(round(0.0121 * slower * rng.uniform(1.0, 1.08), 5) for _ in range(3))
-    total = tuple(round(p + 16 * d, 4) for p, d in zip(prefill, decode))
+    total = tuple(round(p + 16 * d, 4) for p, d in zip(prefill, decode, strict=True))
     needle = None if task in ("variable_tracking", "common_words") else int(depth * (length - 60)) + 12
     excerpt = f"… the shipment left the dock. The vault code is {expected}. The next line of the log reads …" if task == "niah" else ""
     return CellResult(

@@ -18,7 +18,9 @@ def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
 
     path = tmp_path_factory.mktemp("tiny-model")
     torch.manual_seed(0)
-    config = tiny_llama_config(vocab_size=len(smollm_tokenizer), eos_token_id=2, bos_token_id=1, pad_token_id=2, max_position_embeddings=4096)
+    config = tiny_llama_config(
+        vocab_size=len(smollm_tokenizer), eos_token_id=2, bos_token_id=1, pad_token_id=2, max_position_embeddings=4096,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     smollm_tokenizer.save_pretrained(path)
     return path

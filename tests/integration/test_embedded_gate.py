@@ -6,8 +6,8 @@ import pytest
 
 from pytest_longctx.cli.main import main as longctx_main
 from pytest_longctx.gate.decision import evaluate
-from pytest_longctx.gate.spec import GateSpec
 from pytest_longctx.gate.results import load_results
+from pytest_longctx.gate.spec import GateSpec
 
 GATE = """\
 name: fp8-small

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from pytest_longctx.gate.decision import evaluate
-from pytest_longctx.gate.spec import GateSpec
 from pytest_longctx.gate.results import CellResult, load_results
+from pytest_longctx.gate.spec import GateSpec
 
 
 def run_gate(pytester, gate, model_dir, *extra):
@@ -31,7 +31,9 @@ def test_approve_writes_report_and_json_and_exits_zero(pytester, write_gate, tin
     result = run_gate(pytester, gate, tiny_model_dir, "--longctx-json", "out/r.json", "--longctx-report", "out/r.html", "-v")
     assert result.ret == 0, result.stdout.str()
     result.assert_outcomes(passed=12)
-    result.stdout.fnmatch_lines(["*tiny::baseline::niah?256-d0.50-s0? PASSED*", "*tiny::candidate::niah?384-d1.00-s0? PASSED*", "*gate tiny: APPROVE*"])
+    result.stdout.fnmatch_lines(
+        ["*tiny::baseline::niah?256-d0.50-s0? PASSED*", "*tiny::candidate::niah?384-d1.00-s0? PASSED*", "*gate tiny: APPROVE*"]
+    )
     data = json.loads((pytester.path / "out" / "r.json").read_text())
     assert data["schema_version"] == 1 and data["decision"]["verdict"] == "approve"
     assert set(data["metrics"]["middle_recall"]) == {"baseline", "candidate"}
@@ -58,7 +60,8 @@ def test_approve_writes_report_and_json_and_exits_zero(pytester, write_gate, tin
 
 
 def test_reject_exits_one_and_names_the_failing_threshold(pytester, write_gate, tiny_model_dir):
-    # An FP8 baseline against a full-precision candidate: the candidate stores 4-byte floats, the baseline 1 byte plus a 4-byte scale per 16-wide head row: 3.2x.
+    # An FP8 baseline against a full-precision candidate: the candidate stores 4-byte floats, the baseline 1 byte
+    # plus a 4-byte scale per 16-wide head row: 3.2x.
     # KV bytes on any device: on CUDA the default memory source would be peak allocation, which weights dominate.
     gate = write_gate(baseline={"kv_cache_dtype": "fp8"}, candidate={"kv_cache_dtype": "auto"}, report="reports/tiny.html",
                       thresholds={"p95_latency_ratio": {"max": 100.0}, "memory_ratio": {"max": 1.05, "source": "kv_bytes"}})

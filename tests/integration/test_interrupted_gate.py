@@ -17,7 +17,9 @@ def test_interrupted_sweep_writes_an_incomplete_report(pytester, write_gate, tin
         candidate={"kv_cache_dtype": "auto", "planted": {"decode_delay": 100.0}},
         report="out/r.html",
     )
-    cmd = [sys.executable, "-m", "pytest", "--longctx-gate", str(gate), "--longctx-model", str(tiny_model_dir), "-v", "-p", "no:cacheprovider"]
+    cmd = [
+        sys.executable, "-m", "pytest", "--longctx-gate", str(gate), "--longctx-model", str(tiny_model_dir), "-v", "-p", "no:cacheprovider",
+    ]
     # A shell without job control starts background jobs with SIGINT ignored, and children inherit that (Python
     # then installs no KeyboardInterrupt handler): give the run the default disposition back, as a terminal would.
     proc = subprocess.Popen(cmd, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

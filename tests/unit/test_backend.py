@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from pytest_longctx.gate.spec import VariantSpec
 from pytest_longctx.capacity.kv_math import KvShape
+from pytest_longctx.gate.spec import VariantSpec
 
 PROMPT = list(range(5, 69))
 
@@ -173,7 +173,7 @@ def test_reuse_never_crosses_variants_and_skips_planted_windows(tiny_backend):
 
 def _batch_matches_single_runs(backend, variant, prompts, stops):
     batch = backend.generate_batch(prompts, variant=variant, max_new_tokens=10, stop=stops)
-    for prompt, check, row in zip(prompts, stops, batch):
+    for prompt, check, row in zip(prompts, stops, batch, strict=True):
         single = backend.generate(prompt, variant=variant, max_new_tokens=10, stop=check)
         assert (row.answer, row.new_tokens, row.hit_limit, row.kv_tokens, row.kv_bytes, row.kv_bytes_analytic) == (
             single.answer, single.new_tokens, single.hit_limit, single.kv_tokens, single.kv_bytes, single.kv_bytes_analytic
@@ -237,9 +237,9 @@ def test_a_store_only_run_is_a_fresh_run_that_feeds_later_prompts(tiny_backend):
 def test_a_windowed_side_prefills_and_decodes_within_its_window(tiny_backend):
     import torch
 
+    from pytest_longctx.capacity.kv_math import KvShape
     from pytest_longctx.changes.window import AttentionWindow
     from pytest_longctx.gate.spec import VariantSpec
-    from pytest_longctx.capacity.kv_math import KvShape
 
     prompt = torch.randint(2, 90, (300,), generator=torch.Generator().manual_seed(3)).tolist()
     window = AttentionWindow(window=64, sink_tokens=4)
@@ -265,7 +265,9 @@ def test_the_rest_after_a_reused_prefix_is_prefilled_in_chunks_on_cpu(tiny_backe
     store = PrefixStore(min_tokens=16)
     tiny_backend.generate(prompts[(120, 1.0)], variant=variant, max_new_tokens=3, reuse=store)
     calls: list[int] = []
-    hook = tiny_backend.model.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    hook = tiny_backend.model.register_forward_pre_hook(
+        lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         reused = tiny_backend.generate(prompts[(120, 0.5)], variant=variant, max_new_tokens=3, reuse=store)
     finally:
@@ -291,7 +293,9 @@ def test_answers_only_runs_verify_drafts_and_answer_as_token_by_token_runs(tiny_
 
     prompts = _sweep_prompts(lengths=(200,), depths=(0.3, 0.6))
     calls: list[int] = []
-    hook = tiny_backend.model.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    hook = tiny_backend.model.register_forward_pre_hook(
+        lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         for prompt in prompts.values():
             for check in (None, lambda text: len(text) >= 13):

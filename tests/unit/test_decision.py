@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 
 from pytest_longctx.gate.decision import evaluate
-from pytest_longctx.gate.spec import parse_gate
 from pytest_longctx.gate.results import CellResult
+from pytest_longctx.gate.spec import parse_gate
 
 # The candidate changes nothing the cells could show: these synthetic sides give the same answers and KV bytes,
 # which under an FP8 candidate the no-op guard would (rightly) call invalid (see test_evidence.py).

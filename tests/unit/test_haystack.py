@@ -262,7 +262,7 @@ def test_multi_needle_places_each_needle_at_its_depth(tokenizer, depths):
     assert haystack.tokens == 1200
     assert list(haystack.token_ids) == tokenizer(haystack.prompt_text, add_special_tokens=False)["input_ids"]
     assert haystack.answers == tuple(n.answer for n in needles)
-    for needle, (start, end), wanted, actual in zip(needles, haystack.needle_spans, depths, haystack.actual_depths):
+    for needle, (start, end), wanted, actual in zip(needles, haystack.needle_spans, depths, haystack.actual_depths, strict=True):
         assert needle.answer in tokenizer.decode(list(haystack.token_ids[start:end]))
         assert f"\n{needle.text}\n" in haystack.prompt_text
         assert actual == pytest.approx(wanted, abs=0.05)

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from pytest_longctx.marker import LongctxCell
+from pytest_longctx.tasks import TaskError, TaskPrompt
 from pytest_longctx.tasks.haystack import Haystack, MultiHaystack, Needle
 from pytest_longctx.testing.haystack import HaystackFactory
-from pytest_longctx.tasks import TaskError, TaskPrompt
 
 DOCUMENT = "\n".join(f"Note {i}: the ferry leaves pier {i % 7} on the hour." for i in range(300))
 

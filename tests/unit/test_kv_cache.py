@@ -114,13 +114,13 @@ def test_copy_prefix_copies_the_first_positions_and_leaves_the_source_alone(tiny
     before = [t.clone() for t in cache_tensors(cache)]
     copied = copy_prefix(cache, 25)
     assert copied.get_seq_length() == 25 and cache.get_seq_length() == 40
-    for src, dst in zip(cache_tensors(cache), cache_tensors(copied)):
+    for src, dst in zip(cache_tensors(cache), cache_tensors(copied), strict=True):
         per_token = dst.shape[-2] == 25
         assert torch.equal(dst, src[..., :25, :] if per_token else src)  # frozen scales are copied whole
     for t in cache_tensors(copied):
         t.zero_()
     copied.update(torch.ones(1, 2, 1, 16), torch.ones(1, 2, 1, 16), 0)
-    assert all(torch.equal(a, b) for a, b in zip(before, cache_tensors(cache)))
+    assert all(torch.equal(a, b) for a, b in zip(before, cache_tensors(cache), strict=True))
 
 
 @pytest.mark.parametrize("dtype", ["auto", "int8"])
@@ -131,7 +131,7 @@ def test_crop_to_keeps_the_first_positions(tiny_llama, dtype):
     first = [t[..., :18, :].clone() for t in cache_tensors(cache)]
     crop_to(cache, 18)
     assert cache.get_seq_length() == 18
-    assert all(torch.equal(a, b) for a, b in zip(first, cache_tensors(cache)))
+    assert all(torch.equal(a, b) for a, b in zip(first, cache_tensors(cache), strict=True))
 
 
 def test_reuse_scope_follows_what_a_tokens_codes_depend_on(tiny_llama):
@@ -184,7 +184,7 @@ def test_answers_only_quantized_layers_give_exactly_the_plain_layers_values(dtyp
     g = torch.Generator().manual_seed(4)
     for tokens in (12, 1, 1, 3, 300):  # a prompt, decode steps, and more than the spare room
         k, v = torch.randn(1, 2, tokens, 16, generator=g) * 3, torch.randn(1, 2, tokens, 16, generator=g)
-        for a, b in zip(plain.update(k, v), fast.update(k, v)):
+        for a, b in zip(plain.update(k, v), fast.update(k, v), strict=True):
             assert torch.equal(a, b)
         if tokens == 1:
             plain.crop(-1), fast.crop(-1)  # sliced from outside: appending starts over from the slice
@@ -200,7 +200,7 @@ def test_append_layer_gives_exactly_the_dynamic_layers_values():
     g = torch.Generator().manual_seed(5)
     for tokens in (20, 1, 1, 400, 1):
         k, v = torch.randn(1, 2, tokens, 16, generator=g), torch.randn(1, 2, tokens, 16, generator=g)
-        for a, b in zip(plain.update(k, v, 0), fast.update(k, v, 0)):
+        for a, b in zip(plain.update(k, v, 0), fast.update(k, v, 0), strict=True):
             assert torch.equal(a, b)
         if tokens == 400:
             keep_last(plain, 64), keep_last(fast, 64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -35,7 +36,7 @@ def test_bucket_means_are_the_hand_computed_cross_entropy(tiny_llama, by_hand):
     curve = loss_by_position(tiny_llama, TOKENS, buckets=3)
 
     expected = [sum(by_hand[a - 1 if a else 0 : b - 1]) / len(by_hand[a - 1 if a else 0 : b - 1])
-                for a, b in zip(curve.edges, curve.edges[1:])]
+                for a, b in itertools.pairwise(curve.edges)]
     assert curve.losses == pytest.approx(expected, rel=1e-5)
     assert all(math.log(96) * 0.8 < loss < math.log(96) * 1.2 for loss in curve.losses)  # a random model is near uniform
 

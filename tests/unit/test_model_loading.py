@@ -233,7 +233,8 @@ def test_two_loads_with_other_refs_and_settings_do_not_interfere(tiny_dirs):
     from pytest_longctx.changes.rope import parse_rope
 
     ids = torch.arange(40).remainder(90).add(3).unsqueeze(0)
-    scaled, _, fingerprint_a = model_loading.load_model(tiny_dirs[0], device="cpu", rope=parse_rope({"rope_type": "linear", "factor": 4.0}, 4096))
+    linear = parse_rope({"rope_type": "linear", "factor": 4.0}, 4096)
+    scaled, _, fingerprint_a = model_loading.load_model(tiny_dirs[0], device="cpu", rope=linear)
     before = scaled(input_ids=ids).logits.detach()
     other, _, fingerprint_b = model_loading.load_model(tiny_dirs[1], device="cpu", attn_implementation="eager")
     plain = model_loading.load_model(tiny_dirs[0], device="cpu")[0]

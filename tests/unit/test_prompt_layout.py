@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
 
-from pytest_longctx.tasks.conversation import Conversation, Turn, build_conversation, render
 from pytest_longctx.changes.prompt_layout import (
     HistoryBudget,
     LayoutError,
@@ -22,6 +22,7 @@ from pytest_longctx.changes.prompt_layout import (
     parse_layout,
     parse_packing,
 )
+from pytest_longctx.tasks.conversation import Conversation, Turn, build_conversation, render
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def test_edge_order_is_a_permutation_with_the_top_two_at_the_ends_and_relevance_
         assert out[-1].relevance == ranked[1]
     front, back = out[: (len(out) + 1) // 2], out[(len(out) + 1) // 2 :][::-1]
     for half in (front, back):
-        assert all(a.relevance >= b.relevance for a, b in zip(half, half[1:]))
+        assert all(a.relevance >= b.relevance for a, b in itertools.pairwise(half))
     # The least relevant (last-ranked) document sits where the two halves meet.
     assert out[len(out) // 2].relevance == ranked[-1]
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import json
 import re
 from pathlib import Path
-
-import dataclasses
-import json
 
 import numpy as np
 import pytest
 
+from pytest_longctx.gate.results import CellResult, Check, Decision, GateResults, Metrics, load_results
 from pytest_longctx.output.report import (
     diverging_colour,
     environment_rows,
@@ -29,7 +29,6 @@ from pytest_longctx.output.report import (
     timed_runs,
     write_html,
 )
-from pytest_longctx.gate.results import CellResult, Check, Decision, GateResults, Metrics, load_results
 
 FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores (schema 2: tests/data/regenerate.py)
 # A made-up, schema-exact run of six task families with a YaRN candidate and a loss curve (tests/data/families_results.py)
@@ -461,9 +460,9 @@ def test_what_changed_lists_the_settings_each_side_changes() -> None:
 
 
 def test_what_changed_shows_a_window_with_sinks_and_a_model_swap() -> None:
+    from pytest_longctx.changes.rope import parse_rope
     from pytest_longctx.changes.window import AttentionWindow
     from pytest_longctx.gate.spec import ModelSpec, VariantSpec
-    from pytest_longctx.changes.rope import parse_rope
 
     results = load_results(FAMILIES_RESULTS)
     baseline = VariantSpec.of("baseline", model={"ref": "hf:org/base", "dtype": "bfloat16"})
@@ -517,7 +516,9 @@ def test_recall_by_length_marks_each_sides_effective_length() -> None:
     rows = length_rows(results)
     recall = _section(render_html(results), "recall")
 
-    assert [(r.length, r.baseline, r.candidate) for r in rows] == [(1024, "1.000", "1.000"), (2048, "1.000", "0.929"), (4096, "0.929", "0.643")]
+    assert [(r.length, r.baseline, r.candidate) for r in rows] == [
+        (1024, "1.000", "1.000"), (2048, "1.000", "0.929"), (4096, "0.929", "0.643"),
+    ]
     assert [r.length for r in rows if r.baseline_effective] == [4096] and [r.length for r in rows if r.candidate_effective] == [2048]
     assert [r.candidate_held for r in rows] == [True, True, False] and all(r.baseline_held for r in rows)
     text = _text(recall)

@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 
-from pytest_longctx.tasks.haystack import filler_lines, make_needle
 from pytest_longctx.changes.retrievers import (
     RetrievalError,
     RetrievalSettings,
@@ -23,6 +22,7 @@ from pytest_longctx.changes.retrievers import (
     reciprocal_rank_fusion,
     retrieve,
 )
+from pytest_longctx.tasks.haystack import filler_lines, make_needle
 
 NEEDLE = make_needle(5)  # "The override code for the customs vault is HERON-...."
 # Shares no term with the needle line, so BM25 finds nothing and only the embedding can connect them.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_longctx.changes.retrievers import RetrievalSettings
 from pytest_longctx.changes.retrieval import context_bounds, retrieval_prompt
+from pytest_longctx.changes.retrievers import RetrievalSettings
 from pytest_longctx.tasks import build_task, parse_task
 
 

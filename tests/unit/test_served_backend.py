@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from pytest_longctx.backends.in_process import CellTimeout
-from pytest_longctx.gate.spec import VariantSpec
-from pytest_longctx.capacity.kv_math import KvShape
 from pytest_longctx.backends.served.client import (
     PromptTokenMismatch,
     RemoteTokenizer,
@@ -22,6 +20,8 @@ from pytest_longctx.backends.served.client import (
     chat_content,
 )
 from pytest_longctx.backends.served.launch import LaunchSpec, launched
+from pytest_longctx.capacity.kv_math import KvShape
+from pytest_longctx.gate.spec import VariantSpec
 
 PREFILL_S_PER_TOKEN = 0.0005
 DECODE_S = 0.004
@@ -283,7 +283,8 @@ def test_a_server_without_metrics_is_not_asked_again(servers):
 
 def test_a_prompt_count_mismatch_is_an_error_not_a_skew(servers):
     ids = prompt()
-    with pytest.raises(PromptTokenMismatch, match=rf"counted {len(ids) + 1} prompt tokens, but the prompt has {len(ids)} \(sent as token ids\)"):
+    mismatch = rf"counted {len(ids) + 1} prompt tokens, but the prompt has {len(ids)} \(sent as token ids\)"
+    with pytest.raises(PromptTokenMismatch, match=mismatch):
         backend(servers["plain"], model="fake-off-by-one").generate(ids, variant=BASELINE, max_new_tokens=4)
 
 
@@ -361,7 +362,7 @@ def test_many_prompts_spread_over_replicas_within_the_bound(servers, tmp_path):
     results = served.generate_many([prompt(c, filler=300) for c in codes], variant=BASELINE, max_new_tokens=64)
     assert [g.answer for g in results] == [f"The code is {c}." for c in codes]  # in the order given
     after = [stats(u) for u in urls]
-    served_by = [a["requests"] - b["requests"] for a, b in zip(after, before)]
+    served_by = [a["requests"] - b["requests"] for a, b in zip(after, before, strict=True)]
     # The second request finds the first replica busy, so both are used; how the rest split follows timing.
     assert sum(served_by) == 6 and min(served_by) >= 1
     assert [a["max_in_flight"] for a in after] == [1, 1]  # never two at once on one replica

@@ -31,7 +31,8 @@ SERVER = textwrap.dedent(
     started = time.monotonic()
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        worker = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+        stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+        worker = subprocess.Popen([sys.executable, "-c", stubborn])
         open(pids, "w").write(f"{os.getpid()} {worker.pid}")
     else:
         open(pids, "w").write(str(os.getpid()))
@@ -87,7 +88,8 @@ def get(url: str) -> int:
 
 
 def test_parse_launch_reads_the_command_and_timeout():
-    parsed = parse_launch({"command": "vllm serve {model} --kv-cache-dtype fp8 --max-model-len 32768 --port {port}", "ready_timeout_s": 900})
+    command = "vllm serve {model} --kv-cache-dtype fp8 --max-model-len 32768 --port {port}"
+    parsed = parse_launch({"command": command, "ready_timeout_s": 900})
     assert parsed == LaunchSpec("vllm serve {model} --kv-cache-dtype fp8 --max-model-len 32768 --port {port}", 900.0)
     assert parse_launch({"command": "x --port {port}"}).ready_timeout_s == 600.0
 
@@ -123,7 +125,8 @@ def test_the_key_prefix_follows_where_the_mapping_sits():
 
 
 def test_placeholders_fill_whole_arguments_without_a_shell():
-    argv = LaunchSpec('{python} -m srv --model {model} --port={port} --alias "my model" --x $HOME;').argv(model="/m/with space/a.gguf", port=8123)
+    launch = LaunchSpec('{python} -m srv --model {model} --port={port} --alias "my model" --x $HOME;')
+    argv = launch.argv(model="/m/with space/a.gguf", port=8123)
     assert argv == [sys.executable, "-m", "srv", "--model", "/m/with space/a.gguf", "--port=8123", "--alias", "my model", "--x", "$HOME;"]
 
 
@@ -168,7 +171,8 @@ def test_a_server_does_not_outlive_a_killed_test_run(server_script, tmp_path):
         import time
         from pathlib import Path
         from pytest_longctx.backends.served.launch import LaunchSpec, launched
-        with launched(LaunchSpec({str(spec(server_script, "slow", pids).command)!r}), model="m", log_path=Path({str(tmp_path / "s.log")!r})):
+        server = LaunchSpec({str(spec(server_script, "slow", pids).command)!r})
+        with launched(server, model="m", log_path=Path({str(tmp_path / "s.log")!r})):
             print("ready", flush=True)
             time.sleep(60)
     """))

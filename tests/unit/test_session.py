@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from pytest_longctx.gate.capture import CaptureError
-from pytest_longctx.gate.spec import parse_gate
 from pytest_longctx.gate.run import GateRun
+from pytest_longctx.gate.spec import parse_gate
 from pytest_longctx.gate.sweep import interleaved
 
 GATE = parse_gate({
@@ -80,7 +80,7 @@ def test_timing_passes_rerun_every_timed_cell_and_merge_into_cells(monkeypatch):
     assert all(c.total_s == min(c.total_samples) for c in cells)
 
 
-def FakeHaystack(cell):  # noqa: N802 - reads like the class it stands in for
+def FakeHaystack(cell):
     from pytest_longctx.tasks import TaskPrompt
 
     return TaskPrompt(family="niah", prompt_text=f"x {cell.id}", token_ids=(1, 2, 3), length=3, depth=cell.depth, seed=0,

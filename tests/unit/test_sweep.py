@@ -36,14 +36,14 @@ class ScriptedBackend:
         self.gens = [
             Generation(answer=a, new_tokens=3, prefill_s=t / 2, decode_s_per_token=t / 10, total_s=t, kv_bytes=10,
                        kv_bytes_analytic=10, kv_tokens=5, peak_bytes=None)
-            for t, a in zip(totals, answers)
+            for t, a in zip(totals, answers, strict=True)
         ]
 
     def generate(self, token_ids, *, variant, max_new_tokens, timeout_s=None, **_):
         return self.gens.pop(0)
 
 
-def FakePrompt():  # noqa: N802 - reads like the class it stands in for
+def FakePrompt():
     from pytest_longctx.tasks import TaskPrompt
 
     return TaskPrompt(

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from pytest_longctx.tasks.haystack import build_haystack
 from pytest_longctx.tasks import FAMILIES, TaskPrompt, build_task, parse_task, uses_depth
+from pytest_longctx.tasks.haystack import build_haystack
 
 LENGTHS = [512, 1024, 2048]
 SEEDS = [0, 1, 2]
