@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..gate.results import Check, GateResults
+from .escape import md_code, one_line
+from .escape import md_escape as md_escape  # re-exported: callers escape what they compare with markdown()'s output
 
 NA = "n/a"
 NONE = "—"
@@ -488,6 +490,7 @@ _TASK_HEAD = ("recall by task", "baseline", "candidate", "delta")
 
 
 def _columns(head: Sequence[str], body: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    body = [[one_line(cell) for cell in line] for line in body]  # a task name or check from a results file: one line
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
 
     def line(cells: Sequence[str]) -> str:
@@ -505,29 +508,20 @@ def terminal_lines(results: GateResults, written: Iterable[Path] = ()) -> list[s
     """The gate's block in pytest's `longctx gate` section: verdict, the metrics table, recall per task when the
     gate swept several, the reasons, the files."""
     d = results.decision
-    lines = [f"gate {gate_name(results)}: {d.verdict.upper()} ({results.metrics.paired_cells}/{results.metrics.expected_cells} cells paired)"
+    lines = [f"gate {one_line(gate_name(results))}: {one_line(d.verdict.upper())} ({results.metrics.paired_cells}/{results.metrics.expected_cells} cells paired)"
              f" - {VERDICT_MEANING.get(d.verdict, d.verdict)}"]
     lines.extend("  " + row for row in _table(metric_rows(results)))
     tasks = task_recall_rows(results)
     if len(tasks) > 1:
         body = [(t.task, t.baseline, t.candidate, t.delta) for t in tasks]
         lines.extend("  " + row for row in _columns(_TASK_HEAD, body, {1, 2, 3}))
-    lines.extend(f"  {reason}" for reason in d.reasons)
-    lines.extend(f"  wrote {p}" for p in written)
+    # Reasons quote answers and names; a newline or an escape sequence in one must not forge a line of its own.
+    lines.extend(f"  {one_line(reason)}" for reason in d.reasons)
+    lines.extend(f"  wrote {one_line(str(p))}" for p in written)
     return lines
 
 
 # ----------------------------------------------------------------------------- Markdown
-
-
-def md_escape(text: str) -> str:
-    """Text safe inside a Markdown table cell: no HTML, no column breaks, no line breaks."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-    return " ".join(text.split())
-
-
-def _md_code(text: str) -> str:
-    return "`" + text.replace("`", "'") + "`"
 
 
 def markdown(results: GateResults, written: Iterable[Path] = ()) -> str:
@@ -536,10 +530,10 @@ def markdown(results: GateResults, written: Iterable[Path] = ()) -> str:
     mark = _MARKDOWN_MARK.get(d.verdict, "")
     variants = " · ".join(f"**{md_escape(name)}**: {md_escape(settings)}" for name, settings in variant_settings(results))
     out = [
-        f"### {mark} longctx gate {_md_code(gate_name(results))}: **{d.verdict.upper()}**",
+        f"### {mark} longctx gate {md_code(gate_name(results))}: **{md_escape(d.verdict.upper())}**",
         "",
         f"{md_escape(VERDICT_MEANING.get(d.verdict, d.verdict)).capitalize()}. "
-        f"Model {_md_code(model_ref(results))}; {md_escape(cell_counts(results))}.",
+        f"Model {md_code(model_ref(results))}; {md_escape(cell_counts(results))}.",
         "",
         variants,
         "",
@@ -558,7 +552,7 @@ def markdown(results: GateResults, written: Iterable[Path] = ()) -> str:
     out += [f"- {md_escape(reason)}" for reason in d.reasons] or ["- (none recorded)"]
     files = [str(p) for p in written]
     if files:
-        out += ["", "Written: " + ", ".join(_md_code(f) for f in files)]
+        out += ["", "Written: " + ", ".join(md_code(f) for f in files)]
     return "\n".join(out) + "\n"
 
 
