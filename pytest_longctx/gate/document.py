@@ -18,6 +18,7 @@ from .limits import (
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _INT_TAG = "tag:yaml.org,2002:int"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_BUILT_HERE = tuple(f"tag:yaml.org,2002:{kind}" for kind in ("int", "float", "bool", "null", "timestamp", "binary"))
 _MAX_INT_CHARS = 40  # no key takes a whole number near 10**39; Python refuses to parse ints of 4301+ digits
 
 
@@ -172,9 +173,15 @@ class _Scan:
             tag = "tag:yaml.org,2002:str"
         if tag == _INT_TAG and len(value.lstrip("+-0").replace("_", "")) > _MAX_INT_CHARS:
             raise DocumentError(where, f"the whole number {shown(value)} is far too large for any key", "write the number the key means")
-        if tag == _FLOAT_TAG:
-            number = self.resolver.construct_yaml_float(yaml.ScalarNode(tag, value))
-            if not math.isfinite(number):
+        if tag in _BUILT_HERE:
+            # Built now, where the key is known, rather than by the loader later: a date out of range or bad
+            # base64 is named by its key, and .nan/.inf are refused whatever key they are under.
+            try:
+                built = self.resolver.yaml_constructors[tag](self.resolver, yaml.ScalarNode(tag, value))
+            except (ValueError, TypeError, OverflowError, yaml.YAMLError) as exc:
+                kind = tag.rsplit(":", 1)[-1]
+                raise DocumentError(where, f"{shown(value)} is not a valid {kind} ({shown(str(exc))})", f"write a valid {kind}, or quote the text") from None
+            if isinstance(built, float) and not math.isfinite(built):
                 raise DocumentError(where, f"{value} is not a finite number", "write a plain number such as 0.5")
         weight = 1 + len(value)
         if event.anchor is not None:
