@@ -72,12 +72,17 @@ class LongctxSession:
                 planned.append(Output(gate, "gate", absolute(gate.path), "the gate file", "gate"))
                 planned.append(Output(gate, "capture", absolute(capture_path(gate)), "key 'captured_baseline'" if gate.captured_baseline
                                       else "the default capture path (beside the gate file)", "gate" if gate.captured_baseline else "default"))
+            beside = "the results JSON, beside the report"  # a results path set by where the report goes
             if self.json_path is not None:
                 planned.append(Output(gate, "results", absolute(json_path), "--longctx-json", "cli"))
             elif gate.results is not None:
                 planned.append(Output(gate, "results", absolute(json_path), "key 'results'", "gate"))
+            elif self.report is not None:
+                planned.append(Output(gate, "results", absolute(json_path), "--longctx-report", "cli", note=beside))
+            elif gate.report is not None:
+                planned.append(Output(gate, "results", absolute(json_path), "key 'report'", "gate", note=beside))
             else:
-                planned.append(Output(gate, "results", absolute(json_path), "the default results path (beside the report)", "default"))
+                planned.append(Output(gate, "results", absolute(json_path), "the default results path (reports/<name>.json)", "default"))
             if self.report is not None:
                 planned.append(Output(gate, "report", absolute(report), "--longctx-report", "cli"))
             elif gate.report is not None:

@@ -136,6 +136,7 @@ def check_capture(gate: GateSpec, *, capture: bool, overwrite: bool) -> None:
 
 
 OutputKind = Literal["gate", "capture", "results", "report"]
+_WHAT: dict[str, str] = {"gate": "gate file", "capture": "captured baseline", "results": "results JSON", "report": "HTML report"}
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class Output:
     path: Path  # absolute
     label: str  # how the user set it: "key 'report'", "--longctx-json", "the default report path"
     given: Literal["gate", "cli", "default"]
+    note: str = ""  # what the path is when the label names another setting ("the results JSON, beside the report")
 
 
 def check_outputs(outputs: Sequence[Output], *, rootdir: Path) -> None:
@@ -171,9 +173,16 @@ def check_outputs(outputs: Sequence[Output], *, rootdir: Path) -> None:
             continue
         # Blame the one the user wrote: the later unless it is a default, which the earlier then displaces.
         blamed, other = (first, out) if out.given == "default" and first.given != "gate" and first.kind != "gate" else (out, first)
+        if other.gate is blamed.gate and other.label == blamed.label:  # `report: x.json`, its results beside it
+            raise GateError(
+                f"{blamed.gate.path}: {blamed.label}: {blamed.path} would be both the {_WHAT[other.kind]} and the "
+                f"{_WHAT[blamed.kind]}. Fix: give the report an .html name, or set the results JSON's own path."
+            )
         whose = "" if other.gate is blamed.gate else f" of gate {other.gate.name}"
+        what = f" ({blamed.note})" if blamed.note else ""
+        theirs = f" ({other.note})" if other.note else ""
         raise GateError(
-            f"{blamed.gate.path}: {blamed.label}: {blamed.path} is also {other.label}{whose} ({other.kind}); writing one "
+            f"{blamed.gate.path}: {blamed.label}: {blamed.path}{what} is also {other.label}{whose}{theirs}; writing one "
             f"would destroy the other. Fix: give the report, the results and the captured baseline each their own file."
         )
 
