@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from .limits import (
-    MAX_EXPANDED_CHARS, MAX_FILE_BYTES, MAX_SCALAR_CHARS, MAX_YAML_ALIASES, MAX_YAML_DEPTH, MAX_YAML_NODES, shown,
+    MAX_EXPANDED_CHARS,
+    MAX_FILE_BYTES,
+    MAX_SCALAR_CHARS,
+    MAX_YAML_ALIASES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    shown,
     shown_key,
 )
 

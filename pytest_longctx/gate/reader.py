@@ -6,7 +6,14 @@ import math
 import unicodedata
 from typing import Any
 
-from .limits import MAX_INTEGER, MAX_NAME_CHARS, MAX_STRING_CHARS, NAME_PATTERN, shown, shown_key
+from .limits import (
+    MAX_INTEGER,
+    MAX_NAME_CHARS,
+    MAX_STRING_CHARS,
+    NAME_PATTERN,
+    shown,
+    shown_key,
+)
 
 
 class GateError(ValueError):

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from .reader import GateError as GateError  # re-exported: the error every caller catches
-from .reader import Reader as _Reader
 from . import limits
 from .limits import shown
+from .reader import GateError  # also this module's: callers catch `spec.GateError`
+from .reader import Reader as _Reader
 
 if TYPE_CHECKING:
     from ..changes.window import AttentionWindow

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..gate.results import Check, GateResults
-from .escape import md_code, one_line
-from .escape import md_escape as md_escape  # re-exported: callers escape what they compare with markdown()'s output
+from .escape import md_code, md_escape, one_line
 
 NA = "n/a"
 NONE = "—"

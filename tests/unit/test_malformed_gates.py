@@ -336,3 +336,15 @@ def test_outputs_get_the_mode_of_the_umask(tmp_path: Path) -> None:
         os.umask(previous)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_limits_page_shows_the_limits_in_force() -> None:
+    from pytest_longctx.gate import limits
+
+    page = (ROOT / "docs" / "limits.md").read_text(encoding="utf-8")
+    for value in (limits.MAX_FILE_BYTES, limits.MAX_YAML_NODES, limits.MAX_SCALAR_CHARS, limits.MAX_LENGTH_TOKENS, limits.MAX_SEED,
+                  limits.MAX_CELLS, limits.MAX_NEW_TOKENS, limits.MAX_INTEGER, limits.MAX_LOSS_BUCKETS, limits.MAX_STRING_CHARS):
+        assert f"{value:,}" in page, value
+    for value in (limits.MAX_YAML_DEPTH, limits.MAX_YAML_ALIASES, limits.MAX_NAME_CHARS, limits.MAX_LENGTHS, limits.MAX_DEPTHS,
+                  limits.MAX_REPEATS):
+        assert f" {value}" in page, value
