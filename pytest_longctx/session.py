@@ -41,7 +41,7 @@ class LongctxSession:
             preflight.check_capture(gate, capture=capture, overwrite=overwrite_baseline)
         resolve = lambda p: None if p is None else (base_dir / p)  # noqa: E731
         session = cls(gates, report=resolve(report), json_path=resolve(json_path), capture=capture, overwrite_baseline=overwrite_baseline)
-        preflight.check_outputs(session.planned_outputs(base_dir), rootdir=rootdir or base_dir)
+        preflight.check_outputs(session.planned_outputs(base_dir), roots=[rootdir or base_dir, base_dir])
         return session
 
     def output_paths(self, gate: GateSpec) -> tuple[Path, Path]:

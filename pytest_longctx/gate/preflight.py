@@ -151,18 +151,19 @@ class Output:
     note: str = ""  # what the path is when the label names another setting ("the results JSON, beside the report")
 
 
-def check_outputs(outputs: Sequence[Output], *, rootdir: Path) -> None:
-    """Paths a gate file sets stay under the working tree (the command line may point anywhere), and no two
-    files of a run are one: a report over the results, or either over a captured baseline, would destroy it.
+def check_outputs(outputs: Sequence[Output], *, roots: Sequence[Path]) -> None:
+    """Paths a gate file sets stay under the working tree (`roots`: pytest's rootdir and the directory it was
+    started from, which relative paths resolve against; the command line may point anywhere), and no two files of
+    a run are one: a report over the results, or either over a captured baseline, would destroy it.
 
     Raises:
         GateError: naming the gate file, the key (or option) and the fix.
     """
     for out in outputs:
-        if out.given == "gate" and out.kind != "gate" and not _inside(out, rootdir):
+        if out.given == "gate" and out.kind != "gate" and not _inside(out, roots):
             raise GateError(
-                f"{out.gate.path}: {out.label}: {out.path} is outside the working tree {rootdir}. "
-                f"Fix: write it under {rootdir}, or pass the path on the command line to write elsewhere on purpose."
+                f"{out.gate.path}: {out.label}: {out.path} is outside the working tree {roots[0]}. "
+                f"Fix: write it under {roots[0]}, or pass the path on the command line to write elsewhere on purpose."
             )
     order: dict[OutputKind, int] = {"gate": 0, "capture": 1, "results": 2, "report": 3}
     seen: dict[Path, Output] = {}
@@ -187,11 +188,11 @@ def check_outputs(outputs: Sequence[Output], *, rootdir: Path) -> None:
         )
 
 
-def _inside(out: Output, rootdir: Path) -> bool:
-    """Under the rootdir as written (a symlinked folder inside it is the user's choice) or once resolved; a capture
-    may also sit beside its gate file."""
-    roots = [rootdir]
+def _inside(out: Output, roots: Sequence[Path]) -> bool:
+    """Under a root as written (a symlinked folder inside it is the user's choice) or once resolved; a capture may
+    also sit beside its gate file."""
+    allowed = list(roots)
     if out.kind == "capture" and out.gate.path is not None:
-        roots.append(Path(os.path.abspath(out.gate.path)).parent)
+        allowed.append(Path(os.path.abspath(out.gate.path)).parent)
     written, real = Path(os.path.abspath(out.path)), Path(os.path.realpath(out.path))
-    return any(written.is_relative_to(os.path.abspath(root)) or real.is_relative_to(os.path.realpath(root)) for root in roots)
+    return any(written.is_relative_to(os.path.abspath(root)) or real.is_relative_to(os.path.realpath(root)) for root in allowed)
