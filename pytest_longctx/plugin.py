@@ -71,6 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
             json_path=config.getoption("longctx_json"),
             model=config.getoption("longctx_model"),
             base_dir=Path(config.invocation_params.dir),
+            rootdir=config.rootpath,  # outputs a gate file names stay under it
             capture=config.getoption("longctx_capture"),
             overwrite_baseline=config.getoption("longctx_overwrite_baseline"),
         )

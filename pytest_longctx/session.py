@@ -25,8 +25,11 @@ class LongctxSession:
     @classmethod
     def from_options(
         cls, paths: list[str], *, report: str | None, json_path: str | None, model: str | None, base_dir: Path,
-        capture: bool = False, overwrite_baseline: bool = False,
+        rootdir: Path | None = None, capture: bool = False, overwrite_baseline: bool = False,
     ) -> LongctxSession:
+        """Load every gate and run the start-up checks (gate/preflight.py) before any model loads; GateError if not."""
+        from .gate import preflight
+
         gates = [load_gate(base_dir / p, base_dir=base_dir) for p in paths]
         if model:
             gates = [g.with_model(model) for g in gates]
@@ -34,10 +37,12 @@ class LongctxSession:
         if len(set(names)) != len(names):
             raise GateError(f"two gates share a name ({', '.join(names)}); Fix: give each gate file a distinct `name:`")
         for gate in gates:
-            _check_model_reference(gate)
-            _check_capture(gate, capture=capture, overwrite=overwrite_baseline)
+            preflight.check_gate(gate, model_option=model)
+            preflight.check_capture(gate, capture=capture, overwrite=overwrite_baseline)
         resolve = lambda p: None if p is None else (base_dir / p)  # noqa: E731
-        return cls(gates, report=resolve(report), json_path=resolve(json_path), capture=capture, overwrite_baseline=overwrite_baseline)
+        session = cls(gates, report=resolve(report), json_path=resolve(json_path), capture=capture, overwrite_baseline=overwrite_baseline)
+        preflight.check_outputs(session.planned_outputs(base_dir), roots=[rootdir or base_dir, base_dir])
+        return session
 
     def output_paths(self, gate: GateSpec) -> tuple[Path, Path]:
         """Command-line paths win over the gate's; with several gates each file gets the gate's name."""
@@ -51,6 +56,40 @@ class LongctxSession:
         report = pick(self.report, gate.report, ".html")
         json_default = gate.results if gate.results is not None or self.json_path is not None else report.with_suffix(".json")
         return report, pick(self.json_path, json_default, ".json")
+
+    def planned_outputs(self, base_dir: Path) -> list[Any]:
+        """Every file this run reads or writes per gate, absolute, with how it was set (for preflight.check_outputs)."""
+        from .gate.capture import capture_path
+        from .gate.preflight import Output
+
+        def absolute(path: Path) -> Path:
+            return path if path.is_absolute() else base_dir / path
+
+        planned = []
+        for gate in self.gates:
+            report, json_path = self.output_paths(gate)
+            if gate.path is not None:
+                planned.append(Output(gate, "gate", absolute(gate.path), "the gate file", "gate"))
+                planned.append(Output(gate, "capture", absolute(capture_path(gate)), "key 'captured_baseline'" if gate.captured_baseline
+                                      else "the default capture path (beside the gate file)", "gate" if gate.captured_baseline else "default"))
+            beside = "the results JSON, beside the report"  # a results path set by where the report goes
+            if self.json_path is not None:
+                planned.append(Output(gate, "results", absolute(json_path), "--longctx-json", "cli"))
+            elif gate.results is not None:
+                planned.append(Output(gate, "results", absolute(json_path), "key 'results'", "gate"))
+            elif self.report is not None:
+                planned.append(Output(gate, "results", absolute(json_path), "--longctx-report", "cli", note=beside))
+            elif gate.report is not None:
+                planned.append(Output(gate, "results", absolute(json_path), "key 'report'", "gate", note=beside))
+            else:
+                planned.append(Output(gate, "results", absolute(json_path), "the default results path (reports/<name>.json)", "default"))
+            if self.report is not None:
+                planned.append(Output(gate, "report", absolute(report), "--longctx-report", "cli"))
+            elif gate.report is not None:
+                planned.append(Output(gate, "report", absolute(report), "key 'report'", "gate"))
+            else:
+                planned.append(Output(gate, "report", absolute(report), "the default report path (reports/<name>.html)", "default"))
+        return planned
 
     def __post_init__(self) -> None:
         # Runs exist from start-up, not from collection: under xdist the controller collects nothing,
@@ -118,9 +157,10 @@ class LongctxSession:
         return 0
 
     def summary_lines(self) -> list[str]:
+        from .output.escape import one_line
         from .output.summary import terminal_lines
 
-        lines = list(self.captures)
+        lines = [one_line(line) for line in self.captures]  # an error's text may quote a path or a value
         for results, written in self.finished:
             lines.extend(terminal_lines(results, written))
         return lines
@@ -130,36 +170,3 @@ class LongctxSession:
         from .output.summary import junit_properties
 
         return [prop for results, _ in self.finished for prop in junit_properties(results)]
-
-
-def _check_capture(gate: GateSpec, *, capture: bool, overwrite: bool) -> None:
-    """Capture conflicts, and a capture of an older version or unreadable, surface before minutes of sweeping."""
-    from .gate.capture import CaptureError, capture_path, load_capture
-
-    try:
-        path = capture_path(gate)
-    except CaptureError as exc:
-        raise GateError(f"{gate.path}: {exc}") from None
-    if capture and path.exists() and not overwrite:
-        raise GateError(f"{gate.path}: captured baseline {path} exists. Fix: pass --longctx-overwrite-baseline to replace it")
-    if not capture and gate.captured_baseline is not None and not path.exists():
-        raise GateError(
-            f"{gate.path}: key 'captured_baseline': {path} does not exist. "
-            f"Fix: run pytest --longctx-gate {gate.path} --longctx-capture first"
-        )
-    if not capture and gate.captured_baseline is not None:
-        try:
-            load_capture(path)  # its digests and fingerprints are checked after the run, into an `invalid` verdict
-        except CaptureError as exc:
-            raise GateError(f"{gate.path}: key 'captured_baseline': {exc}") from None
-
-
-def _check_model_reference(gate: GateSpec) -> None:
-    """Fail at start-up, not in every cell, when the model cannot even be located."""
-    from .backends.loading import ModelLoadError, resolve
-
-    try:
-        resolve(gate.model.ref)
-    except ModelLoadError as exc:
-        where = gate.path or "--longctx-model"
-        raise GateError(f"{where}: key 'model': {exc}") from exc

@@ -128,7 +128,7 @@ def parse_rope(raw: Mapping[str, Any], max_position_embeddings: int | None = Non
             raise RopeError(f"{_PREFIX}.type", "'type' is the legacy spelling", "rename it to rope_type")
         raise RopeError(f"{_PREFIX}.rope_type", "is missing", f"set rope_type to one of {', '.join(ROPE_TYPES)}")
     rope_type = raw["rope_type"]
-    if rope_type not in _SCHEMA:
+    if rope_type not in ROPE_TYPES:  # a tuple: `in` compares, so a list or mapping here is refused, not a TypeError
         problem = f"unknown rope_type {_shown(rope_type)}"
         raise RopeError(f"{_PREFIX}.rope_type", problem, f"use one of {', '.join(ROPE_TYPES)}")
     schema = _SCHEMA[rope_type]
@@ -292,8 +292,10 @@ def _belongs_to(key: str) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+    # Bounded: repr() of a 5000-digit int raises, and of a huge list takes its time.
+    from ..gate.limits import shown
+
+    return f"{type(value).__name__} {shown(value)}"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -12,6 +13,7 @@ from .base import Change, ChangeError
 BackendKind = Literal["transformers", "openai"]
 ServedApi = Literal["completions", "chat"]
 ServedTokenizer = Literal["local", "server"]
+_FRACTION = re.compile(r"\d{1,9}(\.\d{1,9})?(/\d{1,9}(\.\d{1,9})?)?")
 _SERVED_KEYS = ("base_url", "base_urls", "launch", "api", "max_concurrency", "tokenizer", "kv_bytes_per_element")
 
 
@@ -131,8 +133,12 @@ def _bytes_per_element(value: Any) -> float | None:
     if isinstance(value, str):
         from fractions import Fraction
 
+        text = value.replace(" ", "")
         try:
-            value = float(Fraction(value.replace(" ", "")))
+            # Digits and one slash only: Fraction("1e999999999") would spend minutes building the integer.
+            if not _FRACTION.fullmatch(text):
+                raise ValueError(text)
+            value = float(Fraction(text))
         except (ValueError, ZeroDivisionError):
             raise ChangeError("kv_bytes_per_element", f"{value[:100]!r} is not a number", fix) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 8.0:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from .model import DEFAULT_MODEL, ModelSpec
+from . import limits
+from .limits import shown
+from .reader import GateError  # also this module's: callers catch `spec.GateError`
+from .reader import Reader as _Reader
 
 if TYPE_CHECKING:
     from ..changes.base import CachePlan, Change, LoadPlan
@@ -21,10 +26,6 @@ MemorySource = Literal["auto", "kv_bytes", "peak_bytes"]
 RecallPolicy = Literal["strict", "noninferiority"]
 LatencyPolicy = Literal["point", "bound"]
 RepeatStatistic = Literal["min", "median"]
-
-
-class GateError(ValueError):
-    """A gate file that cannot be used; the message names the file, the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class SweepSpec:
     timing: TimingSpec = TimingSpec()
     sequential: SequentialSpec | None = None
     require_sensitivity: bool = False  # a sweep where no task and length can show a recall change is incomplete
+    beyond_trained_positions: bool = False  # lengths past a side's positions are meant (the start-up check allows them)
 
     def timed(self, length: int, depth: float, seed: int) -> bool:
         t = self.timing
@@ -289,62 +291,6 @@ def _task_from_record(record: Any) -> TaskSpec:
     return TaskSpec(record["family"], record["name"], tuple((k, v) for k, v in record["options"]))
 
 
-class _Reader:
-    """Walks the parsed YAML, so every error can name the file and the dotted key."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, problem: str, fix: str) -> GateError:
-        where = f"key '{key}'" if key else "top level"
-        return GateError(f"{self.source}: {where}: {problem}. Fix: {fix}.")
-
-    def mapping(self, value: Any, key: str, allowed: dict[str, str]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a mapping, got {type(value).__name__}", f"write {key or 'the file'} as `key: value` lines")
-        for name in value:
-            if name not in allowed:
-                known = ", ".join(allowed)
-                raise self.fail(f"{key}.{name}" if key else str(name), "unknown key", f"use one of: {known}")
-        return value
-
-    def string(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"expected a non-empty string, got {value!r}", "give a name in quotes if needed")
-        return value
-
-    def boolean(self, value: Any, key: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {value!r}", "write true or false")
-        return value
-
-    def number(self, value: Any, key: str, *, low: float | None = None, high: float | None = None) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(key, f"expected a number, got {value!r}", "write a plain number such as 1.05")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise self.fail(key, f"{value} is out of range", f"use a value in [{low}, {high}]")
-        return float(value)
-
-    def integer(self, value: Any, key: str, *, low: int = 0) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected an integer, got {value!r}", "write a whole number")
-        if value < low:
-            raise self.fail(key, f"{value} is below {low}", f"use an integer >= {low}")
-        return value
-
-    def choice(self, value: Any, key: str, options: tuple[str, ...]) -> str:
-        if value not in options:
-            raise self.fail(key, f"{value!r} is not supported", f"use one of: {', '.join(options)}")
-        return str(value)
-
-    def listing(self, value: Any, key: str) -> list[Any]:
-        if not isinstance(value, list) or not value:
-            raise self.fail(key, f"expected a non-empty list, got {value!r}", f"write {key}: [a, b, ...]")
-        if len(set(map(repr, value))) != len(value):
-            raise self.fail(key, "contains duplicates", "list each value once")
-        return value
-
-
 def _model(r: _Reader, raw: Any, key: str = "model") -> ModelSpec:
     from ..changes.base import ChangeError
     from .model import parse_model
@@ -363,47 +309,56 @@ def _variant(r: _Reader, raw: Any, name: str) -> VariantSpec:
     side = {} if raw is None else raw
     if not isinstance(side, dict):
         raise r.fail(name, f"expected a mapping, got {type(side).__name__}", f"write {name} as `key: value` lines")
+
     try:
         return VariantSpec(name, parse_side(side))
     except ChangeError as exc:
         raise r.fail(f"{name}.{exc.key}", exc.problem, exc.fix) from None
 
 
+SWEEP_KEYS = ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "repeat_statistic", "cell_timeout_s",
+              "loss", "timing", "beyond_trained_positions", "sequential", "require_sensitivity")
+
+
 def _sweep(r: _Reader, raw: Any) -> SweepSpec:
-    allowed = {k: "" for k in ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "repeat_statistic", "cell_timeout_s", "loss", "timing",
-                               "sequential", "require_sensitivity")}
-    s = r.mapping(raw, "sweep", allowed)
+    s = r.mapping(raw, "sweep", {k: "" for k in SWEEP_KEYS})
     if "lengths" not in s or "depths" not in s:
         raise r.fail("sweep", "needs both lengths and depths", "add sweep.lengths: [1024, ...] and sweep.depths: [0.0, ..., 1.0]")
-    lengths = tuple(r.integer(x, "sweep.lengths", low=64) for x in r.listing(s["lengths"], "sweep.lengths"))
-    depths = tuple(r.number(x, "sweep.depths", low=0.0, high=1.0) for x in r.listing(s["depths"], "sweep.depths"))
+    lengths = tuple(r.integer(x, "sweep.lengths", low=64, high=limits.MAX_LENGTH_TOKENS)
+                    for x in r.listing(s["lengths"], "sweep.lengths", most=limits.MAX_LENGTHS))
+    depths = tuple(r.number(x, "sweep.depths", low=0.0, high=1.0) for x in r.listing(s["depths"], "sweep.depths", most=limits.MAX_DEPTHS))
+    _distinct_depth_ids(r, depths)
     sequential = _sequential(r, s.get("sequential"))
     if sequential is not None and "seeds" in s:
         raise r.fail("sweep.seeds", "cannot be given with sweep.sequential (its looks run seeds 0, 1, ... up to max_seeds)",
                      "drop sweep.seeds, or drop sweep.sequential to run a fixed set of seeds")
-    seeds = tuple(range(sequential.max_seeds)) if sequential is not None else \
-        tuple(r.integer(x, "sweep.seeds") for x in r.listing(s.get("seeds", [0]), "sweep.seeds"))
+    seeds = tuple(range(sequential.max_seeds)) if sequential is not None else tuple(
+        r.integer(x, "sweep.seeds", high=limits.MAX_SEED) for x in r.listing(s.get("seeds", [0]), "sweep.seeds", most=limits.MAX_SEEDS))
     middle_raw = s.get("middle", [0.25, 0.75])
     if not isinstance(middle_raw, list) or len(middle_raw) != 2:
-        raise r.fail("sweep.middle", f"expected [low, high], got {middle_raw!r}", "write sweep.middle: [0.25, 0.75]")
+        raise r.fail("sweep.middle", f"expected [low, high], got {shown(middle_raw)}", "write sweep.middle: [0.25, 0.75]")
     lo, hi = (r.number(x, "sweep.middle", low=0.0, high=1.0) for x in middle_raw)
     if lo > hi:
         raise r.fail("sweep.middle", f"low {lo} is above high {hi}", "write the band as [low, high]")
     if not any(lo <= d <= hi for d in depths):
         raise r.fail("sweep.depths", f"no depth falls inside the middle band [{lo}, {hi}]", "add a middle depth such as 0.5")
     tasks = _tasks(r, s.get("tasks", ["niah"]))
+    _bounded_cells(r, tasks, lengths, depths, seeds)
+    beyond = s.get("beyond_trained_positions", False)
     return SweepSpec(
         lengths=lengths,
         depths=depths,
         seeds=seeds,
         middle=(lo, hi),
-        max_new_tokens=r.integer(s.get("max_new_tokens", 24), "sweep.max_new_tokens", low=1),
+        max_new_tokens=r.integer(s.get("max_new_tokens", 24), "sweep.max_new_tokens", low=1, high=limits.MAX_NEW_TOKENS),
         tasks=tasks,
-        repeats=r.integer(s.get("repeats", 1), "sweep.repeats", low=1),
+        repeats=r.integer(s.get("repeats", 1), "sweep.repeats", low=1, high=limits.MAX_REPEATS),
         repeat_statistic=r.choice(s.get("repeat_statistic", "min"), "sweep.repeat_statistic", get_args(RepeatStatistic)),  # type: ignore[arg-type]
-        cell_timeout_s=None if s.get("cell_timeout_s") is None else r.number(s["cell_timeout_s"], "sweep.cell_timeout_s", low=0.001),
+        cell_timeout_s=None if s.get("cell_timeout_s") is None else r.number(
+            s["cell_timeout_s"], "sweep.cell_timeout_s", low=0.001, high=limits.MAX_CELL_TIMEOUT_S),
         loss=_loss(r, s.get("loss")),
         timing=_timing(r, s.get("timing"), lengths, depths, seeds),
+        beyond_trained_positions=r.boolean(beyond, "sweep.beyond_trained_positions"),
         sequential=sequential,
         require_sensitivity=r.boolean(s.get("require_sensitivity", False), "sweep.require_sensitivity"),
     )
@@ -417,10 +372,33 @@ def _sequential(r: _Reader, raw: Any) -> SequentialSpec | None:
         if key not in m:
             raise r.fail(f"sweep.sequential.{key}", "is missing", "write sweep.sequential: {batch: 2, max_seeds: 6}")
     batch = r.integer(m["batch"], "sweep.sequential.batch", low=1)
-    max_seeds = r.integer(m["max_seeds"], "sweep.sequential.max_seeds", low=1)
+    max_seeds = r.integer(m["max_seeds"], "sweep.sequential.max_seeds", low=1, high=limits.MAX_SEEDS)
     if batch > max_seeds:
         raise r.fail("sweep.sequential.batch", f"{batch} is above max_seeds {max_seeds}", "use a batch of at most max_seeds seeds")
     return SequentialSpec(batch, max_seeds, r.number(m.get("alpha", 0.05), "sweep.sequential.alpha", low=0.001, high=0.5))
+
+
+def _distinct_depth_ids(r: _Reader, depths: tuple[float, ...]) -> None:
+    """Node ids show a depth to two decimals (`d0.50`); two depths that print alike would share every id, and
+    the second cell's result would be filed under the first. Refused rather than renamed: ids are what users
+    select with -k and what earlier results were recorded under."""
+    seen: dict[str, float] = {}
+    for depth in depths:
+        label = f"{depth:.{limits.DEPTH_ID_DECIMALS}f}"
+        if label in seen:
+            raise r.fail("sweep.depths", f"{seen[label]:g} and {depth:g} both show as d{label} in node ids",
+                         "use depths at least 0.01 apart")
+        seen[label] = depth
+
+
+def _bounded_cells(r: _Reader, tasks: tuple[TaskSpec, ...], lengths: tuple[int, ...], depths: tuple[float, ...],
+                   seeds: tuple[int, ...]) -> None:
+    from ..tasks import uses_depth
+
+    cells = sum(len(lengths) * (len(depths) if uses_depth(t) else 1) * len(seeds) for t in tasks)
+    if cells > limits.MAX_CELLS:
+        raise r.fail("sweep", f"plans {cells:,} cells per side (tasks x lengths x depths x seeds)",
+                     f"sweep at most {limits.MAX_CELLS:,} cells per side, e.g. fewer seeds")
 
 
 def _timing(r: _Reader, raw: Any, lengths: tuple[int, ...], depths: tuple[float, ...], seeds: tuple[int, ...]) -> TimingSpec:
@@ -431,11 +409,11 @@ def _timing(r: _Reader, raw: Any, lengths: tuple[int, ...], depths: tuple[float,
     for key, swept in (("lengths", lengths), ("depths", depths), ("seeds", seeds)):
         if m.get(key) is None:
             continue
-        values = tuple(r.listing(m[key], f"sweep.timing.{key}"))
+        where = f"sweep.timing.{key}"
+        values = tuple(r.number(v, where) if key == "depths" else r.integer(v, where) for v in r.listing(m[key], where, most=len(swept)))
         for value in values:
             if value not in swept:
-                raise r.fail(f"sweep.timing.{key}", f"{value!r} is not one of the swept {key} {list(swept)}",
-                             f"time a subset of sweep.{key}")
+                raise r.fail(where, f"{shown(value)} is not one of the swept {key} {shown(list(swept))}", f"time a subset of sweep.{key}")
         picked[key] = values
     return TimingSpec(**picked)
 
@@ -446,18 +424,18 @@ def _loss(r: _Reader, raw: Any) -> LossSpec | None:
     m = r.mapping(raw, "sweep.loss", {"tokens": "", "buckets": "", "seed": ""})
     if "tokens" not in m:
         raise r.fail("sweep.loss.tokens", "is missing", "add tokens: 8192 (the length of the text the loss is measured over)")
-    tokens = r.integer(m["tokens"], "sweep.loss.tokens", low=64)
-    buckets = r.integer(m.get("buckets", 8), "sweep.loss.buckets", low=1)
+    tokens = r.integer(m["tokens"], "sweep.loss.tokens", low=64, high=limits.MAX_LENGTH_TOKENS)
+    buckets = r.integer(m.get("buckets", 8), "sweep.loss.buckets", low=1, high=limits.MAX_LOSS_BUCKETS)
     if buckets > tokens // 8:
         raise r.fail("sweep.loss.buckets", f"{buckets} buckets over {tokens} tokens leaves under 8 tokens each", "use fewer buckets")
-    return LossSpec(tokens=tokens, buckets=buckets, seed=r.integer(m.get("seed", 0), "sweep.loss.seed"))
+    return LossSpec(tokens=tokens, buckets=buckets, seed=r.integer(m.get("seed", 0), "sweep.loss.seed", high=limits.MAX_SEED))
 
 
 def _tasks(r: _Reader, raw: Any) -> tuple[TaskSpec, ...]:
     from ..tasks import TaskError, parse_task
 
     specs = []
-    for i, entry in enumerate(r.listing(raw, "sweep.tasks")):
+    for i, entry in enumerate(r.listing(raw, "sweep.tasks", most=limits.MAX_TASKS)):
         try:
             specs.append(parse_task(entry))
         except TaskError as exc:
@@ -465,7 +443,7 @@ def _tasks(r: _Reader, raw: Any) -> tuple[TaskSpec, ...]:
     names = [spec.name for spec in specs]
     for name in names:
         if names.count(name) > 1:
-            raise r.fail("sweep.tasks", f"two entries are both named {name!r}", "give each a distinct `name:`")
+            raise r.fail("sweep.tasks", f"two entries are both named {shown(name)}", "give each a distinct `name:`")
     return tuple(specs)
 
 
@@ -523,11 +501,13 @@ TOP_LEVEL = ("name", "model", "baseline", "candidate", "sweep", "thresholds", "r
 def parse_gate(data: Any, *, source: str = "<gate>", base_dir: Path | None = None, sha256: str | None = None) -> GateSpec:
     """Validate parsed YAML into a GateSpec; relative output paths resolve against `base_dir`."""
     r = _Reader(source)
+    if data is None:
+        raise r.fail("", "the gate is empty", "write name:, baseline:, candidate: and sweep: (see gates/fp8.yaml)")
     top = r.mapping(data, "", {k: "" for k in TOP_LEVEL})
     for required in ("name", "baseline", "candidate", "sweep"):
         if required not in top:
             raise r.fail(required, "is missing", f"add `{required}:` (see gates/fp8.yaml for the full shape)")
-    name = r.string(top["name"], "name")
+    name = r.name(top["name"], "name")
 
     def out_path(key: str) -> Path | None:
         if top.get(key) is None:
@@ -580,16 +560,31 @@ def _captured_path(r: _Reader, top: dict[str, Any], source: str) -> Path | None:
 
 
 def load_gate(path: str | Path, *, base_dir: Path | None = None) -> GateSpec:
-    """Read and validate a gate file. Output paths in it are relative to `base_dir` (default: the cwd)."""
+    """Read and validate a gate file. Output paths in it are relative to `base_dir` (default: the cwd).
+
+    Bounded whatever the file holds (docs/limits.md): its size, YAML nodes, nesting, aliases and the size they
+    expand to are capped before anything is built from it; duplicate keys and .nan/.inf are refused.
+    """
     import yaml
+
+    from .document import DocumentError, decode_gate_text, load_yaml, read_gate_bytes
 
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        raw = read_gate_bytes(p)
+        data = load_yaml(decode_gate_text(raw))
     except OSError as exc:
-        raise GateError(f"{p}: cannot read the gate file ({exc.strerror}). Fix: pass an existing YAML file to --longctx-gate.") from exc
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise GateError(f"{p}: not valid YAML ({exc}). Fix: check indentation and quoting.") from exc
+        raise GateError(f"{p}: cannot read the gate file ({exc.strerror}). Fix: pass an existing YAML file to --longctx-gate.") from None
+    except DocumentError as exc:
+        raise _Reader(str(p)).fail(exc.key, exc.problem, exc.fix) if exc.key else GateError(f"{p}: {exc}.") from None
+    except yaml.YAMLError as exc:
+        raise GateError(f"{p}: not valid YAML ({_one_line(exc)}). Fix: check indentation and quoting.") from None
     return parse_gate(data, source=str(p), base_dir=base_dir or Path.cwd(), sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _one_line(exc: Exception) -> str:
+    """A YAML error's problem and place, on one line and short (its text quotes the offending line)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + shown(" ".join(str(problem).split()))[1:-1]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from ..gate.results import Check, GateResults
 from .planted import planted_notice, planted_regressions
+from .escape import md_code, md_escape, one_line
 
 NA = "n/a"
 NONE = "—"
@@ -515,6 +516,7 @@ _TASK_HEAD = ("recall by task", "baseline", "candidate", "delta")
 
 
 def _columns(head: Sequence[str], body: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    body = [[one_line(cell) for cell in line] for line in body]  # a task name or check from a results file: one line
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
 
     def line(cells: Sequence[str]) -> str:
@@ -534,7 +536,7 @@ def terminal_lines(results: GateResults, written: Iterable[Path] = ()) -> list[s
     d = results.decision
     m = results.metrics
     looks = "" if m.looks is None else f", look {m.looks} of {m.planned_looks}" + (", stopped early" if m.stopped_early else "")
-    lines = [f"gate {gate_name(results)}: {d.verdict.upper()} ({m.paired_cells}/{m.expected_cells} cells paired{looks})"
+    lines = [f"gate {one_line(gate_name(results))}: {one_line(d.verdict.upper())} ({m.paired_cells}/{m.expected_cells} cells paired{looks})"
              f" - {VERDICT_MEANING.get(d.verdict, d.verdict)}"]
     notice = planted_notice(results)
     if notice is not None:
@@ -544,22 +546,13 @@ def terminal_lines(results: GateResults, written: Iterable[Path] = ()) -> list[s
     if len(tasks) > 1:
         body = [(t.task, t.baseline, t.candidate, t.delta) for t in tasks]
         lines.extend("  " + row for row in _columns(_TASK_HEAD, body, {1, 2, 3}))
-    lines.extend(f"  {reason}" for reason in d.reasons)
-    lines.extend(f"  wrote {p}" for p in written)
+    # Reasons quote answers and names; a newline or an escape sequence in one must not forge a line of its own.
+    lines.extend(f"  {one_line(reason)}" for reason in d.reasons)
+    lines.extend(f"  wrote {one_line(str(p))}" for p in written)
     return lines
 
 
 # ----------------------------------------------------------------------------- Markdown
-
-
-def md_escape(text: str) -> str:
-    """Text safe inside a Markdown table cell: no HTML, no column breaks, no line breaks."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-    return " ".join(text.split())
-
-
-def _md_code(text: str) -> str:
-    return "`" + text.replace("`", "'") + "`"
 
 
 def markdown(results: GateResults, written: Iterable[Path] = ()) -> str:
@@ -568,10 +561,10 @@ def markdown(results: GateResults, written: Iterable[Path] = ()) -> str:
     mark = _MARKDOWN_MARK.get(d.verdict, "")
     variants = " · ".join(f"**{md_escape(name)}**: {md_escape(settings)}" for name, settings in variant_settings(results))
     out = [
-        f"### {mark} longctx gate {_md_code(gate_name(results))}: **{d.verdict.upper()}**",
+        f"### {mark} longctx gate {md_code(gate_name(results))}: **{md_escape(d.verdict.upper())}**",
         "",
         f"{md_escape(VERDICT_MEANING.get(d.verdict, d.verdict)).capitalize()}. "
-        f"Model {_md_code(model_ref(results))}; {md_escape(cell_counts(results))}.",
+        f"Model {md_code(model_ref(results))}; {md_escape(cell_counts(results))}.",
         "",
         variants,
         "",
@@ -596,7 +589,7 @@ def markdown(results: GateResults, written: Iterable[Path] = ()) -> str:
     out += [f"- {md_escape(reason)}" for reason in d.reasons] or ["- (none recorded)"]
     files = [str(p) for p in written]
     if files:
-        out += ["", "Written: " + ", ".join(_md_code(f) for f in files)]
+        out += ["", "Written: " + ", ".join(md_code(f) for f in files)]
     return "\n".join(out) + "\n"
 
 

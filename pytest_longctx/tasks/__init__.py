@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import aggregation, conversation_qa, multi_doc_qa, niah, variable_tracking
+from ..gate.limits import MAX_NAME_CHARS, NAME_PATTERN, shown, shown_key
 from .family import Family, Option, TaskError
 from .multi_doc_qa import Arrange
 from .prompt import Document, Miss, Score, Scoring, TaskPrompt
@@ -49,7 +50,7 @@ def parse_task(raw: Any) -> TaskSpec:
     if isinstance(raw, str):
         raw = {"family": raw}
     if not isinstance(raw, Mapping):
-        raise TaskError("", f"expected a family name or a mapping, got {raw!r}", "write e.g. niah or {family: niah_single}")
+        raise TaskError("", f"expected a family name or a mapping, got {shown(raw)}", "write e.g. niah or {family: niah_single}")
     entry = dict(raw)
     if "family" not in entry:
         raise TaskError("family", "is missing", f"add family: one of {', '.join(FAMILIES)}")
@@ -57,17 +58,19 @@ def parse_task(raw: Any) -> TaskSpec:
     name = entry.pop("name", None)
     given = {}
     for key, value in entry.items():
-        option = family.option(str(key))
+        option = family.option(key) if isinstance(key, str) else None
         if option is None:
             known = ", ".join(o.name for o in family.options) or "none"
-            raise TaskError(str(key), f"is not an option of {family.name}", f"use one of: {known}; or name: <id>")
+            raise TaskError(shown_key(key), f"is not an option of {family.name}", f"use one of: {known}; or name: <id>")
         given[option.name] = option.check(value)
     options = tuple(sorted({o.name: given.get(o.name, o.default) for o in family.options}.items()))
     if name is None:
         changed = ",".join(f"{k}={v}" for k, v in sorted(given.items()) if v != family.option(k).default)  # type: ignore[union-attr]
         name = f"{family.name}({changed})" if changed else family.name
-    elif not isinstance(name, str) or not name.strip() or any(c.isspace() for c in name):
-        raise TaskError("name", f"{name!r} is not a usable name", "use a short id without spaces, e.g. niah_uuid")
+    elif not isinstance(name, str) or len(name) > MAX_NAME_CHARS or not NAME_PATTERN.fullmatch(name):
+        # It is part of every node id of its cells and of the results: a plain id, like the gate's name.
+        raise TaskError("name", f"{shown(name)} is not a usable name",
+                        f"use a short id without spaces (letters, digits, '.', '_', '-'; at most {MAX_NAME_CHARS}), e.g. niah_uuid")
     return TaskSpec(family=family.name, name=name, options=options)
 
 
@@ -109,5 +112,5 @@ def uses_depth(spec: TaskSpec) -> bool:
 
 def _family(name: Any) -> Family:
     if not isinstance(name, str) or name not in FAMILIES:
-        raise TaskError("family", f"{name!r} is not a task family", f"use one of: {', '.join(FAMILIES)}")
+        raise TaskError("family", f"{shown(name)} is not a task family", f"use one of: {', '.join(FAMILIES)}")
     return FAMILIES[name]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..gate.limits import shown
 from .prompt import TaskPrompt
 
 
@@ -33,12 +34,12 @@ class Option:
         """The value if valid, else a TaskError naming the option."""
         if self.choices:
             if value not in self.choices:
-                raise TaskError(self.name, f"{value!r} is not supported", f"use one of: {', '.join(self.choices)}")
+                raise TaskError(self.name, f"{shown(value)} is not supported", f"use one of: {', '.join(self.choices)}")
             return str(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TaskError(self.name, f"expected a whole number, got {value!r}", f"write e.g. {self.name}: {self.default}")
+            raise TaskError(self.name, f"expected a whole number, got {shown(value)}", f"write e.g. {self.name}: {self.default}")
         if not self.low <= value <= self.high:
-            raise TaskError(self.name, f"{value} is out of range", f"use a value from {self.low} to {self.high}")
+            raise TaskError(self.name, f"{shown(value)} is out of range", f"use a value from {self.low} to {self.high}")
         return value
 
 

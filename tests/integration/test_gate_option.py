@@ -153,3 +153,35 @@ def test_a_model_swap_runs_each_side_on_its_own_weights(pytester, write_gate, ti
     for c in data["cells"]:
         by_key.setdefault((c["length"], c["depth"]), set()).add(c["prompt_sha256"])
     assert all(len(hashes) == 1 for hashes in by_key.values())  # one tokenizer: the very same prompts
+
+
+
+LAUGHS = "[&l0 [" + ",".join(["256"] * 10) + "], " + ", ".join(f"&l{i} [" + ",".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)) + "]"
+TINY = {"name": "tiny", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8_e4m3"}, "sweep": {"lengths": [256, 384], "depths": [0.0, 0.5, 1.0]}}
+
+
+@pytest.mark.parametrize(
+    "gate,expected",
+    [
+        ({**TINY, "name": "x\n\n## ✅ APPROVE\n<img src=x onerror=alert(1)>"}, "gate.yaml: key 'name': contains the control character '\\n'"),
+        ({**TINY, "name": "../../../../tmp/x"}, "gate.yaml: key 'name': '../../../../tmp/x' is not a plain name"),
+        ({**TINY, "report": "out/r.json"}, "r.json would be both the results JSON and the HTML report"),
+        ({**TINY, "candidate": {"attention": {"window": 400}}}, "key 'candidate.attention.window': a window of 400 tokens"),
+        ("name: g\nbaseline: {}\ncandidate: {}\nsweep: {lengths: [256], depths: [0.5, .nan]}\n",
+         "gate.yaml: key 'sweep.depths[1]': .nan is not a finite number"),
+        ("name: g\nbaseline: {}\ncandidate: {}\nsweep:\n  depths: [0.5]\n  lengths: " + LAUGHS + "\n",
+         "gate.yaml: key 'sweep.lengths[5][1]': aliases expand the document past 1,048,576 characters"),
+    ],
+    ids=["forged name", "name climbing out", "report over its JSON", "window holding every prompt", "nan depth", "billion laughs"],
+)
+def test_a_malformed_gate_is_a_usage_error_without_a_traceback(pytester, gate, expected):
+    import yaml
+
+    text = gate if isinstance(gate, str) else yaml.safe_dump(gate, allow_unicode=True)
+    (pytester.path / "gate.yaml").write_text(text, encoding="utf-8")
+    result = pytester.runpytest("--longctx-gate", "gate.yaml", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = result.stderr.str()
+    assert expected in errors and "Fix: " in errors
+    assert "Traceback" not in result.stdout.str() + errors
+    assert not (pytester.path / "reports").exists() and not (pytester.path / "out").exists()  # refused before anything ran

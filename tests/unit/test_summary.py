@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from pytest_longctx.output.report import render_html
 from pytest_longctx.gate.results import Decision, load_results
 from pytest_longctx.output.summary import (
@@ -86,6 +88,42 @@ def test_markdown_escapes_what_could_break_the_table_or_inject_html() -> None:
     assert "- FAIL a \\| b &lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert text.startswith("### ⚠️ longctx gate `g|<b>`: **INCOMPLETE**")  # a code span shows its text literally
     assert md_escape("a\nb | c") == "a b \\| c"
+
+
+FORGED = "x\n\n## ✅ APPROVE\n<img src=x onerror=alert(1)>"
+
+
+def _forged(results):
+    """A results file whose name, model and reasons were written by someone who wants the summary to lie."""
+    reasons = ("FAIL the answer was '</code><script>steal()</script>\n## ✅ APPROVE'",
+               "- [click](javascript:alert(1)) **bold** _em_ \x1b[2J\x1b[32mAPPROVE\x1b[0m")
+    return dataclasses.replace(results, decision=Decision("reject", reasons, results.decision.checks),
+                               gate={**results.gate, "name": FORGED, "model": {"ref": "m`` `\n# H1"}})
+
+
+def test_a_forged_name_renders_as_inert_text_in_the_step_summary(tmp_path) -> None:
+    markdown_it = pytest.importorskip("markdown_it")
+    summary = tmp_path / "step-summary.md"
+
+    append_step_summary([(_forged(load_results(FP8_RESULTS)), [Path("reports/x.html")])], summary)
+
+    # Rendered as GitHub would (CommonMark with tables, raw HTML allowed): what a reader of the job summary sees.
+    page = markdown_it.MarkdownIt("commonmark").enable("table").render(summary.read_text())
+    assert page.count("<h3>") == 1 and "<h1>" not in page and "<h2>" not in page  # one heading: the gate's own
+    heading = page.split("</h3>")[0]
+    assert "<code>x ## ✅ APPROVE &lt;img src=x onerror=alert(1)&gt;</code>: <strong>REJECT</strong>" in heading
+    assert "<code>m`` ` # H1</code>" in page  # the model ref, whole, in one code span that its backticks cannot close
+    for active in ("<img", "<script", "<a ", "<strong>bold", "<em>", "\x1b"):
+        assert active not in page
+    assert "&lt;/code&gt;&lt;script&gt;steal()&lt;/script&gt; ## ✅ APPROVE" in page  # the reason, as text, on one line
+
+
+def test_a_forged_name_stays_on_its_line_in_the_terminal() -> None:
+    lines = terminal_lines(_forged(load_results(FP8_RESULTS)))
+
+    assert lines[0].startswith("gate x ## ✅ APPROVE <img src=x onerror=alert(1)>: REJECT")
+    assert not any(ch in line for line in lines for ch in "\n\r\x1b")
+    assert any("APPROVE [0m" in line for line in lines)  # the escape sequence shown as text, not obeyed
 
 
 def test_terminal_table_lines_up_metrics_thresholds_and_results() -> None:

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...gate.limits import shown
+
 PLACEHOLDERS = ("model", "port", "host", "python")
 HOST = "127.0.0.1"
 STOP_GRACE_S = 15.0  # after SIGTERM; vLLM takes a few seconds to release the GPU, llama.cpp well under one
 LOG_TAIL_LINES = 30
+MAX_READY_TIMEOUT_S = 86_400.0  # a day; also what refuses .inf (a wait that never ends)
 # The server is on loopback: an http_proxy in the environment must not route the health checks elsewhere.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -67,7 +70,7 @@ def parse_launch(mapping: Any, *, key: str = "launch") -> LaunchSpec:
         raise LaunchError(f"{key}.{unknown[0]}", "unknown key", "use command and ready_timeout_s")
     command = mapping.get("command")
     if not isinstance(command, str) or not command.strip():
-        raise LaunchError(f"{key}.command", f"expected a non-empty command string, got {command!r}", 'write e.g. command: "vllm serve {model} --port {port}"')
+        raise LaunchError(f"{key}.command", f"expected a non-empty command string, got {shown(command)}", 'write e.g. command: "vllm serve {model} --port {port}"')
     try:
         fields = {name for part in shlex.split(command) for _, name, _, _ in string.Formatter().parse(part) if name is not None}
     except ValueError as exc:  # unbalanced quotes or braces
@@ -77,9 +80,15 @@ def parse_launch(mapping: Any, *, key: str = "launch") -> LaunchSpec:
         raise LaunchError(f"{key}.command", f"unknown placeholder {{{unknown_fields[0]}}}", f"use only {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
     if "port" not in fields:
         raise LaunchError(f"{key}.command", "does not pass {port}", "add the server's port flag, e.g. --port {port}: the port is picked free at launch")
+    try:  # what only filling the template finds: a conversion ({model!x}), a format spec ({port:q}), an attribute
+        LaunchSpec(command).argv(model="/models/m.gguf", port=8000)
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        problem = f"cannot be filled in ({type(exc).__name__}: {shown(str(exc))})"
+        raise LaunchError(f"{key}.command", problem, "write placeholders plainly, e.g. {model} and {port}, without ! or : after the name") from None
     timeout = mapping.get("ready_timeout_s", 600.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise LaunchError(f"{key}.ready_timeout_s", f"expected a positive number of seconds, got {timeout!r}", "write e.g. ready_timeout_s: 600")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_READY_TIMEOUT_S:
+        raise LaunchError(f"{key}.ready_timeout_s", f"expected a positive number of seconds up to {MAX_READY_TIMEOUT_S:g}, got {shown(timeout)}",
+                          "write e.g. ready_timeout_s: 600")
     return LaunchSpec(command=command, ready_timeout_s=float(timeout))
 
 
