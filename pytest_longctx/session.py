@@ -42,6 +42,8 @@ class LongctxSession:
         resolve = lambda p: None if p is None else (base_dir / p)  # noqa: E731
         session = cls(gates, report=resolve(report), json_path=resolve(json_path), capture=capture, overwrite_baseline=overwrite_baseline)
         preflight.check_outputs(session.planned_outputs(base_dir), roots=[rootdir or base_dir, base_dir])
+        for gate in gates:  # after the paths: a results file over the capture is the first thing to say
+            preflight.check_capture_readable(gate, capture=capture)
         return session
 
     def output_paths(self, gate: GateSpec) -> tuple[Path, Path]:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
+from ..gate.limits import shown
 from .base import Change, ChangeError, LoadPlan
 
 AttnImplementation = Literal["sdpa", "eager"]
@@ -27,7 +28,7 @@ class AttentionImplementation(Change):
         if value is None:
             return None
         if value not in get_args(AttnImplementation):
-            raise ChangeError("attn_implementation", f"{value!r} is not supported",
+            raise ChangeError("attn_implementation", f"{shown(value)} is not supported",
                               f"use one of: {', '.join(get_args(AttnImplementation))}")
         return cls(value)
 

@@ -123,6 +123,10 @@ class Change:
         """Whether a prompt's K/V under this change may differ from those without it (keys prefix reuse apart)."""
         return True
 
+    def refuse_noop(self, *, longest_prompt: int, longest_run: int, trained: int | None) -> None:
+        """Raise ChangeError when, on this sweep (its longest prompt, its longest run with the answer) and a model
+        trained to `trained` positions (None: unknown), this change would compute what the model does without it."""
+
     def check(self, side: VariantSpec, sweep: SweepSpec) -> None:
         """Refuse settings that are each valid but cannot go with this sweep or the side's other changes."""
 

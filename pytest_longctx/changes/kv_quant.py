@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from ..gate.limits import shown
 from .base import CachePlan, Change, ChangeError
 
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4"]
@@ -30,9 +31,9 @@ class KvQuant(Change):
         dtype = side.get("kv_cache_dtype", "auto")
         scale = side.get("kv_scale", "token_head")
         if dtype not in get_args(KvCacheDtype):
-            raise ChangeError("kv_cache_dtype", f"{dtype!r} is not supported", f"use one of: {', '.join(get_args(KvCacheDtype))}")
+            raise ChangeError("kv_cache_dtype", f"{shown(dtype)} is not supported", f"use one of: {', '.join(get_args(KvCacheDtype))}")
         if scale not in get_args(KvScale):
-            raise ChangeError("kv_scale", f"{scale!r} is not supported", f"use one of: {', '.join(get_args(KvScale))}")
+            raise ChangeError("kv_scale", f"{shown(scale)} is not supported", f"use one of: {', '.join(get_args(KvScale))}")
         if dtype == "auto" and scale == "token_head":
             return None
         return cls(dtype, scale)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..gate.limits import shown
 from .base import Change, ChangeError
 
 
@@ -38,12 +39,12 @@ class Planted(Change):
                 raise ChangeError(f"planted.{key}", "unknown key", "use one of: decode_delay, kv_copies, window")
         delay = raw.get("decode_delay", 0.0)
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0.0 <= delay <= 100.0:
-            raise ChangeError("planted.decode_delay", f"{delay!r} is not a number in [0, 100]"[:200], "write a fraction such as 0.25")
+            raise ChangeError("planted.decode_delay", f"{shown(delay)} is not a number in [0, 100]"[:200], "write a fraction such as 0.25")
         copies = raw.get("kv_copies", 1)
         window = raw.get("window")
         for key, value in (("kv_copies", copies), ("window", 1 if window is None else window)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ChangeError(f"planted.{key}", f"expected an integer >= 1, got {value!r}"[:200], "write a whole number")
+                raise ChangeError(f"planted.{key}", f"expected an integer >= 1, got {shown(value)}"[:200], "write a whole number")
         if copies > 64:
             raise ChangeError("planted.kv_copies", f"{copies} copies of the cache is more than 64", "use at most 64")
         planted = cls(float(delay), copies, window)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
+from ..gate.limits import shown
 from .base import Change, ChangeError, LoadPlan
 
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -27,7 +28,7 @@ class Precision(Change):
         if value is None:
             return None
         if value not in get_args(ModelDtype):
-            raise ChangeError("dtype", f"{value!r} is not supported", f"use one of: {', '.join(get_args(ModelDtype))}")
+            raise ChangeError("dtype", f"{shown(value)} is not supported", f"use one of: {', '.join(get_args(ModelDtype))}")
         return cls(value)
 
     def record(self) -> dict[str, Any]:

@@ -370,6 +370,20 @@ class RopeChange(Change):
     def load(self, plan: LoadPlan) -> LoadPlan:
         return replace(plan, rope=self.settings)
 
+    def refuse_noop(self, *, longest_prompt: int, longest_run: int, trained: int | None) -> None:
+        # Dynamic NTK leaves every position up to the trained length as it was: a sweep that stays inside measures
+        # the model's own RoPE under another name.
+        if self.settings.rope_type != "dynamic" or trained is None:
+            return
+        start = self.settings.max_position_embeddings or trained
+        if longest_run <= start:
+            raise ChangeError(
+                "rope_parameters",
+                f"dynamic scaling only changes positions past {start:,}, and the longest run uses {longest_run:,}: "
+                "this side computes what the model's own RoPE does",
+                f"sweep lengths past {start:,} (sweep.lengths), or test another rope_type such as linear or yarn",
+            )
+
     def before_prompt(self, model: Any) -> None:
         if self.position_dependent:
             reset_rope_state(model)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from ..gate.limits import shown
 from .base import Change, ChangeError
 
 BackendKind = Literal["transformers", "openai"]
@@ -40,7 +41,7 @@ class ServedEngine(Change):
     def parse(cls, side: Mapping[str, Any]) -> ServedEngine | None:
         kind = side.get("backend", "transformers")
         if kind not in get_args(BackendKind):
-            raise ChangeError("backend", f"{kind!r} is not supported", f"use one of: {', '.join(get_args(BackendKind))}")
+            raise ChangeError("backend", f"{shown(kind)} is not supported", f"use one of: {', '.join(get_args(BackendKind))}")
         keys = [k for k in _SERVED_KEYS if k in side]
         if kind != "openai":
             if keys:
@@ -58,7 +59,7 @@ class ServedEngine(Change):
             urls = [_string(u, "base_urls") for u in raw]
         for url in urls:
             if not url.startswith(("http://", "https://")):
-                raise ChangeError("base_url", f"{url[:200]!r} is not an http(s) URL", "write e.g. http://127.0.0.1:8000 (without /v1)")
+                raise ChangeError("base_url", f"{shown(url[:200])} is not an http(s) URL", "write e.g. http://127.0.0.1:8000 (without /v1)")
         launch = None
         if "launch" in side:
             from ..backends.served.launch import LaunchError, parse_launch
@@ -71,13 +72,13 @@ class ServedEngine(Change):
             raise ChangeError("backend", "openai needs either base_url(s) or launch", "point at a running server, or give launch: {command: ...}")
         api = side.get("api", "completions")
         if api not in get_args(ServedApi):
-            raise ChangeError("api", f"{api!r} is not supported", f"use one of: {', '.join(get_args(ServedApi))}")
+            raise ChangeError("api", f"{shown(api)} is not supported", f"use one of: {', '.join(get_args(ServedApi))}")
         tokenizer = side.get("tokenizer", "local")
         if tokenizer not in get_args(ServedTokenizer):
-            raise ChangeError("tokenizer", f"{tokenizer!r} is not supported", f"use one of: {', '.join(get_args(ServedTokenizer))}")
+            raise ChangeError("tokenizer", f"{shown(tokenizer)} is not supported", f"use one of: {', '.join(get_args(ServedTokenizer))}")
         concurrency = side.get("max_concurrency", 1)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ChangeError("max_concurrency", f"expected an integer >= 1, got {concurrency!r}"[:200], "write a whole number such as 4")
+            raise ChangeError("max_concurrency", f"expected an integer >= 1, got {shown(concurrency)}"[:200], "write a whole number such as 4")
         return cls(tuple(urls), launch, api, concurrency, tokenizer, _bytes_per_element(side.get("kv_bytes_per_element")))
 
     @classmethod
@@ -140,9 +141,9 @@ def _bytes_per_element(value: Any) -> float | None:
                 raise ValueError(text)
             value = float(Fraction(text))
         except (ValueError, ZeroDivisionError):
-            raise ChangeError("kv_bytes_per_element", f"{value[:100]!r} is not a number", fix) from None
+            raise ChangeError("kv_bytes_per_element", f"{shown(value[:100])} is not a number", fix) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 8.0:
-        raise ChangeError("kv_bytes_per_element", f"{value!r} is not a number in [0.01, 8]"[:200], fix)
+        raise ChangeError("kv_bytes_per_element", f"{shown(value)} is not a number in [0.01, 8]"[:200], fix)
     return float(value)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..gate.limits import shown
 from .base import CachePlan, Change, ChangeError, LoadPlan, PromptPlan
 
 
@@ -43,7 +44,7 @@ class UserChange(Change):
                 raise ChangeError(f"change.{key}", "unknown key", "use one of: python, options")
         target = raw.get("python")
         if not isinstance(target, str) or target.count(":") != 1:
-            raise ChangeError("change.python", f"expected \"module:Class\", got {str(target)[:100]!r}", example)
+            raise ChangeError("change.python", f"expected \"module:Class\", got {shown(str(target)[:100])}", example)
         options = raw.get("options", {}) or {}
         if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
             raise ChangeError("change.options", "expected a mapping of option names to values", example)

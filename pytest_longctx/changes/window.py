@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from ..gate.limits import shown
 from .base import CachePlan, Change, ChangeError
 
 if TYPE_CHECKING:
@@ -288,7 +289,7 @@ class WindowChange(Change):
         for key, low in (("window", 1), ("sink_tokens", 0)):
             value = raw.get(key, 0)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ChangeError(f"attention.{key}", f"expected an integer, got {value!r}", "write a whole number")
+                raise ChangeError(f"attention.{key}", f"expected an integer, got {shown(value)}", "write a whole number")
             if value < low:
                 raise ChangeError(f"attention.{key}", f"{value} is below {low}", f"use an integer >= {low}")
         return cls(AttentionWindow(window=raw["window"], sink_tokens=raw.get("sink_tokens", 0)))
@@ -308,6 +309,16 @@ class WindowChange(Change):
 
     def cache(self, plan: CachePlan) -> CachePlan:
         return replace(plan, window=self.window)
+
+    def refuse_noop(self, *, longest_prompt: int, longest_run: int, trained: int | None) -> None:
+        w = self.window
+        if w.window + w.sink_tokens >= longest_prompt:
+            raise ChangeError(
+                "attention.window",
+                f"a window of {w.window:,} tokens plus {w.sink_tokens} sinks holds the whole of the longest prompt "
+                f"({longest_prompt:,} tokens): nothing is evicted, the same as no window",
+                f"use a window below {longest_prompt - w.sink_tokens:,}, or sweep lengths longer than the window",
+            )
 
     def kv_tokens(self, prompt: int, new: int) -> int | None:
         # The token the last step produced has no K/V yet.

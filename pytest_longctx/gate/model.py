@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from ..changes.base import ChangeError
+from .limits import shown
 
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -26,22 +27,30 @@ def parse_model(raw: Any, key: str) -> ModelSpec:
     if raw is None:
         return ModelSpec()
     if isinstance(raw, str):
-        if not raw.strip():
-            raise ChangeError(key, "expected a non-empty model reference", "give a reference such as embedded:smollm2-135m-instruct")
-        return ModelSpec(ref=raw)
+        return ModelSpec(ref=_reference(raw, key))
     if not isinstance(raw, Mapping):
         raise ChangeError(key, f"expected a reference or a mapping, got {type(raw).__name__}", "write model: <ref> or model: {ref: ...}")
     allowed = ("ref", "dtype", "device", "trust_remote_code")
     for name in raw:
         if name not in allowed:
             raise ChangeError(f"{key}.{name}", "unknown key", f"use one of: {', '.join(allowed)}")
-    ref = raw.get("ref", DEFAULT_MODEL)
-    if not isinstance(ref, str) or not ref.strip():
-        raise ChangeError(f"{key}.ref", f"expected a non-empty string, got {type(ref).__name__}", "give a model reference in quotes")
+    ref = _reference(raw.get("ref", DEFAULT_MODEL), f"{key}.ref")
     for name, options in (("dtype", get_args(ModelDtype)), ("device", get_args(Device))):
         if raw.get(name, "auto") not in options:
-            raise ChangeError(f"{key}.{name}", f"{raw[name]!r} is not supported"[:200], f"use one of: {', '.join(options)}")
+            raise ChangeError(f"{key}.{name}", f"{shown(raw[name])} is not supported", f"use one of: {', '.join(options)}")
     trust = raw.get("trust_remote_code", False)
     if not isinstance(trust, bool):
         raise ChangeError(f"{key}.trust_remote_code", "expected true or false", "write true or false")
     return ModelSpec(ref=ref, dtype=raw.get("dtype", "auto"), device=raw.get("device", "auto"), trust_remote_code=trust)
+
+
+def _reference(ref: Any, key: str) -> str:
+    """A model reference: one line of printable text (it is shown in summaries and passed to loaders)."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ChangeError(key, f"expected a non-empty model reference, got {shown(ref)}", "give a reference such as embedded:smollm2-135m-instruct")
+    if len(ref) > 4096:
+        raise ChangeError(key, f"is {len(ref):,} characters long", "give a model reference of at most 4096 characters")
+    bad = next((c for c in ref if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ChangeError(key, f"contains the control character {bad!r}", "give the model reference on one line")
+    return ref

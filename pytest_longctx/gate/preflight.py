@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .reader import GateError, gate_error
 from .spec import GateSpec, VariantSpec
@@ -29,15 +29,15 @@ def check_gate(gate: GateSpec, *, model_option: str | None = None) -> None:
     source = str(gate.path) if gate.path is not None else "<gate>"
     positions = {}
     for side in gate.variants:
-        key = f"{side.name}.model" if side.model is not None else "model"
+        own = side.find("model_swap") is not None
+        key = f"{side.name}.model" if own else "model"
         ref = side.model_spec(gate.model).ref
         if ref not in positions:
-            positions[ref] = _locate(source, key, ref, from_option=model_option is not None and side.model is None)
+            positions[ref] = _locate(source, key, ref, from_option=model_option is not None and not own)
     for side in gate.variants:
-        _window_evicts(source, side, gate)
         trained = positions[side.model_spec(gate.model).ref]
+        _changes_act(source, side, gate, trained.max_position_embeddings)
         if trained.max_position_embeddings is not None:
-            _dynamic_rope_scales(source, side, gate, trained.max_position_embeddings)
             _within_positions(source, side, gate, trained)
 
 
@@ -59,9 +59,14 @@ def _longest(gate: GateSpec) -> int:
     return max(max(sweep.lengths) + sweep.max_new_tokens, sweep.loss.tokens if sweep.loss is not None else 0)
 
 
+def _rope(side: VariantSpec) -> Any:
+    change = side.find("rope")
+    return None if change is None else change.settings  # type: ignore[attr-defined]
+
+
 def side_positions(side: VariantSpec, trained: int) -> int:
     """The positions `side` handles: its own max_position_embeddings, else the model's, stretched by a RoPE factor."""
-    rope = side.rope
+    rope = _rope(side)
     if rope is None:
         return trained
     if rope.max_position_embeddings is not None:
@@ -78,7 +83,8 @@ def _within_positions(source: str, side: VariantSpec, gate: GateSpec, trained: M
     limit, longest = side_positions(side, trained.max_position_embeddings), _longest(gate)
     if longest <= limit:
         return
-    own = "its max_position_embeddings" if side.rope is not None and side.rope.max_position_embeddings else "the model's trained length"
+    rope = _rope(side)
+    own = "its max_position_embeddings" if rope is not None and rope.max_position_embeddings else "the model's trained length"
     raise gate_error(
         source, "sweep.lengths",
         f"the longest run uses {longest:,} positions (prompt and answer, or the loss text), past {side.name}'s {limit:,} "
@@ -88,39 +94,21 @@ def _within_positions(source: str, side: VariantSpec, gate: GateSpec, trained: M
     )
 
 
-def _dynamic_rope_scales(source: str, side: VariantSpec, gate: GateSpec, trained: int) -> None:
-    """Dynamic NTK leaves every position up to the trained length as it was: a sweep that stays inside measures
-    the model's own RoPE under another name."""
-    if side.rope is None or side.rope.rope_type != "dynamic":
-        return
-    start = side.rope.max_position_embeddings or trained
-    longest = _longest(gate)
-    if longest <= start:
-        raise gate_error(
-            source, f"{side.name}.rope_parameters",
-            f"dynamic scaling only changes positions past {start:,}, and the longest run uses {longest:,}: "
-            "this side computes what the model's own RoPE does",
-            f"sweep lengths past {start:,} (sweep.lengths), or test another rope_type such as linear or yarn",
-        )
+def _changes_act(source: str, side: VariantSpec, gate: GateSpec, trained: int | None) -> None:
+    """Each change's own no-op check on this sweep and model: a setting that would compute what the model does
+    without it (a window that evicts nothing, dynamic RoPE that never scales) is refused, naming the key."""
+    from ..changes.base import ChangeError
 
-
-def _window_evicts(source: str, side: VariantSpec, gate: GateSpec) -> None:
-    window = side.attention
-    if window is None:
-        return
-    longest = max(gate.sweep.lengths)
-    if window.window + window.sink_tokens >= longest:
-        raise gate_error(
-            source, f"{side.name}.attention.window",
-            f"a window of {window.window:,} tokens plus {window.sink_tokens} sinks holds the whole of the longest prompt "
-            f"({longest:,} tokens): nothing is evicted, the same as no window",
-            f"use a window below {longest - window.sink_tokens:,}, or sweep lengths longer than the window",
-        )
+    for change in side.changes:
+        try:
+            change.refuse_noop(longest_prompt=max(gate.sweep.lengths), longest_run=_longest(gate), trained=trained)
+        except ChangeError as exc:
+            raise gate_error(source, f"{side.name}.{exc.key}", exc.problem, exc.fix) from None
 
 
 def check_capture(gate: GateSpec, *, capture: bool, overwrite: bool) -> None:
-    """Capture conflicts, and a capture of an older version or unreadable, surface before minutes of sweeping."""
-    from .capture import CaptureError, capture_path, load_capture
+    """Capture conflicts surface before minutes of sweeping, not after."""
+    from .capture import CaptureError, capture_path
 
     try:
         path = capture_path(gate)
@@ -133,11 +121,19 @@ def check_capture(gate: GateSpec, *, capture: bool, overwrite: bool) -> None:
             f"{gate.path}: key 'captured_baseline': {path} does not exist. "
             f"Fix: run pytest --longctx-gate {gate.path} --longctx-capture first"
         )
-    if not capture and gate.captured_baseline is not None:
-        try:
-            load_capture(path)  # its digests and fingerprints are checked after the run, into an `invalid` verdict
-        except CaptureError as exc:
-            raise GateError(f"{gate.path}: key 'captured_baseline': {exc}") from None
+
+
+def check_capture_readable(gate: GateSpec, *, capture: bool) -> None:
+    """A capture of an older version, or one that cannot be read, is refused before the sweep (its digests and
+    fingerprints are checked after the run, into an `invalid` verdict)."""
+    from .capture import CaptureError, capture_path, load_capture
+
+    if capture or gate.captured_baseline is None:
+        return
+    try:
+        load_capture(capture_path(gate))
+    except CaptureError as exc:
+        raise GateError(f"{gate.path}: key 'captured_baseline': {exc}") from None
 
 
 OutputKind = Literal["gate", "capture", "results", "report"]

@@ -16,14 +16,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pytest_longctx.gate.document import DocumentError, load_yaml
-from pytest_longctx.gate.spec import (
-    SWEEP_KEYS,
-    TOP_LEVEL,
-    VARIANT_KEYS,
-    GateError,
-    GateSpec,
-    parse_gate,
-)
+from pytest_longctx.changes.registry import side_keys
+from pytest_longctx.gate.spec import SWEEP_KEYS, TOP_LEVEL, GateError, GateSpec, parse_gate
+
+VARIANT_KEYS = side_keys()
 
 # 300 runs in seconds and is the same every run (derandomized); LONGCTX_FUZZ_EXAMPLES=5000 searches further, at random.
 MAX_EXAMPLES = int(os.environ.get("LONGCTX_FUZZ_EXAMPLES", "300"))

@@ -164,7 +164,7 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("timing depth not swept", sweep(timing={"depths": [0.3]}), "sweep.timing.depths", "0.3 is not one of the swept depths"),
     ("override is not a boolean", sweep(beyond_trained_positions="maybe"), "sweep.beyond_trained_positions", "expected true or false"),
     # --- variants
-    ("kv_copies of 10**20", side(planted={"kv_copies": 10**20}), "candidate.planted.kv_copies", "above the limit 2,147,483,647"),
+    ("kv_copies of 10**20", side(planted={"kv_copies": 10**20}), "candidate.planted.kv_copies", "more than 64"),
     ("a fraction that never ends", side(backend="openai", base_url="http://127.0.0.1:1", kv_bytes_per_element="1e999999999"),
      "candidate.kv_bytes_per_element", "'1e999999999' is not a number"),
     ("launch conversion", side(backend="openai", launch={"command": "serve {model!x} --port {port}"}), "candidate.launch.command",
@@ -191,7 +191,7 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("sweep is a string", gate(sweep="all"), "sweep", "expected a mapping, got str"),
     ("thresholds is a list", gate(thresholds=[1.05]), "thresholds", "expected a mapping, got list"),
     ("threshold as a string", gate(thresholds={"memory_ratio": {"max": "1.05"}}), "thresholds.memory_ratio.max", "expected a number"),
-    ("model is a list", gate(model=["embedded:x"]), "model", "expected a mapping, got list"),
+    ("model is a list", gate(model=["embedded:x"]), "model", "expected a reference or a mapping, got list"),
     ("trust_remote_code as text", gate(model={"ref": "x", "trust_remote_code": "yes please"}), "model.trust_remote_code", "expected true or false"),
     ("report is a number", gate(report=5), "report", "expected a non-empty string, got 5"),
 ]
