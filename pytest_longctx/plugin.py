@@ -47,8 +47,28 @@ def _share_cores(worker_count: int) -> None:
             sys.modules["torch"].set_num_threads(threads)
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _register_changes(config: pytest.Config) -> None:
+    """Plugins' and conftests' own change kinds, registered before any gate file is parsed."""
+    from .changes.registry import register
+
+    def checked(change: type) -> type:
+        try:
+            return register(change)
+        except ValueError as exc:
+            raise pytest.UsageError(f"pytest_longctx_register_changes: {exc}") from None
+
+    config.hook.pytest_longctx_register_changes(register=checked)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _register_test_markers(config)
+    _register_changes(config)
     worker = getattr(config, "workerinput", {}).get("workerid")
     if worker is not None and config.getoption("longctx_pin_gpu"):
         import os

@@ -69,8 +69,13 @@ class UserChange(Change):
         return {"change": {"python": self.target, "options": json.loads(self.options_json)}}
 
     def describe(self) -> tuple[tuple[str, str], ...]:
-        rows = self._call("describe")
-        return tuple(rows) or (("change", self.target),)
+        options = ", ".join(f"{k} {v}" for k, v in json.loads(self.options_json).items())
+        fallback = (("change", self.target + (f" ({options})" if options else "")),)
+        try:
+            rows = tuple(self.impl.describe())
+        except NotImplementedError:  # a change named in a gate need not describe or record itself
+            return fallback
+        return rows or fallback
 
     def _call(self, hook: str, *args: Any) -> Any:
         try:
@@ -104,7 +109,19 @@ class UserChange(Change):
         return bool(self._call("changes_computation"))
 
     def check(self, side: Any, sweep: Any) -> None:
-        self._call("check", side, sweep)
+        try:
+            self.impl.check(side, sweep)
+        except ChangeError as exc:
+            raise ChangeError(f"change.options ({exc.key})", exc.problem, exc.fix) from None
+
+    def refuse_noop(self, *, longest_prompt: int, longest_run: int, trained: int | None) -> None:
+        try:
+            self.impl.refuse_noop(longest_prompt=longest_prompt, longest_run=longest_run, trained=trained)
+        except ChangeError as exc:  # its own refusal, named under this side's `change:` key
+            raise ChangeError(f"change.options ({exc.key})", exc.problem, exc.fix) from None
+
+    def changes_kv(self) -> bool:
+        return bool(self._call("changes_kv"))
 
     def load(self, plan: LoadPlan) -> LoadPlan:
         return self._call("load", plan)  # type: ignore[no-any-return]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import platform
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from .spec import GateSpec, TimingSpec, VariantSpec
 from .results import CellResult, GateResults, TimingSample, save_results
+from .spec import GateSpec, TimingSpec, VariantSpec
 from .sweep import Cell, build_prompt, errored_cell, interleaved, merge_samples, run_cell, task_spec, timed_run
 
 if TYPE_CHECKING:
@@ -26,7 +25,7 @@ class CellError(RuntimeError):
 def _default_backend(gate: GateSpec, variant: VariantSpec) -> Backend:
     """The in-process model for one side, with what its changes apply at load time (RoPE, dtype, kernels)."""
     from ..backends.in_process import TransformersBackend
-    from ..backends.loading import load_model
+    from ..backends.loading import AttnImplementation, load_model
 
     if variant.served is not None:
         raise ValueError("a served variant's backend comes from GateRun.served_backend")
@@ -34,7 +33,8 @@ def _default_backend(gate: GateSpec, variant: VariantSpec) -> Backend:
     spec = plan.model
     model, tokenizer, fingerprint = load_model(
         spec.ref, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code,
-        rope=plan.rope, attn_implementation=plan.attn_implementation,
+        # LoadPlan types it str; the attn_implementation change admits only its values when the gate is parsed.
+        rope=plan.rope, attn_implementation=cast("AttnImplementation | None", plan.attn_implementation),
     )
     return TransformersBackend(model, tokenizer, fingerprint=fingerprint)
 
@@ -101,10 +101,11 @@ class GateRun:
                 started = time.perf_counter()
                 backend = self.served_backend(variant) if variant.served is not None else self._backend_factory(self.gate, variant)
                 self.load_seconds[variant.name] = time.perf_counter() - started
-                warm = backend.tokenizer.encode("Warm-up: the first forward pass pays one-off costs.") if hasattr(backend.tokenizer, "encode") else [1, 2, 3]
+                warm_text = "Warm-up: the first forward pass pays one-off costs."
+                warm = backend.tokenizer.encode(warm_text) if hasattr(backend.tokenizer, "encode") else [1, 2, 3]
                 for side in self.variants:
                     if side.load_key(self.gate.model) == key:
-                        backend.generate(warm, variant=side, max_new_tokens=2)
+                        _warm_up(backend, warm, side)
             except Exception as exc:
                 self._load_errors[key] = exc
                 raise
@@ -130,9 +131,9 @@ class GateRun:
         own (`tokenizer: server`); the model's config gives the KV shape for the analytic estimate when the
         engine reports no cache usage.
         """
-        from ..capacity.kv_math import KvShape
         from ..backends.loading import load_config, load_tokenizer, resolve
         from ..backends.served.client import ServedBackend
+        from ..capacity.kv_math import KvShape
 
         engine = variant.served
         assert engine is not None
@@ -271,9 +272,12 @@ class GateRun:
         spec = self.gate.sweep.loss
         assert spec is not None
         backend = self.backend(variant)
+        model = getattr(backend, "model", None)  # only an in-process backend holds one
+        if model is None:
+            raise ValueError(f"the loss pass needs an in-process model; side {variant.name} runs on a served engine")
         ids = backend.tokenizer(long_text(backend.tokenizer, spec.tokens, spec.seed), add_special_tokens=False)["input_ids"]
-        cache = build_cache(variant.cache_plan(), backend.model.config)
-        curve = loss_by_position(backend.model, ids, buckets=spec.buckets, cache=cache)
+        cache = build_cache(variant.cache_plan(), model.config)
+        curve = loss_by_position(model, ids, buckets=spec.buckets, cache=cache)
         return {"variant": variant.name, "edges": list(curve.edges), "losses": list(curve.losses),
                 "counts": list(curve.counts), "tokens": curve.tokens}
 
@@ -370,6 +374,17 @@ class GateRun:
             fp = self.fingerprint()
             env.update(model_fingerprint=fp["model_weights"], tokenizer_sha256=fp["tokenizer"], chat_template_sha256=fp["chat_template"])
         return env
+
+
+def _warm_up(backend: Backend, tokens: list[int], side: VariantSpec) -> None:
+    """One untimed generation per side, so its first timed cell pays no one-off costs. A side whose own change
+    fails here is not a failed model load: its cells fail on their own, naming the change, and the other side runs."""
+    from ..changes.user import ChangeFailed
+
+    try:
+        backend.generate(tokens, variant=side, max_new_tokens=2)
+    except ChangeFailed:
+        return
 
 
 def _release_device_memory() -> None:
