@@ -17,6 +17,7 @@ class AttentionImplementation(Change):
     """`attn_implementation:` set on the config when the side's model loads."""
 
     kind = "attn_implementation"
+    order = 30
     keys = ("attn_implementation",)
     stage = "load"
 

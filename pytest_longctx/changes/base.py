@@ -70,6 +70,8 @@ class Change:
 
     Class attributes:
         kind: the registry name (`pytest_longctx_register_changes`, results JSON).
+        order: where it composes: a model swap (10) before the dtype it loads in (20), the KV dtype (50) before the
+            window that stores in it (60); registered kinds default to 100, planted regressions come last (200).
         keys: the side's gate keys this change reads (`parse` gets the side mapping restricted to them).
         stage: where it acts, for the docs and the report.
         computation: True when it should change what the model computes on the same prompt; a side that differs
@@ -84,6 +86,7 @@ class Change:
     """
 
     kind: ClassVar[str] = ""
+    order: ClassVar[int] = 100  # where its contributions compose among the others (lower first)
     keys: ClassVar[tuple[str, ...]] = ()
     stage: ClassVar[Stage] = "forward"
     computation: ClassVar[bool] = True

@@ -17,6 +17,7 @@ class HistoryChange(Change):
     A miss whose fact's turn the budget dropped is filed as `cut_from_history`, the budget's loss."""
 
     kind = "history"
+    order = 80
     keys = ("history",)
     stage = "prompt"
     changes_tokens = True

@@ -19,6 +19,7 @@ class KvQuant(Change):
     KV estimate what the engine stores (the engine itself takes its own flag in launch.command)."""
 
     kind = "kv_quant"
+    order = 50
     keys = ("kv_cache_dtype", "kv_scale")
     stage = "cache"
     in_process_only = False

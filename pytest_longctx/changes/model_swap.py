@@ -16,6 +16,7 @@ class ModelSwap(Change):
     """`model:` on a side: its own weights (and tokenizer, so the sides pair on the cell's content, not its ids)."""
 
     kind = "model_swap"
+    order = 10
     keys = ("model",)
     stage = "load"
     changes_tokens = True  # another tokenizer

@@ -15,6 +15,7 @@ class PackingChange(Change):
     """`packing: edge`: the multi-document families' documents in edge order (see prompt_layout.edge_order)."""
 
     kind = "packing"
+    order = 70
     keys = ("packing",)
     stage = "prompt"
     changes_tokens = True

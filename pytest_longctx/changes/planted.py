@@ -19,6 +19,7 @@ class Planted(Change):
     let a slower candidate approve."""
 
     kind = "planted"
+    order = 200
     keys = ("planted",)
     stage = "planted"
     computation = False

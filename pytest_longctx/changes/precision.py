@@ -17,6 +17,7 @@ class Precision(Change):
     """`dtype:` the side loads its model in this dtype (one model per distinct dtype)."""
 
     kind = "precision"
+    order = 20
     keys = ("dtype",)
     stage = "load"
 

@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 from .base import Change, ChangeError
 
-# Built-ins in the order their contributions compose: a model swap before the dtype it is loaded in, the KV dtype
-# before the window that stores in it, prompt changes in the order they apply, planted regressions last.
-_BUILTIN_MODULES = (
-    "served", "model_swap", "precision", "attention", "rope", "kv_quant", "window", "packing", "history", "retrieval",
-    "user", "planted",
-)
 _registry: dict[str, type[Change]] = {}
 _builtins_loaded = False
 
 
 def _load_builtins() -> None:
+    """Every module of this package that declares `CHANGE` is a built-in kind: adding one is adding its module."""
     global _builtins_loaded
     if _builtins_loaded:
         return
     _builtins_loaded = True
-    for name in _BUILTIN_MODULES:
-        module = importlib.import_module(f"{__package__}.{name}")
-        register(module.CHANGE)
+    for info in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        if hasattr(module, "CHANGE"):
+            register(module.CHANGE)
 
 
 def register(change: type[Change], *, replace: bool = False) -> type[Change]:
@@ -55,9 +52,9 @@ def unregister(kind: str) -> None:
 
 
 def registered() -> tuple[type[Change], ...]:
-    """Every change kind, built-ins first, in the order their contributions compose."""
+    """Every change kind in the order their contributions compose (`Change.order`, then registration)."""
     _load_builtins()
-    return tuple(_registry.values())
+    return tuple(sorted(_registry.values(), key=lambda change: change.order))
 
 
 def by_kind(kind: str) -> type[Change]:

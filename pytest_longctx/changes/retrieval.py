@@ -55,8 +55,8 @@ def retrieval_prompt(tokenizer: Any, prompt: TaskPrompt, settings: RetrievalSett
     The instructions, the question and the answers stay as they were; the evidence spans are re-located in
     the shorter prompt (empty where retrieval dropped the evidence).
     """
-    from .retrievers import not_retrieved, retrieve
     from ..tasks.prompt import token_span
+    from .retrievers import not_retrieved, retrieve
 
     start, end = context_bounds(prompt)
     text = prompt.prompt_text
@@ -82,6 +82,7 @@ class RetrievalChange(Change):
     from the very prompt the other side gets whole; a miss whose evidence was not retrieved is `not_retrieved`."""
 
     kind = "retrieval"
+    order = 90
     keys = ("retrieval",)
     stage = "prompt"
     changes_tokens = True

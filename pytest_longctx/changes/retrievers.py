@@ -136,7 +136,7 @@ def _word_cuts(tokenizer: Any, line: str, start: int, limit: int) -> list[int]:
     words = [m.span() for m in re.finditer(r"\s*\S+|\s+$", line)]
     cuts: list[int] = []
     used = 0
-    for (word_start, _), cost in zip(words, _count(tokenizer, [line[a:b] for a, b in words])):
+    for (word_start, _), cost in zip(words, _count(tokenizer, [line[a:b] for a, b in words]), strict=True):
         if used and used + cost > limit:
             cuts.append(start + word_start)
             used = 0
@@ -171,7 +171,7 @@ def chunk(tokenizer: Any, text: str, *, chunk_tokens: int, protect: Sequence[str
     # Units: whole lines, or word-boundary pieces of an unprotected line longer than chunk_tokens.
     costs = _count(tokenizer, lines)
     bounds: list[int] = []
-    for line, start, cost in zip(lines, starts, costs):
+    for line, start, cost in zip(lines, starts[:-1], costs, strict=True):
         bounds.append(start)
         if cost > chunk_tokens and not is_protected(start, start + len(line)):
             bounds.extend(_word_cuts(tokenizer, line, start, chunk_tokens))
@@ -182,14 +182,14 @@ def chunk(tokenizer: Any, text: str, *, chunk_tokens: int, protect: Sequence[str
 
     spans: list[tuple[int, int]] = []
     open_start, used = units[0][0], 0
-    for (a, b), cost in zip(units, unit_costs):
+    for (a, _), cost in zip(units, unit_costs, strict=True):
         if used and used + cost > chunk_tokens:
             spans.append((open_start, a))
             open_start, used = a, 0
         used += cost
     spans.append((open_start, len(text)))
     texts = [text[a:b] for a, b in spans]
-    return [Chunk(i, t, n, s) for i, (t, n, s) in enumerate(zip(texts, _count(tokenizer, texts), spans))]
+    return [Chunk(i, t, n, s) for i, (t, n, s) in enumerate(zip(texts, _count(tokenizer, texts), spans, strict=True))]
 
 
 # --- rankers ---------------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def _windows(model: Any, chunk_text: str) -> list[str]:
     windows: list[str] = []
     current: list[str] = []
     used = 0
-    for line, cost in zip(lines, costs):
+    for line, cost in zip(lines, costs, strict=True):
         if current and used + cost > room:
             windows.append("\n".join(current))
             current, used = [], 0

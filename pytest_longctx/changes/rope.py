@@ -99,7 +99,7 @@ class RopeSettings:
         return record
 
 
-def parse_rope(raw: Mapping[str, Any], max_position_embeddings: int | None = None) -> RopeSettings:
+def parse_rope(raw: object, max_position_embeddings: int | None = None) -> RopeSettings:
     """Validate a variant's `rope_parameters` (and `max_position_embeddings`) before any model is loaded.
 
     Checks what needs no model: the rope_type, missing/unknown keys, types and ranges, factor > 1, list lengths
@@ -307,6 +307,7 @@ class RopeChange(Change):
     order."""
 
     kind = "rope"
+    order = 40
     keys = ("rope_parameters", "max_position_embeddings")
     stage = "load"
 

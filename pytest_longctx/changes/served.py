@@ -26,6 +26,7 @@ class ServedEngine(Change):
     the baseline's counts as a change of computation for the no-op guard."""
 
     kind = "served"
+    order = 0
     keys = ("launch", "backend", *(k for k in _SERVED_KEYS if k != "launch"))
     stage = "serve"
     in_process_only = False
@@ -69,7 +70,8 @@ class ServedEngine(Change):
             except LaunchError as exc:
                 raise ChangeError(exc.key, exc.problem, exc.fix) from None
         if bool(urls) == (launch is not None):
-            raise ChangeError("backend", "openai needs either base_url(s) or launch", "point at a running server, or give launch: {command: ...}")
+            raise ChangeError("backend", "openai needs either base_url(s) or launch",
+                              "point at a running server, or give launch: {command: ...}")
         api = side.get("api", "completions")
         if api not in get_args(ServedApi):
             raise ChangeError("api", f"{shown(api)} is not supported", f"use one of: {', '.join(get_args(ServedApi))}")
@@ -78,7 +80,8 @@ class ServedEngine(Change):
             raise ChangeError("tokenizer", f"{shown(tokenizer)} is not supported", f"use one of: {', '.join(get_args(ServedTokenizer))}")
         concurrency = side.get("max_concurrency", 1)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ChangeError("max_concurrency", f"expected an integer >= 1, got {shown(concurrency)}"[:200], "write a whole number such as 4")
+            raise ChangeError("max_concurrency", f"expected an integer >= 1, got {shown(concurrency)}"[:200],
+                              "write a whole number such as 4")
         return cls(tuple(urls), launch, api, concurrency, tokenizer, _bytes_per_element(side.get("kv_bytes_per_element")))
 
     @classmethod

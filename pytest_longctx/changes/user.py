@@ -25,6 +25,7 @@ class UserChange(Change):
     and nothing else breaks."""
 
     kind = "python"
+    order = 100
     keys = ("change",)
 
     target: str

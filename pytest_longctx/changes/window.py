@@ -144,6 +144,8 @@ def _layer_types() -> tuple[type, type]:
         """Full-precision K/V, evicted to the window."""
 
         is_croppable = False
+        keys: torch.Tensor | None  # as transformers' CacheLayerMixin declares them (its classes are Any to mypy here)
+        values: torch.Tensor | None
 
         def _retain(self, sinks: int, start: int, *, copy: bool) -> None:
             self.keys = _drop(self.keys, sinks, start, copy=copy)
@@ -195,14 +197,14 @@ def _window_layers(cache: Cache, window: AttentionWindow) -> list[WindowEviction
     layers = list(cache.layers)
     if not layers or not all(isinstance(layer, WindowEviction) for layer in layers):
         raise ValueError("windowed attention needs a cache from attention_window.make_window_cache")
-    if any(layer.window != window for layer in layers):  # type: ignore[attr-defined]
+    if any(layer.window != window for layer in layers):
         raise ValueError(f"the cache was made for another window than {window}")
-    return layers  # type: ignore[return-value]
+    return layers
 
 
 def stored_tokens(cache: Cache) -> int:
     """Tokens whose K/V a windowed cache holds now, read from its tensors (`get_seq_length()` counts those seen)."""
-    return max(layer.stored_tokens() for layer in cache.layers)  # type: ignore[attr-defined]
+    return max(layer.stored_tokens() for layer in cache.layers)
 
 
 def windowed_prefill(
@@ -266,6 +268,7 @@ class WindowChange(Change):
     prompt token on (a chunked prefill with a mask per chunk) by a cache that evicts to the window."""
 
     kind = "window"
+    order = 60
     keys = ("attention",)
     stage = "cache"
     reuse = "never"  # every layer evicts: a held prefix is not the prefix's K/V
@@ -280,7 +283,8 @@ class WindowChange(Change):
         if raw is None:
             return None
         if not isinstance(raw, Mapping):
-            raise ChangeError("attention", f"expected a mapping, got {type(raw).__name__}", "write attention: {window: 1024, sink_tokens: 4}")
+            raise ChangeError("attention", f"expected a mapping, got {type(raw).__name__}",
+                              "write attention: {window: 1024, sink_tokens: 4}")
         for key in raw:
             if key not in ("window", "sink_tokens"):
                 raise ChangeError(f"attention.{key}", "unknown key", "use one of: window, sink_tokens")
