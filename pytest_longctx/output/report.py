@@ -67,7 +67,7 @@ def _interpolate(stops: Sequence[str], t: float) -> str:
     i = min(int(pos), len(stops) - 2)
     frac = pos - i
     a, b = _hex_to_rgb(stops[i]), _hex_to_rgb(stops[i + 1])
-    r, g, bl = (round(x + (y - x) * frac) for x, y in zip(a, b))
+    r, g, bl = (round(x + (y - x) * frac) for x, y in zip(a, b, strict=True))
     return f"#{r:02x}{g:02x}{bl:02x}"
 
 
@@ -297,6 +297,19 @@ def _positioned(family: str, depths: set[float]) -> bool:
     return known.uses_depth if known is not None else len(depths) > 1
 
 
+# Each maker binds its task's grids when called, so a cell maker never reads a later task's loop variables.
+def _recall_maker(grid: dict[GridKey, Tally], name: str) -> CellMaker:
+    return lambda n, d, where, x, y: _recall_cell(grid.get((n, d)), f"{name} · {where}", x, y)
+
+
+def _difference_maker(base: dict[GridKey, Tally], cand: dict[GridKey, Tally]) -> CellMaker:
+    return lambda n, d, where, x, y: _difference_cell(base.get((n, d)), cand.get((n, d)), f"difference · {where}", x, y)
+
+
+def _logprob_maker(likelihood: dict[GridKey, list[float]]) -> CellMaker:
+    return lambda n, d, where, x, y: _logprob_cell(likelihood.get((n, d)), f"log-prob · {where}", x, y)
+
+
 def heatmap_panels(results: GateResults) -> tuple[HeatPanel, ...]:
     """Per task: baseline recall, candidate recall, and candidate minus baseline, over depth x length.
 
@@ -317,21 +330,16 @@ def heatmap_panels(results: GateResults) -> tuple[HeatPanel, ...]:
         base = recall_grid(results.cells, baseline, task)
         cand = recall_grid(results.cells, candidate, task)
 
-        def recall_cell(grid: dict[GridKey, Tally], name: str) -> CellMaker:
-            return lambda n, d, where, x, y: _recall_cell(grid.get((n, d)), f"{name} · {where}", x, y)
-
         grids: tuple[HeatGrid, ...] = (
-            _grid(f"{baseline} recall", "recall", lengths, depths, band, recall_cell(base, baseline)),
-            _grid(f"{candidate} recall", "recall", lengths, depths, band, recall_cell(cand, candidate)),
-            _grid(
-                f"difference ({candidate} − {baseline})", "difference", lengths, depths, band,
-                lambda n, d, where, x, y: _difference_cell(base.get((n, d)), cand.get((n, d)), f"difference · {where}", x, y),
-            ),
+            _grid(f"{baseline} recall", "recall", lengths, depths, band, _recall_maker(base, baseline)),
+            _grid(f"{candidate} recall", "recall", lengths, depths, band, _recall_maker(cand, candidate)),
+            _grid(f"difference ({candidate} − {baseline})", "difference", lengths, depths, band,
+                  _difference_maker(base, cand)),
         )
         likelihood = logprob_grid(results.cells, baseline, candidate, task)
         if likelihood:  # beside the recall grids: the change recall cannot show at a ceiling or floor
             grids += (_grid(f"answer log-prob change ({candidate} − {baseline}), nats", "logprob", lengths, depths, band,
-                            lambda n, d, where, x, y: _logprob_cell(likelihood.get((n, d)), f"log-prob · {where}", x, y)),)
+                            _logprob_maker(likelihood)),)
         panels.append(HeatPanel(task=task, grids=grids, family=families.get(task, task), positioned=positioned))
     return tuple(panels)
 
@@ -929,7 +937,7 @@ def _context(results: GateResults) -> dict[str, Any]:
         "latency_charts": latency_charts(results),
         "latency_rows": latency_rows(results),
         "repeat_note": repeat_note(results),
-        "variant_keys": tuple(zip(variant_names(results), VARIANT_COLOURS, ("circle", "square"))),
+        "variant_keys": tuple(zip(variant_names(results), VARIANT_COLOURS, ("circle", "square"), strict=True)),
         "memory_rows": memory_rows(results),
         "cell_rows": cells,
         "show_runs": any(c.timed_runs or c.reused for c in cells),  # older results record no timed runs
