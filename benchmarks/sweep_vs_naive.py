@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from pytest_longctx.backends.in_process import TransformersBackend
-from pytest_longctx.backends.kv_cache import cache_keyword
-from pytest_longctx.gate.spec import VariantSpec, load_gate
-from pytest_longctx.backends.kv_cache import make_cache
+from pytest_longctx.backends.kv_cache import cache_keyword, make_cache
 from pytest_longctx.backends.prefix_reuse import PrefixStore, reuse_order
+from pytest_longctx.gate.spec import VariantSpec, load_gate
 from pytest_longctx.gate.sweep import Cell, build_prompt, plan_cells, task_spec
 from pytest_longctx.tasks import TaskPrompt
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -190,7 +190,8 @@ def main() -> None:
     total_prompt = sum(len(p.token_ids) for side in prompts.values() for p in side.values())
     print(f"gate {gate.name}: {len(cells)} cells x {len(gate.variants)} variants, max_new_tokens={max_new_tokens}, "
           f"torch threads {torch.get_num_threads()}")
-    print(f"recall pass: {recall_s:.1f} s (forward {recall_forward_s:.1f} s, CPU {recall_cpu:.1f} s), reused {store.reused_tokens}/{total_prompt} "
+    print(f"recall pass: {recall_s:.1f} s (forward {recall_forward_s:.1f} s, CPU {recall_cpu:.1f} s), "
+          f"reused {store.reused_tokens}/{total_prompt} "
           f"prompt tokens in {store.hits} hits, {recall_tokens} new tokens")
     print(f"naive loop:  {naive_s:.1f} s (CPU {naive_cpu:.1f} s, ratio {naive_cpu / recall_cpu:.2f}), {naive_tokens} new tokens")
     print(f"cells agreeing: {agree}/{len(recall)} (miss category too: {same_failure}/{len(recall)}; early stop "

@@ -35,7 +35,8 @@ class LongctxCell:
 def cells_from_marker(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[LongctxCell]:
     """Validate the marker's arguments; return its cells, lengths outermost, then depths, then seeds."""
     if args:
-        raise MarkerError(f"takes keyword arguments only, got positional {list(args)!r}; write longctx(lengths=[...], depths=[...], seeds=[...])")
+        raise MarkerError(f"takes keyword arguments only, got positional {list(args)!r}; "
+                          "write longctx(lengths=[...], depths=[...], seeds=[...])")
     unknown = sorted(set(kwargs) - set(ARGUMENTS))
     if unknown:
         raise MarkerError(f"unknown argument {unknown[0]!r}; use {', '.join(ARGUMENTS)}")

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .gate.spec import GateError, GateSpec, load_gate
 from .gate.results import CellResult, GateResults, TimingSample
+from .gate.spec import GateError, GateSpec, load_gate
 
 
 @dataclass
@@ -39,7 +39,10 @@ class LongctxSession:
         for gate in gates:
             preflight.check_gate(gate, model_option=model)
             preflight.check_capture(gate, capture=capture, overwrite=overwrite_baseline)
-        resolve = lambda p: None if p is None else (base_dir / p)  # noqa: E731
+
+        def resolve(p: str | Path | None) -> Path | None:
+            return None if p is None else base_dir / p
+
         session = cls(gates, report=resolve(report), json_path=resolve(json_path), capture=capture, overwrite_baseline=overwrite_baseline)
         preflight.check_outputs(session.planned_outputs(base_dir), roots=[rootdir or base_dir, base_dir])
         for gate in gates:  # after the paths: a results file over the capture is the first thing to say
@@ -73,7 +76,8 @@ class LongctxSession:
             if gate.path is not None:
                 planned.append(Output(gate, "gate", absolute(gate.path), "the gate file", "gate"))
                 planned.append(Output(gate, "capture", absolute(capture_path(gate)), "key 'captured_baseline'" if gate.captured_baseline
-                                      else "the default capture path (beside the gate file)", "gate" if gate.captured_baseline else "default"))
+                                      else "the default capture path (beside the gate file)",
+                                      "gate" if gate.captured_baseline else "default"))
             beside = "the results JSON, beside the report"  # a results path set by where the report goes
             if self.json_path is not None:
                 planned.append(Output(gate, "results", absolute(json_path), "--longctx-json", "cli"))

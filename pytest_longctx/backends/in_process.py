@@ -207,7 +207,7 @@ class TransformersBackend:
         """
         import torch
 
-        from .kv_cache import cache_nbytes, cache_tensors, croppable, crop_to, held_tokens, reuse_scope
+        from .kv_cache import cache_nbytes, cache_tensors, crop_to, croppable, held_tokens, reuse_scope
 
         side = self._applied(variant)
         prompt = tuple(token_ids)
@@ -521,9 +521,9 @@ class _Drafts:
                     self._latest[tuple(tokens[end - n + 1 : end + 1])] = end
         self._indexed = max(self._indexed, last)
         for n in range(self.NGRAM, 0, -1):
-            end = self._latest.get(tuple(tokens[last - n + 1 :]))
-            if end is not None:
-                return tokens[end + 1 : end + 1 + min(limit, self.MAX_DRAFT)]
+            seen = self._latest.get(tuple(tokens[last - n + 1 :]))
+            if seen is not None:
+                return tokens[seen + 1 : seen + 1 + min(limit, self.MAX_DRAFT)]
         return []
 
 

@@ -114,6 +114,9 @@ class AppendLayer(DynamicLayer):
     """The model's dynamic layer, appending into a buffer with room to grow instead of concatenating: the same
     K/V values (as views), a faster decode, a little spare memory. For runs where only answers count."""
 
+    keys: torch.Tensor | None  # as transformers' CacheLayerMixin declares them (its classes are Any to mypy here)
+    values: torch.Tensor | None
+
     def __init__(self) -> None:
         super().__init__()
         self._appenders: dict[str, _Appender] = {}

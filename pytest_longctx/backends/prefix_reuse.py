@@ -10,7 +10,6 @@ benchmarks/sweep_vs_naive.py compare answers with fresh runs to show they agree.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass

@@ -73,7 +73,8 @@ class CapturedBaseline:
             older = isinstance(version, int) and version < CAPTURE_VERSION
             why = " (it holds no content hashes of the weights and no digest of its cells)" if older else ""
             raise CaptureError(f"capture_version {version!r} is not {CAPTURE_VERSION}{why}; {RECAPTURE}")
-        require_keys(data, ("capture_version", "gate_name", "baseline", "sweep", "fingerprint", "captured_at", "digests", "cells"), "capture", fix=RECAPTURE)
+        require_keys(data, ("capture_version", "gate_name", "baseline", "sweep", "fingerprint", "captured_at", "digests", "cells"),
+                     "capture", fix=RECAPTURE)
         missing = sorted(set(FINGERPRINT_KEYS) - set(data["fingerprint"]))
         if missing:
             raise CaptureError(f"fingerprint lacks {', '.join(missing)}; {RECAPTURE}")

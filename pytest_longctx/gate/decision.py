@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .results import CellResult, Check, Decision, Metrics, Verdict
 from .spec import GateSpec
-from .results import CellResult, Check, Decision, Metrics
 from .statistics import mcnemar_exact_p, min_detectable_drop, p95_ratio_ci, paired_difference_ci
 
 EPS = 1e-9  # recall fractions are ratios of small integers; compare them without float noise
@@ -81,7 +81,7 @@ def compute_metrics(
         return [by_variant[name][k] for k in subset]
 
     def timing(field: str) -> tuple[list[float], list[float]]:
-        pairs = [(getattr(b, field), getattr(c, field)) for b, c in zip(side(base_name, paired), side(cand_name, paired))]
+        pairs = [(getattr(b, field), getattr(c, field)) for b, c in zip(side(base_name, paired), side(cand_name, paired), strict=True)]
         pairs = [(b, c) for b, c in pairs if b is not None and c is not None]
         return [b for b, _ in pairs], [c for _, c in pairs]
 
@@ -100,14 +100,16 @@ def compute_metrics(
     memory = {n: _mean(float(getattr(c, source)) for c in side(n, paired) if getattr(c, source) is not None) for n in names}
 
     base_mid, cand_mid = side(base_name, middle), side(cand_name, middle)
-    baseline_only = sum(1 for b, c in zip(base_mid, cand_mid) if b.found and not c.found)
-    candidate_only = sum(1 for b, c in zip(base_mid, cand_mid) if c.found and not b.found)
+    baseline_only = sum(1 for b, c in zip(base_mid, cand_mid, strict=True) if b.found and not c.found)
+    candidate_only = sum(1 for b, c in zip(base_mid, cand_mid, strict=True) if c.found and not b.found)
     middle_recall = {"baseline": _mean(float(c.found) for c in base_mid), "candidate": _mean(float(c.found) for c in cand_mid)}
-    delta = None if middle_recall["baseline"] is None or middle_recall["candidate"] is None else middle_recall["candidate"] - middle_recall["baseline"]
+    base_mr, cand_mr = middle_recall["baseline"], middle_recall["candidate"]
+    delta = None if base_mr is None or cand_mr is None else cand_mr - base_mr
     total, prefill, decode = latency["total_s"], latency["prefill_s"], latency["decode_s_per_token"]
     by_task, by_length = _recall_tables(gate, [side(base_name, paired), side(cand_name, paired)])
     effective, effective_ratio = _effective_lengths(gate, by_length)
-    curves = {label: dict((loss_curves or {})[n]) for label, n in zip(("baseline", "candidate"), names) if n in (loss_curves or {})}
+    labelled = tuple(zip(("baseline", "candidate"), names, strict=True))
+    curves = {label: dict((loss_curves or {})[n]) for label, n in labelled if n in (loss_curves or {})}
     loss_ratio, worst = _loss_ratio(curves)
     t = gate.thresholds
     recall_bound = -t.middle_recall_margin if t.middle_recall_policy == "noninferiority" else t.middle_recall_min_delta
@@ -122,7 +124,7 @@ def compute_metrics(
         configuration=tuple(truncation_notes(gate, {"baseline": side(base_name, paired), "candidate": side(cand_name, paired)})),
         noop=noop_problem(gate, side(base_name, paired), side(cand_name, paired)),
         middle_recall_detectable_drop=detectable,
-        prefill_tokens={label: _mean(float(c.tokens) for c in side(n, paired)) for label, n in zip(("baseline", "candidate"), names)},
+        prefill_tokens={label: _mean(float(c.tokens) for c in side(n, paired)) for label, n in labelled},
         loss_curves=curves,
         loss_ratio=loss_ratio,
         loss_worst_bucket=worst,
@@ -130,16 +132,17 @@ def compute_metrics(
         recall_by_length=by_length,
         effective_length=effective,
         effective_length_ratio=effective_ratio,
-        failures={label: _failures(side(n, paired)) for label, n in zip(("baseline", "candidate"), names)},
+        failures={label: _failures(side(n, paired)) for label, n in labelled},
         middle_recall=middle_recall,
-        recall={"baseline": _mean(float(c.found) for c in side(base_name, paired)), "candidate": _mean(float(c.found) for c in side(cand_name, paired))},
+        recall={"baseline": _mean(float(c.found) for c in side(base_name, paired)),
+                "candidate": _mean(float(c.found) for c in side(cand_name, paired))},
         p95_latency_s=total[0],
         p95_latency_ratio=total[1],
         memory_bytes={"baseline": memory[base_name], "candidate": memory[cand_name]},
         memory_ratio=_ratio(memory[cand_name], memory[base_name]),
-        memory_source=source,  # type: ignore[arg-type]
+        memory_source=source,
         kv_source={label: "/".join(sorted({c.kv_source for c in side(n, paired)})) or "n/a"
-                   for label, n in zip(("baseline", "candidate"), names)},
+                   for label, n in labelled},
         paired_cells=len(paired),
         middle_cells=len(middle),
         expected_cells=len(keys),
@@ -162,16 +165,18 @@ def compute_metrics(
     )
 
 
-def _recall_tables(gate: GateSpec, sides: list[list[CellResult]]) -> tuple[dict[str, dict[str, float | None]], dict[str, dict[str, float | None]]]:
+def _recall_tables(
+    gate: GateSpec, sides: list[list[CellResult]],
+) -> tuple[dict[str, dict[str, float | None]], dict[str, dict[str, float | None]]]:
     """Recall per task family and per length, for each side (over paired cells; JSON-ready string keys)."""
     labels = ("baseline", "candidate")
     by_task = {
-        spec.name: {label: _mean(float(c.found) for c in cells if c.task == spec.name) for label, cells in zip(labels, sides)}
+        spec.name: {label: _mean(float(c.found) for c in cells if c.task == spec.name) for label, cells in zip(labels, sides, strict=True)}
         for spec in gate.sweep.tasks
     }
     by_length = {
         label: {str(n): _mean(float(c.found) for c in cells if c.length == n) for n in gate.sweep.lengths}
-        for label, cells in zip(labels, sides)
+        for label, cells in zip(labels, sides, strict=True)
     }
     return by_task, by_length
 
@@ -307,7 +312,8 @@ def decide(gate: GateSpec, metrics: Metrics, *, judge: Callable[[Check], Check] 
         ))
     if t.loss_ratio_max is not None:
         edges = m.loss_curves.get("baseline", {}).get("edges", [])
-        where = f" at positions {edges[m.loss_worst_bucket]}-{edges[m.loss_worst_bucket + 1]}" if m.loss_worst_bucket is not None and edges else ""
+        worst = m.loss_worst_bucket
+        where = f" at positions {edges[worst]}-{edges[worst + 1]}" if worst is not None and edges else ""
         checks.append(Check(
             "loss_ratio", m.loss_ratio, t.loss_ratio_max, "<=", m.loss_ratio is not None and m.loss_ratio <= t.loss_ratio_max + EPS,
             f"next-token loss, worst position bucket{where}: ratio {_fmt(m.loss_ratio)}, allowed <= {t.loss_ratio_max:.2f}",
@@ -325,7 +331,8 @@ def decide(gate: GateSpec, metrics: Metrics, *, judge: Callable[[Check], Check] 
     if m.prompt_mismatches:
         problems.append(f"{m.prompt_mismatches} paired cells gave the two variants different prompts (prompt_sha256 differs)")
     if problems or m.noop:
-        return Decision("invalid", tuple([f"cannot compare: {p}" for p in problems] + ([m.noop] if m.noop else []) + reasons), tuple(checks))
+        return Decision("invalid", tuple([f"cannot compare: {p}" for p in problems] + ([m.noop] if m.noop else []) + reasons),
+                        tuple(checks))
     gaps = []
     if m.missing_cells:
         gaps.append(f"{m.missing_cells} of {2 * m.expected_cells} cells were not run (deselected, interrupted or skipped)")
@@ -343,7 +350,7 @@ def decide(gate: GateSpec, metrics: Metrics, *, judge: Callable[[Check], Check] 
         return Decision("incomplete", tuple(["cannot approve: " + "; ".join(gaps)] + reasons), tuple(checks))
     if any(c.state == "undecided" for c in checks) and not any(c.state == "reject" for c in checks):
         return Decision("inconclusive", tuple(reasons), tuple(checks))
-    verdict = "approve" if all(c.passed for c in checks) else "reject"
+    verdict: Verdict = "approve" if all(c.passed for c in checks) else "reject"
     return Decision(verdict, tuple(reasons), tuple(checks))
 
 

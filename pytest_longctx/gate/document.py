@@ -149,7 +149,8 @@ class _Scan:
             if self.aliases > MAX_YAML_ALIASES:
                 raise DocumentError(where, f"the file uses over {MAX_YAML_ALIASES} aliases (*name)", "write the values out, or share fewer")
             if event.anchor in self.open_anchors:
-                raise DocumentError(where, f"alias *{shown_key(event.anchor)} refers to a value that contains it", "remove the recursive alias")
+                raise DocumentError(where, f"alias *{shown_key(event.anchor)} refers to a value that contains it",
+                                    "remove the recursive alias")
             # An undefined alias is left to the composer, which names its line.
             weight = self.anchors.get(event.anchor, 1)
             self._grow(weight, where)
@@ -173,7 +174,8 @@ class _Scan:
 
         value = event.value
         if len(value) > MAX_SCALAR_CHARS:
-            raise DocumentError(where, f"a value of {len(value):,} characters is over the {MAX_SCALAR_CHARS:,}-character limit", "shorten it")
+            raise DocumentError(where, f"a value of {len(value):,} characters is over the {MAX_SCALAR_CHARS:,}-character limit",
+                                "shorten it")
         tag = event.tag if event.tag not in (None, "!") else self.resolver.resolve(yaml.ScalarNode, value, event.implicit)
         if event.tag == "!":
             tag = "tag:yaml.org,2002:str"
@@ -186,7 +188,8 @@ class _Scan:
                 built = self.resolver.yaml_constructors[tag](self.resolver, yaml.ScalarNode(tag, value))
             except (ValueError, TypeError, OverflowError, yaml.YAMLError) as exc:
                 kind = tag.rsplit(":", 1)[-1]
-                raise DocumentError(where, f"{shown(value)} is not a valid {kind} ({shown(str(exc))})", f"write a valid {kind}, or quote the text") from None
+                raise DocumentError(where, f"{shown(value)} is not a valid {kind} ({shown(str(exc))})",
+                                    f"write a valid {kind}, or quote the text") from None
             if isinstance(built, float) and not math.isfinite(built):
                 raise DocumentError(where, f"{value} is not a finite number", "write a plain number such as 0.5")
         weight = 1 + len(value)

@@ -27,7 +27,7 @@ def logprob_metrics(base: Sequence[CellResult], cand: Sequence[CellResult], conf
     Each side's mean reads the cells that side measured; the delta, its bootstrap interval and the Wilcoxon
     signed-rank p read the cells both sides measured.
     """
-    both = [(b.answer_logprob, c.answer_logprob) for b, c in zip(base, cand)
+    both = [(b.answer_logprob, c.answer_logprob) for b, c in zip(base, cand, strict=True)
             if b.answer_logprob is not None and c.answer_logprob is not None]
     deltas = [c - b for b, c in both]
     return {
@@ -125,11 +125,11 @@ def noop_problem(gate: GateSpec, base: Sequence[CellResult], cand: Sequence[Cell
     if not settings or not base:
         return None
     # A different score is a different answer too (a served engine's text may be normalised before it is kept).
-    if any(b.answer != c.answer or b.found != c.found or b.kv_bytes != c.kv_bytes for b, c in zip(base, cand)):
+    if any(b.answer != c.answer or b.found != c.found or b.kv_bytes != c.kv_bytes for b, c in zip(base, cand, strict=True)):
         return None
-    measured = all(b.answer_logprob is not None and c.answer_logprob is not None for b, c in zip(base, cand))
+    measured = all(b.answer_logprob is not None and c.answer_logprob is not None for b, c in zip(base, cand, strict=True))
     if measured and any(abs(c.answer_logprob - b.answer_logprob) >= NOOP_TOLERANCE  # type: ignore[operator]
-                        for b, c in zip(base, cand)):
+                        for b, c in zip(base, cand, strict=True)):
         return None
     names = ", ".join(f"`{s}`" for s in settings)
     if measured:

@@ -76,7 +76,10 @@ def long_text(tokenizer: Any, tokens: int, seed: int) -> str:
     """Seeded essay-like prose of exactly `tokens` tokens (`tokenizer(text, add_special_tokens=False)`)."""
     if tokens < 1:
         raise ValueError(f"tokens must be positive, got {tokens!r}")
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     paragraphs, estimate = [], 0
     for paragraph in essay_lines(seed):
         paragraphs.append(paragraph)
@@ -99,7 +102,7 @@ def loss_ratio(baseline: LossCurve, candidate: LossCurve) -> tuple[float, int]:
     """The worst bucket's candidate/baseline mean-loss ratio, and which bucket it is (curves with the same edges)."""
     if baseline.edges != candidate.edges:
         raise ValueError(f"the curves have different buckets ({baseline.edges} vs {candidate.edges})")
-    ratios = [c / b if b > 0 else (math.inf if c > 0 else 1.0) for b, c in zip(baseline.losses, candidate.losses)]
+    ratios = [c / b if b > 0 else (math.inf if c > 0 else 1.0) for b, c in zip(baseline.losses, candidate.losses, strict=True)]
     worst = max(range(len(ratios)), key=ratios.__getitem__)
     return ratios[worst], worst
 
@@ -112,7 +115,7 @@ def _edges(buckets: int | Sequence[int], count: int) -> tuple[int, ...]:
             raise ValueError(f"buckets must be between 1 and {count - 1} for {count} tokens, got {buckets}")
         edges = tuple(round(i * count / buckets) for i in range(buckets + 1))
     else:
-        edges = tuple(buckets)
+        edges = () if isinstance(buckets, bool) else tuple(buckets)  # True is an int to Python, not a bucket count
         if len(edges) < 2 or any(not isinstance(e, int) or isinstance(e, bool) for e in edges):
             raise ValueError(f"bucket edges must be at least two whole numbers, got {buckets!r}")
         if edges[0] < 0 or edges[-1] > count or any(a >= b for a, b in itertools.pairwise(edges)):

@@ -47,7 +47,8 @@ def parse_model(raw: Any, key: str) -> ModelSpec:
 def _reference(ref: Any, key: str) -> str:
     """A model reference: one line of printable text (it is shown in summaries and passed to loaders)."""
     if not isinstance(ref, str) or not ref.strip():
-        raise ChangeError(key, f"expected a non-empty model reference, got {shown(ref)}", "give a reference such as embedded:smollm2-135m-instruct")
+        raise ChangeError(key, f"expected a non-empty model reference, got {shown(ref)}",
+                          "give a reference such as embedded:smollm2-135m-instruct")
     if len(ref) > 4096:
         raise ChangeError(key, f"is {len(ref):,} characters long", "give a model reference of at most 4096 characters")
     bad = next((c for c in ref if ord(c) < 32 or ord(c) == 127), None)

@@ -64,13 +64,15 @@ class Reader:
             raise self.fail(key, f"is {len(value):,} characters long", f"use at most {MAX_STRING_CHARS:,}")
         bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
         if bad is not None:
-            raise self.fail(key, f"contains the control character {bad!r} in {shown(value)}", "write it on one line, without control characters")
+            raise self.fail(key, f"contains the control character {bad!r} in {shown(value)}",
+                            "write it on one line, without control characters")
         return value
 
     def name(self, value: Any, key: str) -> str:
         """A name that becomes part of node ids and file names: a safe identifier, short, no path in it."""
         text = self.string(value, key)
-        fix = f"use letters, digits, '.', '_' and '-', starting with a letter or digit, at most {MAX_NAME_CHARS} characters (e.g. fp8-kv-cache)"
+        fix = (f"use letters, digits, '.', '_' and '-', starting with a letter or digit, at most {MAX_NAME_CHARS} characters "
+               "(e.g. fp8-kv-cache)")
         if len(text) > MAX_NAME_CHARS:
             raise self.fail(key, f"{shown(text)} is {len(text)} characters long", fix)
         if not NAME_PATTERN.fullmatch(text):

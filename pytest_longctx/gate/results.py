@@ -259,8 +259,8 @@ class Metrics:
     def from_dict(cls, data: dict[str, Any]) -> Metrics:
         require_keys(data, _field_names(cls), "metrics")
         values = dict(data)
-        for key in ("middle_recall_delta_ci", "p95_latency_ratio_ci", "p95_prefill_ratio_ci", "p95_decode_ratio_ci", "fingerprint_mismatches",
-                    "answer_logprob_delta_ci", "seeds_used", "sensitivity", "configuration"):
+        for key in ("middle_recall_delta_ci", "p95_latency_ratio_ci", "p95_prefill_ratio_ci", "p95_decode_ratio_ci",
+                    "fingerprint_mismatches", "answer_logprob_delta_ci", "seeds_used", "sensitivity", "configuration"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)

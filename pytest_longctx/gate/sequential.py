@@ -105,14 +105,16 @@ def evaluate_looks(
         if look < planned:  # `through` stopped before the last look: nothing is final yet
             head = [f"undecided after look {look} of {planned} ({_seeds(seeds)}); {how}"]
         else:
-            head = [f"inconclusive: no decision after all {planned} looks ({_seeds(seeds)}, sweep.sequential.max_seeds={spec.max_seeds}); {how}"]
+            head = [f"inconclusive: no decision after all {planned} looks ({_seeds(seeds)}, "
+                    f"sweep.sequential.max_seeds={spec.max_seeds}); {how}"]
             head += ["OPEN " + _open_reason(c, len(seeds)) for c in decision.checks if c.state == "undecided"]
     else:
         head = [f"verdict decided after look {look} of {planned} ({_seeds(seeds)}); {how}"]
     return metrics, dataclasses.replace(decision, reasons=tuple(head) + decision.reasons)
 
 
-def stop_reason(gate: GateSpec, cells: Sequence[CellResult], look: int, *, loss_curves: Mapping[str, dict[str, Any]] | None = None) -> str | None:
+def stop_reason(gate: GateSpec, cells: Sequence[CellResult], look: int, *,
+                loss_curves: Mapping[str, dict[str, Any]] | None = None) -> str | None:
     """Why look `look` need not run: the looks before it already decided the verdict (None: it must run).
 
     Only approve, reject or invalid stop a running gate: an incomplete look may just be missing cells that another

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from .model import DEFAULT_MODEL, ModelSpec
 from . import limits
 from .limits import shown
+from .model import DEFAULT_MODEL, ModelSpec
 from .reader import GateError  # also this module's: callers catch `spec.GateError`
 from .reader import Reader as _Reader
 
@@ -457,7 +456,8 @@ def _thresholds(r: _Reader, raw: Any) -> Thresholds:
     loss = r.mapping(t.get("loss_ratio", {}), "thresholds.loss_ratio", {"max": ""})
     logprob = r.mapping(t.get("answer_logprob", {}), "thresholds.answer_logprob", {"max_drop": "", "policy": ""})
     if logprob and "max_drop" not in logprob:
-        raise r.fail("thresholds.answer_logprob.max_drop", "is missing", "add max_drop: 0.5 (the nats of answer log-probability you accept losing)")
+        raise r.fail("thresholds.answer_logprob.max_drop", "is missing",
+                     "add max_drop: 0.5 (the nats of answer log-probability you accept losing)")
     latency: dict[str, tuple[float | None, str, float]] = {}
     for name, default in (("p95_latency_ratio", 1.10), ("p95_prefill_ratio", None), ("p95_decode_ratio", None)):
         key = f"thresholds.{name}"
@@ -472,7 +472,8 @@ def _thresholds(r: _Reader, raw: Any) -> Thresholds:
         )
     policy = r.choice(mr.get("policy", "strict"), "thresholds.middle_recall.policy", get_args(RecallPolicy))
     if policy == "noninferiority" and "margin" not in mr:
-        raise r.fail("thresholds.middle_recall.margin", "is required by policy noninferiority", "add margin: 0.05 (the recall loss you accept)")
+        raise r.fail("thresholds.middle_recall.margin", "is required by policy noninferiority",
+                     "add margin: 0.05 (the recall loss you accept)")
     return Thresholds(
         middle_recall_min_delta=r.number(mr.get("min_delta", 0.0), "thresholds.middle_recall.min_delta", low=-1.0, high=1.0),
         p95_latency_ratio_max=latency["p95_latency_ratio"][0],  # type: ignore[arg-type]
@@ -487,10 +488,12 @@ def _thresholds(r: _Reader, raw: Any) -> Thresholds:
         p95_decode_ratio_max=latency["p95_decode_ratio"][0],
         p95_decode_policy=latency["p95_decode_ratio"][1],  # type: ignore[arg-type]
         latency_confidence=latency["p95_latency_ratio"][2],
-        effective_length_ratio_min=None if eff.get("min") is None else r.number(eff["min"], "thresholds.effective_length_ratio.min", low=0.0),
+        effective_length_ratio_min=None if eff.get("min") is None else r.number(
+            eff["min"], "thresholds.effective_length_ratio.min", low=0.0),
         effective_length_recall=r.number(eff.get("recall", 0.85), "thresholds.effective_length_ratio.recall", low=0.0, high=1.0),
         loss_ratio_max=None if loss.get("max") is None else r.number(loss["max"], "thresholds.loss_ratio.max", low=0.0),
-        answer_logprob_max_drop=None if "max_drop" not in logprob else r.number(logprob["max_drop"], "thresholds.answer_logprob.max_drop", low=0.0),
+        answer_logprob_max_drop=None if "max_drop" not in logprob else r.number(
+            logprob["max_drop"], "thresholds.answer_logprob.max_drop", low=0.0),
         answer_logprob_policy=r.choice(logprob.get("policy", "point"), "thresholds.answer_logprob.policy", get_args(LatencyPolicy)),  # type: ignore[arg-type]
     )
 

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .results import CellResult, Failure, TimingSample
 from .spec import GateSpec, SweepSpec, VariantSpec
-from .results import CellResult, TimingSample
 
 if TYPE_CHECKING:
     from ..backends.in_process import Backend
@@ -100,7 +100,7 @@ def run_cell(
     reused = getattr(gen, "reused_tokens", 0)
     timed = timed and reused == 0
     score = prompt.score(gen.answer, hit_limit=gen.hit_limit)
-    failure = score.failure
+    failure: Failure | None = score.failure
     if not score.found and retrieval is not None and retrieval.not_retrieved:
         failure = "not_retrieved"  # the evidence never reached the model: the retriever's miss, not the model's
     elif not score.found and _cut_by_history(variant, prompt):
@@ -167,7 +167,8 @@ def timed_run(
         gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s,
                                stop=prompt.answer_complete)
     except Exception as exc:  # noqa: BLE001 - a timed run that fails (timeout, OOM) blocks approval via its cell
-        return TimingSample(variant.name, cell.task, cell.length, cell.depth, cell.seed, None, None, None, "", f"{type(exc).__name__}: {exc}")
+        return TimingSample(variant.name, cell.task, cell.length, cell.depth, cell.seed, None, None, None, "",
+                            f"{type(exc).__name__}: {exc}")
     return TimingSample(
         variant.name, cell.task, cell.length, cell.depth, cell.seed, gen.prefill_s + extra, gen.decode_s_per_token,
         gen.total_s + extra, gen.answer,

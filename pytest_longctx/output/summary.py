@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..gate.results import Check, GateResults
-from .planted import planted_notice, planted_regressions
 from .escape import md_code, md_escape, one_line
+from .planted import planted_notice, planted_regressions
 
 NA = "n/a"
 NONE = "—"
@@ -111,7 +111,8 @@ class _Family:
 
 
 _FAMILIES = (
-    _Family("middle-band recall", "middle_recall", "middle_recall_delta", "middle_recall_delta_ci", "middle_recall_delta", "delta", fmt_number),
+    _Family("middle-band recall", "middle_recall", "middle_recall_delta", "middle_recall_delta_ci", "middle_recall_delta", "delta",
+            fmt_number),
     _Family("recall, all depths", "recall", None, None, None, "delta", fmt_number),
     # Teacher-forced log p of the expected answer: a continuous signal where recall sits at a ceiling or floor.
     _Family("answer log-probability (nats)", "answer_logprob", "answer_logprob_delta", "answer_logprob_delta_ci", "answer_logprob_delta",
@@ -182,7 +183,11 @@ def metric_rows(results: GateResults) -> tuple[MetricRow, ...]:
             change = None if base is None or cand is None else cand - base
         else:
             change = None if base is None or cand is None or base == 0 else cand / base
-        ci = (check.ci_low, check.ci_high) if check is not None and check.ci_low is not None else _pair(getattr(m, fam.ci, None) if fam.ci else None)
+        ci: tuple[float, float | None] | None
+        if check is not None and check.ci_low is not None:
+            ci = (check.ci_low, check.ci_high)
+        else:
+            ci = _pair(getattr(m, fam.ci, None) if fam.ci else None)
         label = f"{fam.label} ({m.memory_label})" if fam.values == "memory_bytes" else fam.label
         text = fmt_number(change, signed=fam.how == "delta")
         rows.append(MetricRow(
@@ -328,8 +333,8 @@ _SETTING_DEFAULTS: dict[str, str] = {
     "retrieval": "none (whole context)",
     "planted": "none",
 }
-_DESCRIBED = {"name", "changes", "described", "model", "dtype", "attn_implementation", "rope", "attention", "kv_cache_dtype", "kv_scale", "packing",
-              "history", "retrieval", "planted_decode_delay", "planted_kv_copies", "planted_window",
+_DESCRIBED = {"name", "changes", "described", "model", "dtype", "attn_implementation", "rope", "attention", "kv_cache_dtype", "kv_scale",
+              "packing", "history", "retrieval", "planted_decode_delay", "planted_kv_copies", "planted_window",
               "backend", "base_urls", "launch", "api", "max_concurrency", "tokenizer", "kv_bytes_per_element"}
 
 
@@ -520,7 +525,7 @@ def _columns(head: Sequence[str], body: Sequence[Sequence[str]], right: set[int]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     return [line(head), line(["-" * w for w in widths]), *(line(b) for b in body)]
 

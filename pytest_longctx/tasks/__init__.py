@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from . import aggregation, conversation_qa, multi_doc_qa, niah, variable_tracking
 from ..gate.limits import MAX_NAME_CHARS, NAME_PATTERN, shown, shown_key
+from . import aggregation, conversation_qa, multi_doc_qa, niah, variable_tracking
 from .family import Family, Option, TaskError
 from .multi_doc_qa import Arrange
 from .prompt import Document, Miss, Score, Scoring, TaskPrompt

@@ -11,7 +11,8 @@ from pytest_longctx.gate.results import load_results
 
 
 def capture(pytester, gate, model_dir, *extra):
-    return pytester.runpytest("--longctx-gate", str(gate), "--longctx-model", str(model_dir), "--longctx-capture", "-p", "no:cacheprovider", *extra)
+    return pytester.runpytest("--longctx-gate", str(gate), "--longctx-model", str(model_dir), "--longctx-capture", "-p", "no:cacheprovider",
+                              *extra)
 
 
 def test_capture_then_compare_against_it(pytester, write_gate, tiny_model_dir):
@@ -22,8 +23,8 @@ def test_capture_then_compare_against_it(pytester, write_gate, tiny_model_dir):
     assert "::candidate::" not in result.stdout.str()
     saved = json.loads((pytester.path / "gate.baseline.json").read_text())
     assert len(saved["cells"]) == 6 and saved["fingerprint"]["chat_template"] != "none"
-    assert set(saved["fingerprint"]) >= {"model_weights", "tokenizer", "chat_template", "prompt_generator", "torch", "transformers", "device",
-                                         "model_config", "tokenizer_files"}
+    assert set(saved["fingerprint"]) >= {"model_weights", "tokenizer", "chat_template", "prompt_generator", "torch", "transformers",
+                                         "device", "model_config", "tokenizer_files"}
     assert saved["capture_version"] == 2 and set(saved["digests"]) == {"cells", "header"}
 
     again = capture(pytester, gate, tiny_model_dir)
@@ -64,7 +65,8 @@ def test_comparing_without_a_capture_is_a_usage_error(pytester, write_gate):
     gate = write_gate(captured_baseline="nowhere.json")
     result = pytester.runpytest("--longctx-gate", str(gate))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*key 'captured_baseline'*nowhere.json does not exist. Fix: run pytest --longctx-gate*--longctx-capture first*"])
+    result.stderr.fnmatch_lines(
+        ["*key 'captured_baseline'*nowhere.json does not exist. Fix: run pytest --longctx-gate*--longctx-capture first*"])
 
 
 def test_resaved_weights_of_the_same_size_make_the_comparison_invalid(pytester, write_gate, tiny_model_dir, tmp_path):
@@ -99,7 +101,8 @@ def test_a_hand_edited_capture_makes_the_comparison_invalid(pytester, write_gate
     result = pytester.runpytest("--longctx-gate", str(gate), "--longctx-model", str(tiny_model_dir), "-p", "no:cacheprovider")
 
     assert result.ret == 1
-    result.stdout.fnmatch_lines(["*gate tiny: INVALID*", "*cannot compare*captured baseline: cells digest mismatch (the file was edited after capture*"])
+    result.stdout.fnmatch_lines(["*gate tiny: INVALID*",
+                                 "*cannot compare*captured baseline: cells digest mismatch (the file was edited after capture*"])
 
 
 def test_a_capture_of_the_old_version_is_refused_before_the_run(pytester, write_gate, tiny_model_dir):

@@ -157,13 +157,15 @@ def test_a_model_swap_runs_each_side_on_its_own_weights(pytester, write_gate, ti
 
 
 LAUGHS = "[&l0 [" + ",".join(["256"] * 10) + "], " + ", ".join(f"&l{i} [" + ",".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)) + "]"
-TINY = {"name": "tiny", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8_e4m3"}, "sweep": {"lengths": [256, 384], "depths": [0.0, 0.5, 1.0]}}
+TINY = {"name": "tiny", "baseline": {}, "candidate": {"kv_cache_dtype": "fp8_e4m3"},
+        "sweep": {"lengths": [256, 384], "depths": [0.0, 0.5, 1.0]}}
 
 
 @pytest.mark.parametrize(
     "gate,expected",
     [
-        ({**TINY, "name": "x\n\n## ✅ APPROVE\n<img src=x onerror=alert(1)>"}, "gate.yaml: key 'name': contains the control character '\\n'"),
+        ({**TINY, "name": "x\n\n## ✅ APPROVE\n<img src=x onerror=alert(1)>"},
+         "gate.yaml: key 'name': contains the control character '\\n'"),
         ({**TINY, "name": "../../../../tmp/x"}, "gate.yaml: key 'name': '../../../../tmp/x' is not a plain name"),
         ({**TINY, "report": "out/r.json"}, "r.json would be both the results JSON and the HTML report"),
         ({**TINY, "candidate": {"attention": {"window": 400}}}, "key 'candidate.attention.window': a window of 400 tokens"),

@@ -16,7 +16,8 @@ def test_a_decided_gate_skips_the_later_looks_and_records_where_it_stopped(pytes
     assert result.ret == 0, result.stdout.str()
     # Look 1: 12 cells and its timing pass; looks 2 and 3 (24 cells, 2 passes) skipped with the reason.
     result.assert_outcomes(passed=13, skipped=26)
-    result.stdout.fnmatch_lines(["*gate tiny: APPROVE*look 1 of 3, stopped early*", "SKIPPED*verdict decided after look 1 (seed 0): approve"])
+    result.stdout.fnmatch_lines(["*gate tiny: APPROVE*look 1 of 3, stopped early*",
+                                 "SKIPPED*verdict decided after look 1 (seed 0): approve"])
     data = json.loads((pytester.path / "r.json").read_text())
     m = data["metrics"]
     assert (m["looks"], m["planned_looks"], m["seeds_used"], m["stopped_early"]) == (1, 3, [0], True)

@@ -6,10 +6,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from pytest_longctx.changes.window import AttentionWindow, make_window_cache, stored_tokens, windowed_prefill
-from pytest_longctx.backends.kv_cache import cache_keyword
-from pytest_longctx.backends.kv_cache import cache_nbytes, make_cache
+from pytest_longctx.backends.kv_cache import cache_keyword, cache_nbytes, make_cache
 from pytest_longctx.capacity.kv_math import KvShape
+from pytest_longctx.changes.window import AttentionWindow, make_window_cache, stored_tokens, windowed_prefill
 from tests.conftest import tiny_llama_config
 
 PROMPT = torch.randint(2, 96, (1, 23), generator=torch.Generator().manual_seed(3))

@@ -243,7 +243,9 @@ def test_a_windowed_side_prefills_and_decodes_within_its_window(tiny_backend):
 
     prompt = torch.randint(2, 90, (300,), generator=torch.Generator().manual_seed(3)).tolist()
     window = AttentionWindow(window=64, sink_tokens=4)
-    windowed = tiny_backend.generate(prompt, variant=VariantSpec.of("w", attention={"window": window.window, "sink_tokens": window.sink_tokens}), max_new_tokens=6)
+    windowed = tiny_backend.generate(prompt,
+                                     variant=VariantSpec.of("w", attention={"window": window.window, "sink_tokens": window.sink_tokens}),
+                                     max_new_tokens=6)
     full = tiny_backend.generate(prompt, variant=VariantSpec("f"), max_new_tokens=6)
     seen = len(prompt) + windowed.new_tokens - 1
     assert windowed.kv_tokens == 68 and full.kv_tokens == seen

@@ -24,7 +24,8 @@ GATE = parse_gate({
     "name": "g", "baseline": {}, "candidate": {},
     "sweep": {"lengths": [512], "depths": [0.0, 0.5], "seeds": [0]},
 })
-FP = {"model_weights": "w", "tokenizer": "t", "chat_template": "c", "prompt_generator": "1", "torch": "2", "transformers": "5", "device": "cpu"}
+FP = {"model_weights": "w", "tokenizer": "t", "chat_template": "c", "prompt_generator": "1", "torch": "2", "transformers": "5",
+      "device": "cpu"}
 
 
 def complete():

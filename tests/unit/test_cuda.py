@@ -49,8 +49,8 @@ def test_quantized_caches_run_on_the_device_and_shrink_kv_bytes(cuda_backend, dt
 
 
 def test_a_window_bounds_the_cache_on_the_device(cuda_backend):
-    from pytest_longctx.changes.window import AttentionWindow
     from pytest_longctx.gate.spec import VariantSpec
 
-    gen = cuda_backend.generate(_prompt(3000, 2), variant=VariantSpec.of("w", attention={"window": 256, "sink_tokens": 4}), max_new_tokens=4)
+    gen = cuda_backend.generate(_prompt(3000, 2), variant=VariantSpec.of("w", attention={"window": 256, "sink_tokens": 4}),
+                                max_new_tokens=4)
     assert gen.kv_tokens == 260 and gen.kv_bytes == gen.kv_bytes_analytic

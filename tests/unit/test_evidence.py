@@ -138,7 +138,8 @@ def test_recall_power_matches_the_exact_interval_and_grows_with_cells():
 
 def test_every_recall_check_states_its_detectable_drop():
     g = gate()
-    _, decision = evaluate(g, cells(g, "baseline", found=lambda n, d, s: s != 0) + cells(g, "candidate", found=lambda n, d, s: s != 0, kv_bytes=530))
+    baseline = cells(g, "baseline", found=lambda n, d, s: s != 0)
+    _, decision = evaluate(g, baseline + cells(g, "candidate", found=lambda n, d, s: s != 0, kv_bytes=530))
     recall = next(c for c in decision.checks if c.name == "middle_recall_delta")
     assert "with 24 cells at baseline 0.75 its interval shows a drop of" in recall.detail and "80 % power" in recall.detail
 

@@ -15,8 +15,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pytest_longctx.gate.document import DocumentError, load_yaml
 from pytest_longctx.changes.registry import side_keys
+from pytest_longctx.gate.document import DocumentError, load_yaml
 from pytest_longctx.gate.spec import SWEEP_KEYS, TOP_LEVEL, GateError, GateSpec, parse_gate
 
 VARIANT_KEYS = side_keys()
@@ -155,7 +155,8 @@ def _through_yaml(document: Any) -> None:
     _outcome(data)
 
 
-SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=timedelta(seconds=PER_EXAMPLE_S), derandomize="LONGCTX_FUZZ_EXAMPLES" not in os.environ,
+SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=timedelta(seconds=PER_EXAMPLE_S),
+                    derandomize="LONGCTX_FUZZ_EXAMPLES" not in os.environ,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

@@ -109,7 +109,8 @@ CHANGES = {
 
 
 def test_every_change_a_variant_can_carry_round_trips_through_results():
-    gate = parse_gate(minimal(candidate=CHANGES, sweep={"lengths": [256], "depths": [0.5], "tasks": ["niah", {"family": "multi_doc_qa"}, "conversation"]}))
+    gate = parse_gate(minimal(candidate=CHANGES,
+                              sweep={"lengths": [256], "depths": [0.5], "tasks": ["niah", {"family": "multi_doc_qa"}, "conversation"]}))
     c = gate.candidate
     assert c.model_spec(gate.model).ref == "other/model-dir" and c.model_spec(gate.model).dtype == "bfloat16"
     rope = c.load_plan(gate.model).rope

@@ -228,8 +228,7 @@ def test_measure_keeps_the_largest_cache_and_nests(tiny_handle):
 def test_measure_takes_caches_and_numbers(tiny_llama):
     import torch
 
-    from pytest_longctx.backends.kv_cache import cache_keyword
-    from pytest_longctx.backends.kv_cache import make_cache
+    from pytest_longctx.backends.kv_cache import cache_keyword, make_cache
 
     budget = KvBudget.for_model(tiny_llama)
     cache = make_cache("auto", tiny_llama.config)

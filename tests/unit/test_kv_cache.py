@@ -3,8 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytest_longctx.backends.kv_cache import cache_keyword
-from pytest_longctx.backends.kv_cache import Fp8Layer, cache_nbytes, make_cache
+from pytest_longctx.backends.kv_cache import Fp8Layer, cache_keyword, cache_nbytes, make_cache
 from pytest_longctx.capacity.kv_math import KvShape
 
 

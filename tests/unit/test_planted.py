@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from pytest_longctx.gate.spec import VariantSpec
@@ -62,4 +60,5 @@ def test_a_regression_planted_on_the_baseline_is_refused_at_parse(planted):
     with pytest.raises(GateError, match=r"g.yaml: key 'baseline.planted': plants a regression on the baseline.*"
                                         r"Fix: plant regressions on the candidate"):
         parse_gate(gate, source="g.yaml")
-    assert parse_gate({**gate, "baseline": {}, "candidate": {"planted": planted}}).candidate != parse_gate({**gate, "baseline": {}}).candidate
+    unplanted = parse_gate({**gate, "baseline": {}}).candidate
+    assert parse_gate({**gate, "baseline": {}, "candidate": {"planted": planted}}).candidate != unplanted

@@ -6,10 +6,9 @@ import random
 import pytest
 import torch
 
-from pytest_longctx.backends.kv_cache import cache_keyword
-from pytest_longctx.gate.spec import VariantSpec
-from pytest_longctx.backends.kv_cache import cache_nbytes, make_cache
+from pytest_longctx.backends.kv_cache import cache_keyword, cache_nbytes, make_cache
 from pytest_longctx.backends.prefix_reuse import PrefixStore, common_prefix_length, reuse_order, variant_key
+from pytest_longctx.gate.spec import VariantSpec
 
 
 def _filled(config, tokens: int, dtype: str = "auto", kv_scale: str = "token_head", seed: int = 0):
@@ -34,7 +33,7 @@ def test_common_prefix_length_matches_a_plain_scan():
     for _ in range(300):
         a = [rng.randrange(3) for _ in range(rng.randrange(12))]
         b = a[: rng.randrange(len(a) + 1)] + [rng.randrange(3) for _ in range(rng.randrange(6))]
-        plain = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        plain = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         assert common_prefix_length(a, b) == common_prefix_length(tuple(b), tuple(a)) == plain
 
 
@@ -52,7 +51,7 @@ def test_reuse_order_prefills_no_more_than_any_other_order():
     rng = random.Random(1)
     trunk = [rng.randrange(9) for _ in range(30)]
     prompts = {}
-    for name, cut in zip("abcde", (0, 7, 7, 19, 30)):  # branches off one trunk, two of them at the same point
+    for name, cut in zip("abcde", (0, 7, 7, 19, 30), strict=True):  # branches off one trunk, two of them at the same point
         prompts[name] = tuple(trunk[:cut] + [9 + ord(name) % 3] + [rng.randrange(9) for _ in range(8)])
     best = min(_prefilled_tokens(list(p)) for p in itertools.permutations(prompts.values()))
     ordered = reuse_order(list(prompts.items()))

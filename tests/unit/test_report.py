@@ -30,7 +30,8 @@ from pytest_longctx.output.report import (
     write_html,
 )
 
-FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores (schema 2: tests/data/regenerate.py)
+# The default gate's real run on 2 CPU cores (schema 2: tests/data/regenerate.py).
+FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"
 # A made-up, schema-exact run of six task families with a YaRN candidate and a loss curve (tests/data/families_results.py)
 FAMILIES_RESULTS = Path(__file__).parents[1] / "data" / "families-results.json"
 
@@ -460,9 +461,7 @@ def test_what_changed_lists_the_settings_each_side_changes() -> None:
 
 
 def test_what_changed_shows_a_window_with_sinks_and_a_model_swap() -> None:
-    from pytest_longctx.changes.rope import parse_rope
-    from pytest_longctx.changes.window import AttentionWindow
-    from pytest_longctx.gate.spec import ModelSpec, VariantSpec
+    from pytest_longctx.gate.spec import VariantSpec
 
     results = load_results(FAMILIES_RESULTS)
     baseline = VariantSpec.of("baseline", model={"ref": "hf:org/base", "dtype": "bfloat16"})

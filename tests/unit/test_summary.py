@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_longctx.output.report import render_html
 from pytest_longctx.gate.results import Decision, load_results
+from pytest_longctx.output.report import render_html
 from pytest_longctx.output.summary import (
     append_step_summary,
     describe_variant,
@@ -23,7 +23,8 @@ from pytest_longctx.output.summary import (
     variant_settings,
 )
 
-FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"  # the default gate's real run on 2 CPU cores (schema 2: tests/data/regenerate.py)
+# The default gate's real run on 2 CPU cores (schema 2: tests/data/regenerate.py).
+FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"
 # A made-up, schema-exact run of six task families with a YaRN candidate and a loss curve (tests/data/families_results.py)
 FAMILIES_RESULTS = Path(__file__).parents[1] / "data" / "families-results.json"
 
@@ -39,7 +40,8 @@ def _html_metric_rows(page: str) -> list[list[str]]:
     table = re.search(r'<table class="metrics">(.*?)</table>', page, re.S)
     assert table
     rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)[1:]
-    return [[" ".join(html.unescape(re.sub(r"<[^>]+>", " ", td)).split()) for td in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)] for r in rows]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r, re.S) for r in rows]
+    return [[" ".join(html.unescape(re.sub(r"<[^>]+>", " ", td)).split()) for td in row] for row in cells]
 
 
 def test_markdown_shows_the_same_metrics_as_the_html_report() -> None:
@@ -49,7 +51,7 @@ def test_markdown_shows_the_same_metrics_as_the_html_report() -> None:
     html_rows = _html_metric_rows(render_html(results))
 
     assert len(md_rows) == len(html_rows) == 9
-    for md, page in zip(md_rows, html_rows):
+    for md, page in zip(md_rows, html_rows, strict=True):
         assert md[:6] == page[:6]  # metric, baseline, candidate, ratio/delta, CI, threshold
         result = {"✓ pass": "✅ pass", "✗ fail": "❌ FAIL", "info": "info", "not measured": "not measured"}[page[6]]
         assert md[6] == result
@@ -232,7 +234,7 @@ def test_terminal_lists_recall_per_task_when_the_gate_swept_several() -> None:
 
     start = next(i for i, line in enumerate(lines) if line.split()[:3] == ["recall", "by", "task"])
     body = lines[start + 2 : start + 2 + len(data["metrics"]["recall_by_task"])]
-    for line, (task, values) in zip(body, data["metrics"]["recall_by_task"].items()):
+    for line, (task, values) in zip(body, data["metrics"]["recall_by_task"].items(), strict=True):
         base, cand = values["baseline"], values["candidate"]
         assert line.split() == [task, f"{base:.3f}", f"{cand:.3f}", f"{cand - base:+.3f}"]
     assert lines[start + 2 + len(body)].startswith("  FAIL ")  # then the reasons
@@ -255,11 +257,8 @@ def test_markdown_has_a_recall_per_task_table_and_each_sides_changes() -> None:
 
 
 def test_describe_variant_names_each_change_and_hides_the_defaults() -> None:
-    from pytest_longctx.changes.window import AttentionWindow
-    from pytest_longctx.gate.spec import VariantSpec
-    from pytest_longctx.changes.prompt_layout import HistoryBudget
     from pytest_longctx.changes.retrievers import parse_retrieval
-    from pytest_longctx.changes.rope import parse_rope
+    from pytest_longctx.gate.spec import VariantSpec
 
     spec = VariantSpec.of(
         "candidate", kv_cache_dtype="int4", kv_scale="channel", attn_implementation="eager",
@@ -290,7 +289,6 @@ def test_describe_variant_names_each_change_and_hides_the_defaults() -> None:
 
 def test_describe_variant_names_a_served_side_by_where_its_engine_runs() -> None:
     from pytest_longctx.gate.spec import VariantSpec
-    from pytest_longctx.backends.served.launch import LaunchSpec
 
     served = VariantSpec.of("c", backend="openai", launch={"command": "vllm serve {model} --port {port}"}, max_concurrency=4)
     assert dict(describe_variant(served.to_dict())) == {"backend": "openai (launched: vllm serve {model} --port {port}), 4 in flight"}

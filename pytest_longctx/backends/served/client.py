@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import threading
 import time
@@ -13,10 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ...capacity.kv_math import KvShape
+from ...gate.spec import VariantSpec
 from ..in_process import CellTimeout, Generation, decode_seconds
 from .metrics import CACHE_DTYPE_BYTES, EngineMetrics, scrape
-from ...gate.spec import VariantSpec
-from ...capacity.kv_math import KvShape
 
 Api = Literal["completions", "chat"]
 PromptFormat = Literal["auto", "ids", "text"]
@@ -335,7 +336,9 @@ class ServedBackend:
             )
         new_tokens = int(usage["completion_tokens"]) if usage is not None and usage.get("completion_tokens") is not None else chunks
         kv_tokens = prompt_tokens + max(new_tokens, 1) - 1  # the last token sampled is never fed back
-        elem = self.kv_bytes_per_element if self.kv_bytes_per_element is not None else CACHE_DTYPE_BYTES.get(variant.cache_plan().kv_cache_dtype, 2.0)
+        elem = self.kv_bytes_per_element
+        if elem is None:
+            elem = CACHE_DTYPE_BYTES.get(variant.cache_plan().kv_cache_dtype, 2.0)
         analytic = 0 if self._kv_shape is None else self._kv_shape.sequence_bytes(kv_tokens, elem)
         kv_bytes, source = (analytic, "analytic") if self._kv_shape is not None else (0, "unknown")
         if metrics_reader is not None:
@@ -373,7 +376,7 @@ def _decode_seconds(arrivals: Sequence[float], first: float, last: float, new_to
     if new_tokens <= 1:
         return None
     if len(arrivals) == new_tokens:
-        return decode_seconds([b - a for a, b in zip(arrivals, arrivals[1:])])
+        return decode_seconds([b - a for a, b in itertools.pairwise(arrivals)])
     return (last - first) / (new_tokens - 1)
 
 
@@ -501,7 +504,8 @@ def chat_content(tokenizer: Any, ids: Sequence[int]) -> str:
     head, _, tail = wrapped.partition(marker)
     text = tokenizer.decode(list(ids), skip_special_tokens=False)
     if not text.startswith(head) or not text.endswith(tail) or len(text) < len(head) + len(tail):
-        raise ServedBackendError("api: chat got a prompt that is not one user message in the tokenizer's chat template; use api: completions")
+        raise ServedBackendError(
+            "api: chat got a prompt that is not one user message in the tokenizer's chat template; use api: completions")
     return text[len(head) : len(text) - len(tail)]
 
 
@@ -546,7 +550,8 @@ class RemoteTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         if not self._extras:
-            body: dict[str, Any] = {"content": text, "prompt": text, "add_special": add_special_tokens, "add_special_tokens": add_special_tokens}
+            body: dict[str, Any] = {"content": text, "prompt": text, "add_special": add_special_tokens,
+                                    "add_special_tokens": add_special_tokens}
             if self.model is not None:
                 body["model"] = self.model
             status, answer = self._post("/tokenize", body)
@@ -587,7 +592,8 @@ class RemoteTokenizer:
         parts = urllib.parse.urlsplit(self.base_url)
         conn = _connection(parts, self.timeout_s)
         try:
-            conn.request("POST", parts.path.rstrip("/") + path, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+            conn.request("POST", parts.path.rstrip("/") + path, body=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
             response = conn.getresponse()
             raw = response.read()
         except (OSError, http.client.HTTPException) as exc:

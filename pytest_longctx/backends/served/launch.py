@@ -70,24 +70,30 @@ def parse_launch(mapping: Any, *, key: str = "launch") -> LaunchSpec:
         raise LaunchError(f"{key}.{unknown[0]}", "unknown key", "use command and ready_timeout_s")
     command = mapping.get("command")
     if not isinstance(command, str) or not command.strip():
-        raise LaunchError(f"{key}.command", f"expected a non-empty command string, got {shown(command)}", 'write e.g. command: "vllm serve {model} --port {port}"')
+        raise LaunchError(f"{key}.command", f"expected a non-empty command string, got {shown(command)}",
+                          'write e.g. command: "vllm serve {model} --port {port}"')
     try:
         fields = {name for part in shlex.split(command) for _, name, _, _ in string.Formatter().parse(part) if name is not None}
     except ValueError as exc:  # unbalanced quotes or braces
-        raise LaunchError(f"{key}.command", f"cannot be split into arguments ({exc})", "balance the quotes, and write a literal brace as {{ or }}") from None
+        raise LaunchError(f"{key}.command", f"cannot be split into arguments ({exc})",
+                          "balance the quotes, and write a literal brace as {{ or }}") from None
     unknown_fields = sorted(fields - set(PLACEHOLDERS))
     if unknown_fields:
-        raise LaunchError(f"{key}.command", f"unknown placeholder {{{unknown_fields[0]}}}", f"use only {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+        raise LaunchError(f"{key}.command", f"unknown placeholder {{{unknown_fields[0]}}}",
+                          f"use only {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
     if "port" not in fields:
-        raise LaunchError(f"{key}.command", "does not pass {port}", "add the server's port flag, e.g. --port {port}: the port is picked free at launch")
+        raise LaunchError(f"{key}.command", "does not pass {port}",
+                          "add the server's port flag, e.g. --port {port}: the port is picked free at launch")
     try:  # what only filling the template finds: a conversion ({model!x}), a format spec ({port:q}), an attribute
         LaunchSpec(command).argv(model="/models/m.gguf", port=8000)
     except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
         problem = f"cannot be filled in ({type(exc).__name__}: {shown(str(exc))})"
-        raise LaunchError(f"{key}.command", problem, "write placeholders plainly, e.g. {model} and {port}, without ! or : after the name") from None
+        raise LaunchError(f"{key}.command", problem,
+                          "write placeholders plainly, e.g. {model} and {port}, without ! or : after the name") from None
     timeout = mapping.get("ready_timeout_s", 600.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_READY_TIMEOUT_S:
-        raise LaunchError(f"{key}.ready_timeout_s", f"expected a positive number of seconds up to {MAX_READY_TIMEOUT_S:g}, got {shown(timeout)}",
+        raise LaunchError(f"{key}.ready_timeout_s",
+                          f"expected a positive number of seconds up to {MAX_READY_TIMEOUT_S:g}, got {shown(timeout)}",
                           "write e.g. ready_timeout_s: 600")
     return LaunchSpec(command=command, ready_timeout_s=float(timeout))
 
@@ -156,7 +162,8 @@ def _wait_ready(process: subprocess.Popen[bytes], base_url: str, timeout_s: floa
         if _ready(base_url):
             return
         if time.monotonic() > deadline:
-            raise ServerStartError(f"the server was not ready within ready_timeout_s={timeout_s:g}: {base_url}/health never answered 200\n{log_tail(log_path)}")
+            raise ServerStartError(f"the server was not ready within ready_timeout_s={timeout_s:g}: "
+                                   f"{base_url}/health never answered 200\n{log_tail(log_path)}")
         time.sleep(pause)
         pause = min(pause * 1.5, 1.0)
 
