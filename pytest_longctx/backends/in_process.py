@@ -499,9 +499,10 @@ class _Drafts:
 
     Why: needle answers copy the prompt (the needle line, the question, a log line), so most drafts are right. A
     draft is verified in one forward pass with the token before it, and the model's own greedy choices are kept:
-    accepted draft tokens up to the first disagreement, then the model's token there. That is exactly greedy
-    decoding, with one caveat, the one chunked prefill has: the pass computes several positions at once, so
-    logits may differ in their last bits from one-at-a-time steps (benchmarks/sweep_vs_naive.py checks answers).
+    accepted draft tokens up to the first disagreement, then the model's token there. That is greedy decoding up to
+    near-ties: the pass computes several positions at once, so logits may differ in their last bits from one-at-a-time
+    steps, and where the top two are that close the choice can flip. What the recall pass guarantees is the task's
+    verdict and miss category per cell; benchmarks/sweep_vs_naive.py checks exactly that and reports token agreement.
     """
 
     NGRAM = 2

@@ -52,3 +52,43 @@ def test_small_fp8_gate_on_the_embedded_model(pytester):
     html = (pytester.path / "out" / "fp8-small.html").read_text()
     assert "fp8-small" in html and "<svg" in html
     assert longctx_main(["decide", str(pytester.path / "out" / "fp8-small.json")]) == (0 if verdict == "approve" else 1)
+
+
+WINDOW = """\
+name: window-loses-recall
+model: embedded:smollm2-135m-instruct
+baseline: {}
+candidate: {attention: {window: 128, sink_tokens: 4}}
+sweep:
+  lengths: [1024]
+  depths: [0.25, 0.5, 0.75]
+  seeds: [0, 1]
+  max_new_tokens: 24
+thresholds:
+  p95_latency_ratio: {max: 100.0}   # the verdict is the recall's, not a busy runner's latency
+report: out/window.html
+"""
+
+
+@pytest.mark.slow
+def test_an_evicting_window_on_the_real_model_is_rejected_for_its_recall(pytester):
+    """The promise itself: a change that loses the middle of the context is rejected, and the file says why."""
+    (pytester.path / "gate.yaml").write_text(WINDOW)
+    result = pytester.runpytest("--longctx-gate", "gate.yaml", "-p", "no:cacheprovider")
+    results = load_results(pytester.path / "out" / "window.json")
+
+    assert result.ret == 1 and results.decision.verdict == "reject", result.stdout.str()
+    base = [c for c in results.cells if c.variant == "baseline"]
+    cand = [c for c in results.cells if c.variant == "candidate"]
+    # The full cache reads these middle needles at 1024 tokens; a 128-token window has evicted every one.
+    assert sum(c.found for c in base) >= 5 and not any(c.found for c in cand)
+    recall = next(c for c in results.decision.checks if c.name == "middle_recall_delta")
+    assert not recall.passed and results.metrics.middle_recall["candidate"] == 0.0
+    # Each lost cell's answer is less likely too, and the window holds its capacity, not the prompt.
+    assert all(c.answer_logprob is not None for c in results.cells)
+    assert results.metrics.answer_logprob_delta < 0
+    assert all(c.kv_tokens == 4 + 128 for c in cand)
+    # The decision is what the cells say, recomputed from the JSON alone.
+    _, recomputed = evaluate(GateSpec.from_dict(results.gate), results.cells)
+    assert recomputed.verdict == "reject"
+    assert longctx_main(["decide", str(pytester.path / "out" / "window.json")]) == 1
