@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from pytest_longctx.gate.results import load_results
-from pytest_longctx.output.report import VARIANT_COLOURS, VERDICT_COLOURS, diverging_colour, loss_chart, sequential_colour, write_html
+from pytest_longctx.output.charts import loss_chart
+from pytest_longctx.output.colours import VARIANT_COLOURS, VERDICT_COLOURS, diverging_colour, sequential_colour
+from pytest_longctx.output.report import write_html
 
 FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"
 FAMILIES_RESULTS = Path(__file__).parents[1] / "data" / "families-results.json"  # six task families, a loss curve

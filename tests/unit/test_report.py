@@ -12,23 +12,11 @@ import numpy as np
 import pytest
 
 from pytest_longctx.gate.results import CellResult, Check, Decision, GateResults, Metrics, load_results
-from pytest_longctx.output.report import (
-    diverging_colour,
-    environment_rows,
-    failure_rows,
-    fmt_bytes,
-    heatmap_panels,
-    latency_charts,
-    latency_rows,
-    length_rows,
-    loss_chart,
-    percentile,
-    recall_grid,
-    render_html,
-    sequential_colour,
-    timed_runs,
-    write_html,
-)
+from pytest_longctx.output.charts import latency_charts, latency_rows, loss_chart, percentile
+from pytest_longctx.output.colours import diverging_colour, sequential_colour
+from pytest_longctx.output.heatmaps import heatmap_panels, recall_grid
+from pytest_longctx.output.report import fmt_bytes, render_html, write_html
+from pytest_longctx.output.tables import environment_rows, failure_rows, length_rows, timed_runs
 
 # The default gate's real run on 2 CPU cores (schema 2: tests/data/regenerate.py).
 FP8_RESULTS = Path(__file__).parents[1] / "data" / "fp8-results.json"
