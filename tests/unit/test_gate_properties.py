@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from pytest_longctx.changes.registry import side_keys
 from pytest_longctx.gate.document import DocumentError, load_yaml
-from pytest_longctx.gate.spec import SWEEP_KEYS, TOP_LEVEL, GateError, GateSpec, parse_gate
+from pytest_longctx.gate.spec import TOP_LEVEL, GateError, GateSpec, parse_gate
+from pytest_longctx.gate.sweep_spec import SWEEP_KEYS
 
 VARIANT_KEYS = side_keys()
 
