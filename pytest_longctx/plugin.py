@@ -81,7 +81,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not paths:
         return
     if worker is not None:
-        _share_cores(config.workerinput.get("workercount", 1))
+        _share_cores(getattr(config, "workerinput", {}).get("workercount", 1))
     from .gate.spec import GateError
 
     try:
@@ -165,15 +165,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 # markers `longctx` and `gpu`. The logic lives in model_handle, haystack_factory, kv_budget and cell_marker.
 
 if TYPE_CHECKING:
+    from .capacity.kv_budget import KvBudget
     from .marker import LongctxCell
     from .testing.haystack import HaystackFactory
-    from .capacity.kv_budget import KvBudget
     from .testing.model import ModelHandle
 
 
 def _register_test_markers(config: pytest.Config) -> None:
-    from .marker import MARKER_HELP
     from .backends.devices import GPU_MARKER_HELP
+    from .marker import MARKER_HELP
 
     config.addinivalue_line("markers", MARKER_HELP)
     config.addinivalue_line("markers", GPU_MARKER_HELP)
@@ -213,8 +213,8 @@ def longctx_cell(request: pytest.FixtureRequest) -> LongctxCell | None:
 @pytest.fixture(scope="session")
 def model(pytestconfig: pytest.Config) -> ModelHandle:
     """The session's model (`--longctx-model`, ini `longctx_model`, the gate's, or the embedded one), loaded once."""
-    from .testing.model import open_model, resolve_model_spec
     from .backends.loading import ModelLoadError
+    from .testing.model import open_model, resolve_model_spec
 
     gate_session = pytestconfig.stash.get(SESSION_KEY, None)
     spec = resolve_model_spec(option=pytestconfig.getoption("longctx_model"), ini=pytestconfig.getini("longctx_model"),

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
-if TYPE_CHECKING:
-    from ..gate.spec import ModelSpec, SweepSpec, VariantSpec
-    from ..tasks import TaskPrompt
-    from .window import AttentionWindow
+from .errors import ChangeError
+from .model import ModelSpec
+
+__all__ = ["CachePlan", "Change", "ChangeError", "LoadPlan", "PromptPlan", "Reuse", "Stage"]
 
 Stage = Literal["load", "cache", "forward", "prompt", "serve", "planted"]
 # Whether a prompt's K/V under this change depend on the prompt's tokens alone, so that a prefix cached by one prompt
 # can start another: "any" (yes), "exact" (only an identical prompt), "never" (they depend on more, e.g. its length).
 Reuse = Literal["any", "exact", "never"]
-
-
-class ChangeError(ValueError):
-    """A change's setting that cannot be used; `key` is dotted from the side ("attention.window")."""
-
-    def __init__(self, key: str, problem: str, fix: str) -> None:
-        super().__init__(f"key '{key}': {problem}. Fix: {fix}.")
-        self.key, self.problem, self.fix = key, problem, fix
 
 
 @dataclass(frozen=True)
@@ -43,7 +35,7 @@ class CachePlan:
 
     kv_cache_dtype: str = "auto"
     kv_scale: str = "token_head"
-    window: AttentionWindow | None = None
+    window: Any = None  # window.AttentionWindow: a sliding window with sinks
     factory: CacheFactory | None = None  # a user change's own cache; it then owns eviction and quantization
     factory_owner: str | None = None  # the change that set `factory`, named in errors
 
@@ -130,8 +122,9 @@ class Change:
         """Raise ChangeError when, on this sweep (its longest prompt, its longest run with the answer) and a model
         trained to `trained` positions (None: unknown), this change would compute what the model does without it."""
 
-    def check(self, side: VariantSpec, sweep: SweepSpec) -> None:
-        """Refuse settings that are each valid but cannot go with this sweep or the side's other changes."""
+    def check(self, side: Any, sweep: Any) -> None:
+        """Refuse settings that are each valid but cannot go with this sweep (a gate.spec.SweepSpec) or the side's
+        other changes (`side`: the gate.spec.VariantSpec)."""
 
     # ---- load time
     def load(self, plan: LoadPlan) -> LoadPlan:
@@ -165,20 +158,11 @@ class Change:
         """How this change lays out a prompt of task `family` (a tasks.family.Family)."""
         return plan
 
-    def transform(self, tokenizer: Any, prompt: TaskPrompt) -> Any:
-        """A prompt built in full, as this side sends it (retrieval); None leaves it as built."""
+    def transform(self, tokenizer: Any, prompt: Any) -> Any:
+        """A prompt built in full (a tasks.TaskPrompt), as this side sends it (retrieval); None leaves it as built."""
         return None
 
     # ---- served
     def served(self) -> Any:
         """The served-engine settings (served.ServedEngine) when this change puts the side on an engine."""
         return None
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """A side's change as its results record names it: what a renderer shows without importing the change."""
-
-    kind: str
-    settings: dict[str, Any] = field(default_factory=dict)
-    rows: tuple[tuple[str, str], ...] = ()

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..gate.model import ModelSpec, parse_model
 from .base import Change, LoadPlan
+from .model import ModelSpec, parse_model
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ class UserChange(Change):
         return bool(self._call("changes_kv"))
 
     def load(self, plan: LoadPlan) -> LoadPlan:
-        return self._call("load", plan)  # type: ignore[no-any-return]
+        return self._call("load", plan)
 
     def cache(self, plan: CachePlan) -> CachePlan:
         planned = self._call("cache", plan)
@@ -141,7 +141,7 @@ class UserChange(Change):
             from dataclasses import replace
 
             planned = replace(planned, factory=guarded, factory_owner=self.target)
-        return planned  # type: ignore[no-any-return]
+        return planned
 
     def before_prompt(self, model: Any) -> None:
         self._call("before_prompt", model)
@@ -150,7 +150,7 @@ class UserChange(Change):
         self._call("after_prefill", cache)
 
     def kv_tokens(self, prompt: int, new: int) -> int | None:
-        return self._call("kv_tokens", prompt, new)  # type: ignore[no-any-return]
+        return self._call("kv_tokens", prompt, new)
 
     def decode_delay(self) -> float:
         return float(self._call("decode_delay"))
@@ -159,7 +159,7 @@ class UserChange(Change):
         return int(self._call("kv_copies"))
 
     def prompt(self, plan: PromptPlan, family: Any) -> PromptPlan:
-        return self._call("prompt", plan, family)  # type: ignore[no-any-return]
+        return self._call("prompt", plan, family)
 
     def transform(self, tokenizer: Any, prompt: Any) -> Any:
         return self._call("transform", tokenizer, prompt)
@@ -170,7 +170,7 @@ def _import(target: str) -> type[Change]:
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # an ImportError, or the module's own error while importing
+    except Exception as exc:  # noqa: BLE001 - an ImportError, or any error the module raises while importing
         raise ChangeError("change.python", f"cannot import {module_name}: {type(exc).__name__}: {exc}"[:300],
                           "install the package under test, or run pytest from the folder that holds it") from None
     obj: Any = module

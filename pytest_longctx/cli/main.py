@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .arguments import count as _count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,19 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if results.decision.approved else 1
 
 
-def _count(low: int) -> Callable[[str], int]:
-    """An argparse `type=`: a whole number >= `low` (underscores allowed), so bad input fails at parse time."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text.replace("_", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {text}")
-        return value
-
-    return parse
 
 
 def _add_plan_parser(commands: Any) -> None:

@@ -23,7 +23,7 @@ def _fraction(low: float, high: float, *, open_low: bool = False) -> Callable[[s
 
 
 def add_parser(commands: Any) -> None:
-    from .main import _count
+    from .arguments import count as _count
 
     power = commands.add_parser(
         "power", help="the smallest recall drop a gate's cells can show, and the cells a given drop needs",

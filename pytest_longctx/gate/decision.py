@@ -366,6 +366,7 @@ def evaluate(
     if gate.sweep.sequential is not None:
         from .sequential import evaluate_looks
 
-        return evaluate_looks(gate, cells, fingerprint_mismatches=fingerprint_mismatches, loss_curves=loss_curves)
+        return evaluate_looks(gate, cells, compute_metrics=compute_metrics, decide=decide,
+                              fingerprint_mismatches=fingerprint_mismatches, loss_curves=loss_curves)
     metrics = compute_metrics(gate, cells, fingerprint_mismatches=fingerprint_mismatches, loss_curves=loss_curves)
     return metrics, decide(gate, metrics)

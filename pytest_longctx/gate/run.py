@@ -221,10 +221,12 @@ class GateRun:
         if self.gate.sweep.sequential is None or look <= 1:
             return None
         if look not in self._stop_reasons:
+            from .decision import compute_metrics, decide
             from .sequential import stop_reason
 
             earlier = self.stop_reason(look - 1)
-            self._stop_reasons[look] = earlier or stop_reason(self.gate, self.merged_cells(), look, loss_curves=self.loss_curves)
+            self._stop_reasons[look] = earlier or stop_reason(self.gate, self.merged_cells(), look, loss_curves=self.loss_curves,
+                                                              compute_metrics=compute_metrics, decide=decide)
         return self._stop_reasons[look]
 
     @property

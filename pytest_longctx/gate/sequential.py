@@ -4,7 +4,7 @@ looks, and a verdict as soon as every check is decided (docs/statistics.md state
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .results import CellResult, Check, Decision, Metrics
@@ -75,16 +75,16 @@ def _open_reason(check: Check, seeds: int) -> str:
 
 
 def evaluate_looks(
-    gate: GateSpec, cells: Sequence[CellResult], *, fingerprint_mismatches: Sequence[str] = (),
-    loss_curves: Mapping[str, dict[str, Any]] | None = None, through: int | None = None,
+    gate: GateSpec, cells: Sequence[CellResult], *, compute_metrics: Callable[..., Metrics], decide: Callable[..., Decision],
+    fingerprint_mismatches: Sequence[str] = (), loss_curves: Mapping[str, dict[str, Any]] | None = None,
+    through: int | None = None,
 ) -> tuple[Metrics, Decision]:
     """Evaluate look 1, 2, ... on the seeds each has read, stopping at the first verdict that is not inconclusive.
 
     Cells of later looks are ignored, so a run stopped early is complete. `through` stops after that look (a
     running gate asking whether its next look is needed). Undecided at the last planned look: `inconclusive`.
+    `compute_metrics` and `decide` are decision.py's (passed in, so this module does not import the one that calls it).
     """
-    from .decision import compute_metrics, decide
-
     spec = gate.sweep.sequential
     assert spec is not None
     confidence, planned = look_confidence(gate), spec.planned_looks
@@ -113,8 +113,8 @@ def evaluate_looks(
     return metrics, dataclasses.replace(decision, reasons=tuple(head) + decision.reasons)
 
 
-def stop_reason(gate: GateSpec, cells: Sequence[CellResult], look: int, *,
-                loss_curves: Mapping[str, dict[str, Any]] | None = None) -> str | None:
+def stop_reason(gate: GateSpec, cells: Sequence[CellResult], look: int, *, compute_metrics: Callable[..., Metrics],
+                decide: Callable[..., Decision], loss_curves: Mapping[str, dict[str, Any]] | None = None) -> str | None:
     """Why look `look` need not run: the looks before it already decided the verdict (None: it must run).
 
     Only approve, reject or invalid stop a running gate: an incomplete look may just be missing cells that another
@@ -123,7 +123,8 @@ def stop_reason(gate: GateSpec, cells: Sequence[CellResult], look: int, *,
     spec = gate.sweep.sequential
     if spec is None or look <= 1:
         return None
-    metrics, decision = evaluate_looks(gate, cells, through=look - 1, loss_curves=loss_curves)
+    metrics, decision = evaluate_looks(gate, cells, compute_metrics=compute_metrics, decide=decide, through=look - 1,
+                                       loss_curves=loss_curves)
     if decision.verdict not in ("approve", "reject", "invalid"):
         return None
     done = metrics.looks or 1

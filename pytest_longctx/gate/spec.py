@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .model import DEFAULT_MODEL, ModelSpec
+from ..changes.model import DEFAULT_MODEL, ModelSpec
 from .limits import shown
 from .reader import GateError  # also this module's: callers catch `spec.GateError`
 from .reader import Reader as _Reader
@@ -201,7 +201,7 @@ def _task_from_record(record: Any) -> TaskSpec:
 
 def _model(r: _Reader, raw: Any, key: str = "model") -> ModelSpec:
     from ..changes.base import ChangeError
-    from .model import parse_model
+    from ..changes.model import parse_model
 
     try:
         return parse_model(raw, key)

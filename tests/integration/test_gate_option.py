@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pytest_longctx.gate.decision import evaluate
-from pytest_longctx.gate.results import CellResult, load_results
+from pytest_longctx.gate.results import SCHEMA_VERSION, CellResult, load_results
 from pytest_longctx.gate.spec import GateSpec
 
 
@@ -35,7 +35,7 @@ def test_approve_writes_report_and_json_and_exits_zero(pytester, write_gate, tin
         ["*tiny::baseline::niah?256-d0.50-s0? PASSED*", "*tiny::candidate::niah?384-d1.00-s0? PASSED*", "*gate tiny: APPROVE*"]
     )
     data = json.loads((pytester.path / "out" / "r.json").read_text())
-    assert data["schema_version"] == 1 and data["decision"]["verdict"] == "approve"
+    assert data["schema_version"] == SCHEMA_VERSION and data["decision"]["verdict"] == "approve"
     assert set(data["metrics"]["middle_recall"]) == {"baseline", "candidate"}
     assert len(data["cells"]) == 12
     first = data["cells"][0]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pytest_longctx.gate.decision import evaluate
+from pytest_longctx.gate.decision import compute_metrics, decide, evaluate
 from pytest_longctx.gate.results import (
     CellResult,
     Check,
@@ -21,6 +21,8 @@ from pytest_longctx.gate.spec import GateError, parse_gate
 from pytest_longctx.gate.statistics import mean_delta_ci_rows, paired_difference_ci
 from pytest_longctx.output.report import render_html
 from pytest_longctx.output.summary import junit_properties, markdown, terminal_lines
+
+JUDGE = {"compute_metrics": compute_metrics, "decide": decide}
 
 
 def sequential_gate(**thresholds):
@@ -64,15 +66,15 @@ def test_an_unchanged_candidate_is_decided_at_the_first_look_and_later_cells_are
     assert decision.verdict == "approve", decision.reasons
     assert (metrics.looks, metrics.planned_looks, metrics.seeds_used, metrics.stopped_early) == (1, 3, (0, 1), True)
     assert decision.reasons[0].startswith("verdict decided after look 1 of 3 (seeds 0-1)")
-    assert stop_reason(gate, first, 2) == "verdict decided after look 1 (seeds 0-1): approve"
-    assert stop_reason(gate, first, 1) is None
+    assert stop_reason(gate, first, 2, **JUDGE) == "verdict decided after look 1 (seeds 0-1): approve"
+    assert stop_reason(gate, first, 1, **JUDGE) is None
 
 
 def test_an_unfinished_earlier_look_is_incomplete_and_does_not_stop_the_run():
     gate = sequential_gate()
     partial = sweep_cells(gate, "baseline", (0, 1)) + sweep_cells(gate, "candidate", (0,))
     assert evaluate(gate, partial)[1].verdict == "incomplete"
-    assert stop_reason(gate, partial, 2) is None  # an xdist worker sees only its share: it must not stop
+    assert stop_reason(gate, partial, 2, **JUDGE) is None  # an xdist worker sees only its share: it must not stop
 
 
 def test_a_clear_regression_rejects_early():

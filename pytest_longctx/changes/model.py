@@ -1,4 +1,4 @@
-"""The model a gate (or one side of it) runs: its reference and how it loads."""
+"""The model a gate, or one side of it (a model swap), runs: its reference and how it loads."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from ..changes.base import ChangeError
-from .limits import shown
+from ..gate.limits import shown
+from .errors import ChangeError
 
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
