@@ -8,77 +8,24 @@ on which kinds of change a side has.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..capacity.kv_math import KvShape
+from .contributions import Applied, build_cache
+from .drafts import Drafts
 from .kv_cache import cache_keyword
 from .protocol import Backend, CellTimeout, Generation, StopCheck, decode_seconds
 
 if TYPE_CHECKING:
-    from ..changes.base import CachePlan, Change
+    from ..changes.base import CachePlan
     from ..gate.spec import ModelSpec, VariantSpec
     from .prefix_reuse import PrefixStore
 
-__all__ = ["Backend", "CellTimeout", "Generation", "StopCheck", "TransformersBackend", "decode_seconds"]
+__all__ = ["Applied", "Backend", "CellTimeout", "Generation", "StopCheck", "TransformersBackend", "build_cache", "decode_seconds"]
 
 _CPU_REUSE_CHUNK = 1024
-
-
-@dataclass(frozen=True)
-class Applied:
-    """What one side's changes contribute to a generation, folded once per side."""
-
-    changes: tuple[Change, ...]
-    cache: CachePlan
-    reuse: str  # "any" | "exact" | "never", the strictest of the changes'
-    drafts: bool
-    batch: bool
-    decode_delay: float
-    kv_copies: int
-
-    @classmethod
-    def of(cls, variant: VariantSpec) -> Applied:
-        changes = variant.changes
-        rules = {str(c.reuse) for c in changes}
-        return cls(
-            changes=changes,
-            cache=variant.cache_plan(),
-            reuse="never" if "never" in rules else "exact" if "exact" in rules else "any",
-            drafts=all(c.drafts for c in changes),
-            batch=all(c.batch for c in changes),
-            decode_delay=sum(c.decode_delay() for c in changes),
-            kv_copies=math.prod(c.kv_copies() for c in changes),
-        )
-
-    def before_prompt(self, model: Any) -> None:
-        for change in self.changes:
-            change.before_prompt(model)
-
-    def after_prefill(self, cache: Any) -> None:
-        for change in self.changes:
-            change.after_prefill(cache)
-
-    def kv_tokens(self, prompt: int, new: int) -> int:
-        """Tokens the analytic formula counts: the fewest any change leaves held (the last new token has no K/V)."""
-        held = [n for n in (c.kv_tokens(prompt, new) for c in self.changes) if n is not None]
-        return min(held, default=prompt + max(new - 1, 0))
-
-
-def build_cache(plan: CachePlan, config: Any, *, answers_only: bool = False) -> Any:
-    """A fresh cache for one sequence as `plan` asks: a change's own factory, a window, or the (quantized) full one."""
-    from .kv_cache import make_cache
-
-    if plan.factory is not None:
-        return plan.factory(config)
-    if plan.window is not None:
-        from ..changes.window import make_window_cache
-
-        return make_window_cache(plan.window, config, kv_cache_dtype=plan.kv_cache_dtype, kv_scale=plan.kv_scale)
-    return make_cache(plan.kv_cache_dtype, config, kv_scale=plan.kv_scale, answers_only=answers_only)
 
 
 class TransformersBackend:
@@ -259,7 +206,7 @@ class TransformersBackend:
                 return len(generated) >= max_new_tokens
 
             # Answers only, when every change allows it: greedy drafts from prompt lookup, verified in one pass.
-            drafts = _Drafts(prompt) if answers_only and side.drafts else None
+            drafts = Drafts(prompt) if answers_only and side.drafts else None
             finished = ends_with(token)
             per_token: list[float] = []  # seconds of each decode step, per token it produced (stop checks excluded)
             while not finished:
@@ -492,39 +439,3 @@ class TransformersBackend:
                 hit_limit=not stopped[i] and gen[-1] not in self._eos,
             ))
         return results
-
-class _Drafts:
-    """Draft tokens for greedy decoding by prompt lookup: what followed the latest earlier occurrence of the
-    answer's last two tokens (or last one) in the prompt and answer so far.
-
-    Why: needle answers copy the prompt (the needle line, the question, a log line), so most drafts are right. A
-    draft is verified in one forward pass with the token before it, and the model's own greedy choices are kept:
-    accepted draft tokens up to the first disagreement, then the model's token there. That is greedy decoding up to
-    near-ties: the pass computes several positions at once, so logits may differ in their last bits from one-at-a-time
-    steps, and where the top two are that close the choice can flip. What the recall pass guarantees is the task's
-    verdict and miss category per cell; benchmarks/sweep_vs_naive.py checks exactly that and reports token agreement.
-    """
-
-    NGRAM = 2
-    MAX_DRAFT = 10
-
-    def __init__(self, prompt: Sequence[int]) -> None:
-        self._prompt = list(prompt)
-        self._latest: dict[tuple[int, ...], int] = {}  # n-gram -> end position of its latest occurrence
-        self._indexed = 0  # n-grams ending before this position are in `_latest`
-
-    def propose(self, generated: Sequence[int], limit: int) -> list[int]:
-        tokens = self._prompt + list(generated)
-        last = len(tokens) - 1
-        for end in range(self._indexed, last):  # every position before the last one
-            for n in range(1, self.NGRAM + 1):
-                if end - n + 1 >= 0:
-                    self._latest[tuple(tokens[end - n + 1 : end + 1])] = end
-        self._indexed = max(self._indexed, last)
-        for n in range(self.NGRAM, 0, -1):
-            seen = self._latest.get(tuple(tokens[last - n + 1 :]))
-            if seen is not None:
-                return tokens[seen + 1 : seen + 1 + min(limit, self.MAX_DRAFT)]
-        return []
-
-

@@ -149,7 +149,7 @@ class GateRun:
             urls = [self._exit.enter_context(launched(engine.launch, model=model_arg, log_path=self.server_logs[variant.name]))]
         tokenizer = load_tokenizer(spec.ref, trust_remote_code=spec.trust_remote_code)
         if engine.tokenizer == "server":
-            from ..backends.served.client import RemoteTokenizer
+            from ..backends.served.remote_tokenizer import RemoteTokenizer
 
             # The engine's own ids (llama.cpp pre-tokenizes some text differently); ours decodes and templates.
             tokenizer = RemoteTokenizer(urls[0], local=tokenizer)
@@ -268,7 +268,7 @@ class GateRun:
 
     def loss_curve(self, variant: VariantSpec) -> dict[str, Any]:
         """Next-token loss by position over the gate's long seeded text, through `variant`'s model and cache."""
-        from ..backends.in_process import build_cache
+        from ..backends.contributions import build_cache
         from .loss_curve import long_text, loss_by_position
 
         spec = self.gate.sweep.loss

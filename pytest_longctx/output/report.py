@@ -10,6 +10,7 @@ from .charts import latency_charts, latency_rows, loss_chart, loss_rows
 from .colours import ERRORED_FILL, VARIANT_COLOURS, VERDICT_COLOURS
 from .heatmaps import heatmap_panels, legend, middle_band, variant_names
 from .planted import planted_notice
+from .settings import setting_rows, variant_settings
 from .summary import (
     LOSS_METRIC,
     VERDICT_MEANING,
@@ -20,9 +21,7 @@ from .summary import (
     metric_rows,
     model_ref,
     other_metrics,
-    setting_rows,
     task_recall_rows,
-    variant_settings,
 )
 from .tables import (
     cell_rows,

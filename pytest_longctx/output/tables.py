@@ -9,16 +9,8 @@ from typing import Any, Literal, get_args
 
 from ..gate.results import CellResult, Failure, GateResults
 from .heatmaps import task_order, variant_names
-from .summary import (
-    NA,
-    cell_counts,
-    effective_length_recall,
-    fmt_bytes,
-    fmt_millis,
-    fmt_number,
-    fmt_seconds,
-    fmt_value,
-)
+from .settings import NA, fmt_value
+from .summary import cell_counts, effective_length_recall, fmt_bytes, fmt_millis, fmt_number, fmt_seconds
 
 # ----------------------------------------------------------------------------- tables
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_longctx.backends.served.client import PromptTokenMismatch, RemoteTokenizer, ServedBackend
+from pytest_longctx.backends.served.client import PromptTokenMismatch, ServedBackend
 from pytest_longctx.backends.served.launch import LaunchSpec, launched
+from pytest_longctx.backends.served.remote_tokenizer import RemoteTokenizer
 from pytest_longctx.capacity.kv_math import KvShape
 from pytest_longctx.gate.spec import VariantSpec
 from pytest_longctx.tasks.haystack import build_haystack

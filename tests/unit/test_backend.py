@@ -281,9 +281,9 @@ def test_the_rest_after_a_reused_prefix_is_prefilled_in_chunks_on_cpu(tiny_backe
 
 
 def test_drafts_follow_the_latest_earlier_occurrence_of_the_answers_tail():
-    from pytest_longctx.backends.in_process import _Drafts
+    from pytest_longctx.backends.drafts import Drafts
 
-    drafts = _Drafts([1, 2, 3, 4, 9, 2, 3, 5, 6, 7])
+    drafts = Drafts([1, 2, 3, 4, 9, 2, 3, 5, 6, 7])
     assert drafts.propose([2, 3], limit=10) == [5, 6, 7, 2, 3]  # the latest "2 3" before the tail, then onwards
     assert drafts.propose([2, 3, 5, 8], limit=2) == []  # "5 8" and "8" never occurred
     assert drafts.propose([2, 3, 5, 8, 6], limit=2) == [7, 2]  # no "8 6": the last token alone

@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 
 from pytest_longctx.backends.in_process import CellTimeout
-from pytest_longctx.backends.served.client import (
-    PromptTokenMismatch,
-    RemoteTokenizer,
-    ServedBackend,
-    ServedBackendError,
-    chat_content,
-)
+from pytest_longctx.backends.served.client import PromptTokenMismatch, ServedBackend
 from pytest_longctx.backends.served.launch import LaunchSpec, launched
+from pytest_longctx.backends.served.remote_tokenizer import RemoteTokenizer, chat_content
+from pytest_longctx.backends.served.transport import ServedBackendError
 from pytest_longctx.capacity.kv_math import KvShape
 from pytest_longctx.gate.spec import VariantSpec
 

@@ -12,15 +12,14 @@ import pytest
 
 from pytest_longctx.gate.results import Decision, load_results
 from pytest_longctx.output.report import render_html
+from pytest_longctx.output.settings import describe_variant, variant_settings
 from pytest_longctx.output.summary import (
     append_step_summary,
-    describe_variant,
     junit_properties,
     markdown,
     md_escape,
     metric_rows,
     terminal_lines,
-    variant_settings,
 )
 
 # The default gate's real run on 2 CPU cores (schema 2: tests/data/regenerate.py).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import threading
@@ -18,6 +17,8 @@ from ...capacity.kv_math import KvShape
 from ...gate.spec import VariantSpec
 from ..in_process import CellTimeout, Generation, decode_seconds
 from .metrics import CACHE_DTYPE_BYTES, EngineMetrics, scrape
+from .remote_tokenizer import RemoteTokenizer, chat_content
+from .transport import ServedBackendError, connection, excerpt, parse_json, post, sse_events
 
 Api = Literal["completions", "chat"]
 PromptFormat = Literal["auto", "ids", "text"]
@@ -31,10 +32,6 @@ KvSource = Literal["engine", "analytic", "unknown"]
 GREEDY: dict[str, Any] = {
     "temperature": 0.0, "top_p": 1.0, "top_k": 1, "seed": 0, "repeat_penalty": 1.0, "repetition_penalty": 1.0, "cache_prompt": False,
 }
-
-
-class ServedBackendError(RuntimeError):
-    """A served model that answered with an error, broke the stream, or measured something other than asked."""
 
 
 class PromptTokenMismatch(ServedBackendError):
@@ -226,9 +223,9 @@ class ServedBackend:
         body["stream"] = False
         del body["stream_options"]
         parts = urllib.parse.urlsplit(url)
-        conn = _connection(parts, self.timeout_s)
+        conn = connection(parts, self.timeout_s)
         try:
-            response = _post(conn, parts.path.rstrip("/") + path, json.dumps(body).encode(), url, None)
+            response = post(conn, parts.path.rstrip("/") + path, json.dumps(body).encode(), url, None)
             raw = response.read()
         finally:
             conn.close()
@@ -236,7 +233,7 @@ class ServedBackend:
             counted = json.loads(raw)["usage"]["prompt_tokens"]
         except (ValueError, KeyError, TypeError):
             raise ServedBackendError(
-                f"{url}{path} reports no usage.prompt_tokens (HTTP {response.status}: {_excerpt(raw)}), so the prompt's "
+                f"{url}{path} reports no usage.prompt_tokens (HTTP {response.status}: {excerpt(raw)}), so the prompt's "
                 "token count cannot be checked; use a server that does (vLLM, llama.cpp's llama-server)"
             ) from None
         self._counted[key] = int(counted)
@@ -273,7 +270,7 @@ class ServedBackend:
         path, body = self._body(ids, mode, max_new_tokens)
         payload = json.dumps(body).encode()
         parts = urllib.parse.urlsplit(url)
-        conn = _connection(parts, self.timeout_s if timeout_s is None else min(self.timeout_s, timeout_s))
+        conn = connection(parts, self.timeout_s if timeout_s is None else min(self.timeout_s, timeout_s))
         pieces: list[str] = []
         usage: dict[str, Any] | None = None
         finish: str | None = None
@@ -285,19 +282,19 @@ class ServedBackend:
         try:
             start = time.perf_counter()
             deadline = None if timeout_s is None else start + timeout_s
-            response = _post(conn, parts.path.rstrip("/") + path, payload, url, timeout_s)
+            response = post(conn, parts.path.rstrip("/") + path, payload, url, timeout_s)
             # A server that does not take ids says so with 400 or 422, or with 500 (llama-cpp-python reports
             # its validation errors so). Retrying as text costs one request; the count check keeps it exact.
             if mode == "ids" and (400 <= response.status < 500 or response.status == 500):
-                raise _IdsRejected(f"HTTP {response.status}: {_excerpt(response.read())}")
+                raise _IdsRejected(f"HTTP {response.status}: {excerpt(response.read())}")
             if response.status != 200:
-                raise ServedBackendError(f"{url}{path} answered HTTP {response.status}: {_excerpt(response.read())}")
-            for arrived, data in _sse_events(response, url, timeout_s):
+                raise ServedBackendError(f"{url}{path} answered HTTP {response.status}: {excerpt(response.read())}")
+            for arrived, data in sse_events(response, url, timeout_s):
                 if data.strip() == "[DONE]":
                     break
-                event = _json(data, url)
+                event = parse_json(data, url)
                 if event.get("error"):
-                    raise ServedBackendError(f"{url}{path} sent an error event: {_excerpt(json.dumps(event['error']).encode())}")
+                    raise ServedBackendError(f"{url}{path} sent an error event: {excerpt(json.dumps(event['error']).encode())}")
                 if event.get("usage"):
                     usage = event["usage"]
                 for choice in event.get("choices") or ():
@@ -430,179 +427,3 @@ class _MetricsReader:
         """The metrics (None if the server has none) and when reading them finished (inf if it has not)."""
         self._thread.join(timeout=10.0)
         return self._value, self._read_at
-
-
-def _connection(parts: urllib.parse.SplitResult, timeout_s: float) -> http.client.HTTPConnection:
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ServedBackendError(f"base URL {parts.geturl()!r} is not http(s)://host[:port]")
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    return cls(parts.hostname, parts.port, timeout=timeout_s)
-
-
-def _post(conn: http.client.HTTPConnection, path: str, payload: bytes, url: str, timeout_s: float | None) -> http.client.HTTPResponse:
-    try:
-        conn.request("POST", path, body=payload, headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
-        return conn.getresponse()
-    except TimeoutError:
-        if timeout_s is not None:
-            raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g} before the first token") from None
-        raise ServedBackendError(f"{url}{path} sent no response within the backend's timeout") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise ServedBackendError(f"{url}{path} failed: {exc}") from exc
-
-
-def _sse_events(response: http.client.HTTPResponse, url: str, timeout_s: float | None) -> Iterator[tuple[float, str]]:
-    """Server-sent events as (arrival time, data), the time taken when the event's blank line arrived."""
-    data: list[str] = []
-    while True:
-        try:
-            raw = response.readline()
-        except TimeoutError:
-            if timeout_s is not None:
-                raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g} while streaming") from None
-            raise ServedBackendError(f"{url} stalled mid-stream past the backend's timeout") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise ServedBackendError(f"{url} broke the stream: {exc}") from exc
-        if not raw:  # end of the response
-            if data:
-                yield time.perf_counter(), "\n".join(data)
-            return
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield time.perf_counter(), "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        # comments (":"), `event:`, `id:` and `retry:` lines carry nothing a completion needs
-
-
-def _json(data: str, url: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except json.JSONDecodeError:
-        raise ServedBackendError(f"{url} streamed an event that is not JSON: {data[:200]!r}") from None
-    if not isinstance(value, dict):
-        raise ServedBackendError(f"{url} streamed an event that is not a JSON object: {data[:200]!r}")
-    return value
-
-
-def _excerpt(raw: bytes, limit: int = 500) -> str:
-    text = raw.decode("utf-8", errors="replace").strip()
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def chat_content(tokenizer: Any, ids: Sequence[int]) -> str:
-    """The user message that the tokenizer's chat template turned into `ids` (one user turn, generation prompt added).
-
-    Raises ServedBackendError if the ids were not made that way, or the tokenizer has no chat template.
-    """
-    if getattr(tokenizer, "chat_template", None) is None or not hasattr(tokenizer, "apply_chat_template"):
-        raise ServedBackendError("api: chat needs a local tokenizer with a chat template; use api: completions")
-    marker = "\x00longctx-content\x00"
-    wrapped = str(tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False))
-    head, _, tail = wrapped.partition(marker)
-    text = tokenizer.decode(list(ids), skip_special_tokens=False)
-    if not text.startswith(head) or not text.endswith(tail) or len(text) < len(head) + len(tail):
-        raise ServedBackendError(
-            "api: chat got a prompt that is not one user message in the tokenizer's chat template; use api: completions")
-    return text[len(head) : len(text) - len(tail)]
-
-
-class RemoteTokenizer:
-    """Token ids from the served engine's own tokenizer, for prompts that are token-exact on that engine.
-
-    One request suits both llama.cpp (POST /tokenize {content, add_special} -> {tokens}) and vLLM
-    (POST /tokenize {prompt, add_special_tokens} -> {tokens}); llama-cpp-python's server is asked at
-    POST /extras/tokenize {input} instead (it adds the model's own special tokens, none for most chat models).
-
-    `local`, a tokenizer of the same vocabulary, lends its chat template and decodes; decoding a byte-level
-    vocabulary is a lookup that any copy gets right, where encoding can differ (llama.cpp's pre-tokenizer
-    keeps "\n\n" as one token where SmolLM2's Hugging Face tokenizer splits it before a digit). Without it,
-    decoding asks the server's /detokenize, and there is no chat template, so haystacks end in "\nAnswer:".
-    """
-
-    def __init__(self, base_url: str, *, model: str | None = None, timeout_s: float = 30.0, local: Any = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.timeout_s = timeout_s
-        self.local = local
-        self._extras = False  # llama-cpp-python's paths, once /tokenize answered 404
-
-    @property
-    def chat_template(self) -> Any:
-        return getattr(self.local, "chat_template", None)
-
-    def apply_chat_template(self, messages: Any, **kwargs: Any) -> Any:
-        if self.chat_template is None:
-            raise ServedBackendError("this RemoteTokenizer has no chat template: pass local= a tokenizer that has one")
-        return self.local.apply_chat_template(messages, **kwargs)
-
-    @property
-    def backend_tokenizer(self) -> Any:
-        """The local copy's vocabulary, for fingerprints: the engine's is the same one or `local` is wrong."""
-        return getattr(self.local, "backend_tokenizer", None)
-
-    def get_vocab(self) -> dict[str, int]:
-        if self.local is None:
-            raise ServedBackendError("this RemoteTokenizer has no local vocabulary: pass local= the model's tokenizer")
-        return dict(self.local.get_vocab())
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        if not self._extras:
-            body: dict[str, Any] = {"content": text, "prompt": text, "add_special": add_special_tokens,
-                                    "add_special_tokens": add_special_tokens}
-            if self.model is not None:
-                body["model"] = self.model
-            status, answer = self._post("/tokenize", body)
-            if status != 404:
-                return self._tokens(status, answer, "/tokenize")
-            self._extras = True
-        status, answer = self._post("/extras/tokenize", {"input": text})
-        return self._tokens(status, answer, "/extras/tokenize")
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        if self.local is not None:
-            return str(self.local.decode(list(ids), skip_special_tokens=skip_special_tokens))
-        # The servers' detokenizers decide for themselves whether special tokens show (llama-cpp-python's
-        # drop them); `skip_special_tokens` is accepted for the transformers call shape only.
-        path, key = ("/extras/detokenize", "text") if self._extras else ("/detokenize", None)
-        status, answer = self._post(path, {"tokens": list(ids)})
-        if status != 200:
-            raise ServedBackendError(f"{self.base_url}{path} answered HTTP {status}: {answer!r:.300}")
-        for name in (key,) if key else ("content", "prompt", "text"):  # llama.cpp, vLLM, llama-cpp-python
-            if isinstance(answer.get(name), str):
-                return str(answer[name])
-        raise ServedBackendError(f"{self.base_url}{path} answered without the text: {answer!r:.300}")
-
-    def __call__(self, text: str | Sequence[str], add_special_tokens: bool = False) -> dict[str, Any]:
-        """The transformers call shape that haystack building uses: {"input_ids": ids or a list of them}."""
-        if isinstance(text, str):
-            return {"input_ids": self.encode(text, add_special_tokens)}
-        return {"input_ids": [self.encode(t, add_special_tokens) for t in text]}
-
-    def _tokens(self, status: int, answer: dict[str, Any], path: str) -> list[int]:
-        tokens = answer.get("tokens")
-        if status != 200 or not isinstance(tokens, list):
-            raise ServedBackendError(f"{self.base_url}{path} answered HTTP {status}: {answer!r:.300}")
-        # llama.cpp can answer [{id, piece}] when asked for pieces; plain ids otherwise.
-        return [int(t["id"]) if isinstance(t, dict) else int(t) for t in tokens]
-
-    def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        parts = urllib.parse.urlsplit(self.base_url)
-        conn = _connection(parts, self.timeout_s)
-        try:
-            conn.request("POST", parts.path.rstrip("/") + path, body=json.dumps(body).encode(),
-                         headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise ServedBackendError(f"{self.base_url}{path} failed: {exc}") from exc
-        finally:
-            conn.close()
-        try:
-            answer = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            answer = {"body": raw.decode("utf-8", errors="replace")[:300]}
-        return response.status, answer if isinstance(answer, dict) else {"body": answer}
-
