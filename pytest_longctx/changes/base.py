@@ -88,6 +88,16 @@ class Change:
     changes_tokens: ClassVar[bool] = False
     in_process_only: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **declared: Any) -> None:
+        """The class attributes above may be given in the class statement: `class Precision(Change, kind="precision",
+        keys=("dtype",), stage="load")`; an unknown one is a TypeError."""
+        known = ("kind", "order", "keys", "stage", "computation", "reuse", "drafts", "batch", "changes_tokens", "in_process_only")
+        for name, value in declared.items():
+            if name not in known:
+                raise TypeError(f"{cls.__name__}: unknown Change attribute {name!r}; use one of: {', '.join(known)}")
+            setattr(cls, name, value)
+        super().__init_subclass__()
+
     # ---- settings
     @classmethod
     def parse(cls, side: Mapping[str, Any]) -> Change | None:

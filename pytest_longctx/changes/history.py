@@ -11,17 +11,10 @@ from .prompt_layout import HistoryBudget, LayoutError, parse_history
 
 
 @dataclass(frozen=True)
-class HistoryChange(Change):
+class HistoryChange(Change, kind="history", order=80, keys=("history",), stage="prompt", changes_tokens=True, computation=False):
     """`history: {budget: N, policy: newest_first}`, applied to the conversation families' chat before rendering.
 
     A miss whose fact's turn the budget dropped is filed as `cut_from_history`, the budget's loss."""
-
-    kind = "history"
-    order = 80
-    keys = ("history",)
-    stage = "prompt"
-    changes_tokens = True
-    computation = False
 
     budget: HistoryBudget
 

@@ -6,35 +6,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from ..gate.limits import shown
-from .base import CachePlan, Change, ChangeError
+from .base import CachePlan, Change
+from .errors import one_of
 
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4"]
 KvScale = Literal["token_head", "tensor", "channel"]
 
 
 @dataclass(frozen=True)
-class KvQuant(Change):
+class KvQuant(Change, kind="kv_quant", order=50, keys=("kv_cache_dtype", "kv_scale"), stage="cache", in_process_only=False):
     """`kv_cache_dtype` (and `kv_scale`, the scales' granularity). A served side keeps it too: it tells the analytic
     KV estimate what the engine stores (the engine itself takes its own flag in launch.command)."""
-
-    kind = "kv_quant"
-    order = 50
-    keys = ("kv_cache_dtype", "kv_scale")
-    stage = "cache"
-    in_process_only = False
 
     kv_cache_dtype: KvCacheDtype = "auto"
     kv_scale: KvScale = "token_head"
 
     @classmethod
     def parse(cls, side: Mapping[str, Any]) -> KvQuant | None:
-        dtype = side.get("kv_cache_dtype", "auto")
-        scale = side.get("kv_scale", "token_head")
-        if dtype not in get_args(KvCacheDtype):
-            raise ChangeError("kv_cache_dtype", f"{shown(dtype)} is not supported", f"use one of: {', '.join(get_args(KvCacheDtype))}")
-        if scale not in get_args(KvScale):
-            raise ChangeError("kv_scale", f"{shown(scale)} is not supported", f"use one of: {', '.join(get_args(KvScale))}")
+        dtype = one_of(side.get("kv_cache_dtype", "auto"), "kv_cache_dtype", get_args(KvCacheDtype))
+        scale = one_of(side.get("kv_scale", "token_head"), "kv_scale", get_args(KvScale))
         if dtype == "auto" and scale == "token_head":
             return None
         return cls(dtype, scale)

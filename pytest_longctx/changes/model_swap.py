@@ -11,17 +11,13 @@ from .base import Change, LoadPlan
 from .model import ModelSpec, parse_model
 
 
+# changes_tokens: another tokenizer
+# computation: other weights: the weights fingerprint tells the sides apart, not the no-op guard
 @dataclass(frozen=True)
-class ModelSwap(Change):
+class ModelSwap(
+    Change, kind="model_swap", order=10, keys=("model",), stage="load", changes_tokens=True, computation=False, in_process_only=False,
+):
     """`model:` on a side: its own weights (and tokenizer, so the sides pair on the cell's content, not its ids)."""
-
-    kind = "model_swap"
-    order = 10
-    keys = ("model",)
-    stage = "load"
-    changes_tokens = True  # another tokenizer
-    computation = False  # other weights: the weights fingerprint tells the sides apart, not the no-op guard
-    in_process_only = False
 
     model: ModelSpec
 

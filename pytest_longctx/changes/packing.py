@@ -11,15 +11,8 @@ from .prompt_layout import LayoutError, Packing, arrange, parse_packing
 
 
 @dataclass(frozen=True)
-class PackingChange(Change):
+class PackingChange(Change, kind="packing", order=70, keys=("packing",), stage="prompt", changes_tokens=True, computation=False):
     """`packing: edge`: the multi-document families' documents in edge order (see prompt_layout.edge_order)."""
-
-    kind = "packing"
-    order = 70
-    keys = ("packing",)
-    stage = "prompt"
-    changes_tokens = True
-    computation = False
 
     packing: Packing
 

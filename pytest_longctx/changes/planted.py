@@ -11,18 +11,12 @@ from .base import Change, ChangeError
 
 
 @dataclass(frozen=True)
-class Planted(Change):
+class Planted(Change, kind="planted", order=200, keys=("planted",), stage="planted", computation=False):
     """`planted: {decode_delay: F, kv_copies: N, window: W}` on the candidate of a self-check gate.
 
     decode_delay adds F x each decode step's own time; kv_copies holds N copies of the cache while it is measured;
     window keeps only the last W prompt tokens' K/V after prefill. Refused on the baseline: a slowed baseline would
     let a slower candidate approve."""
-
-    kind = "planted"
-    order = 200
-    keys = ("planted",)
-    stage = "planted"
-    computation = False
 
     decode_delay_fraction: float = 0.0
     copies: int = 1

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 
 from ..tasks.conversation import Conversation, render
+from .errors import ChangeError
 
 Packing = Literal["given", "edge"]
 HistoryPolicy = Literal["newest_first"]
@@ -29,12 +30,8 @@ class Arrange(Protocol):
     def __call__(self, documents: Sequence[T], /) -> list[T]: ...
 
 
-class LayoutError(ValueError):
+class LayoutError(ChangeError):
     """A prompt-layout gate key with a bad value; `key` is dotted relative to the variant ("history.budget")."""
-
-    def __init__(self, key: str, problem: str, fix: str) -> None:
-        super().__init__(f"key '{key}': {problem}. Fix: {fix}.")
-        self.key, self.problem, self.fix = key, problem, fix
 
 
 @dataclass(frozen=True)

@@ -77,17 +77,11 @@ def retrieval_prompt(tokenizer: Any, prompt: TaskPrompt, settings: RetrievalSett
 
 
 @dataclass(frozen=True)
-class RetrievalChange(Change):
+class RetrievalChange(
+    Change, kind="retrieval", order=90, keys=("retrieval",), stage="prompt", changes_tokens=True, computation=False, in_process_only=False,
+):
     """`retrieval: {method, chunk_tokens, top_k | budget_tokens, order}`: the side answers from the chunks retrieved
     from the very prompt the other side gets whole; a miss whose evidence was not retrieved is `not_retrieved`."""
-
-    kind = "retrieval"
-    order = 90
-    keys = ("retrieval",)
-    stage = "prompt"
-    changes_tokens = True
-    computation = False
-    in_process_only = False
 
     settings: RetrievalSettings
 

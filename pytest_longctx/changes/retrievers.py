@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from .errors import ChangeError
+
 Method = Literal["bm25", "dense", "hybrid"]
 Order = Literal["rank", "document", "edge"]
 
@@ -20,14 +22,8 @@ _INSTALL = "pip install 'pytest-longctx[retrieval]'"
 _KEYS = ("method", "chunk_tokens", "top_k", "order", "budget_tokens")
 
 
-class RetrievalError(ValueError):
+class RetrievalError(ChangeError):
     """A `retrieval:` setting that cannot be used; `key` is dotted from the variant, e.g. `retrieval.top_k`."""
-
-    def __init__(self, key: str, problem: str, fix: str) -> None:
-        super().__init__(f"key '{key}': {problem}. Fix: {fix}.")
-        self.key = key
-        self.problem = problem
-        self.fix = fix
 
 
 @dataclass(frozen=True)

@@ -59,14 +59,8 @@ ROPE_TYPES: tuple[str, ...] = tuple(_SCHEMA)
 _PREFIX = "rope_parameters"
 
 
-class RopeError(ValueError):
+class RopeError(ChangeError):
     """A RoPE setting that cannot be applied; `key` is dotted from the variant (`rope_parameters.factor`)."""
-
-    def __init__(self, key: str, problem: str, fix: str) -> None:
-        super().__init__(f"key '{key}': {problem}. Fix: {fix}")
-        self.key = key
-        self.problem = problem
-        self.fix = fix
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 
 from ..gate.limits import shown
 from .base import Change, ChangeError
+from .errors import one_of
 
 BackendKind = Literal["transformers", "openai"]
 ServedApi = Literal["completions", "chat"]
@@ -19,17 +20,14 @@ _SERVED_KEYS = ("base_url", "base_urls", "launch", "api", "max_concurrency", "to
 
 
 @dataclass(frozen=True)
-class ServedEngine(Change):
+class ServedEngine(
+    Change, kind="served", order=0, keys=("launch", "backend", *(k for k in _SERVED_KEYS if k != "launch")), stage="serve",
+    in_process_only=False,
+):
     """`backend: openai` with `base_url(s)` of a running server or `launch: {command: ...}` to start one per side.
 
     What the engine applies (its KV dtype, RoPE flags) goes in its launch command, so a launch that differs from
     the baseline's counts as a change of computation for the no-op guard."""
-
-    kind = "served"
-    order = 0
-    keys = ("launch", "backend", *(k for k in _SERVED_KEYS if k != "launch"))
-    stage = "serve"
-    in_process_only = False
 
     base_urls: tuple[str, ...] = ()
     launch: Any = None  # served.launch.LaunchSpec
@@ -40,9 +38,7 @@ class ServedEngine(Change):
 
     @classmethod
     def parse(cls, side: Mapping[str, Any]) -> ServedEngine | None:
-        kind = side.get("backend", "transformers")
-        if kind not in get_args(BackendKind):
-            raise ChangeError("backend", f"{shown(kind)} is not supported", f"use one of: {', '.join(get_args(BackendKind))}")
+        kind = one_of(side.get("backend", "transformers"), "backend", get_args(BackendKind))
         keys = [k for k in _SERVED_KEYS if k in side]
         if kind != "openai":
             if keys:
@@ -72,12 +68,8 @@ class ServedEngine(Change):
         if bool(urls) == (launch is not None):
             raise ChangeError("backend", "openai needs either base_url(s) or launch",
                               "point at a running server, or give launch: {command: ...}")
-        api = side.get("api", "completions")
-        if api not in get_args(ServedApi):
-            raise ChangeError("api", f"{shown(api)} is not supported", f"use one of: {', '.join(get_args(ServedApi))}")
-        tokenizer = side.get("tokenizer", "local")
-        if tokenizer not in get_args(ServedTokenizer):
-            raise ChangeError("tokenizer", f"{shown(tokenizer)} is not supported", f"use one of: {', '.join(get_args(ServedTokenizer))}")
+        api = one_of(side.get("api", "completions"), "api", get_args(ServedApi))
+        tokenizer = one_of(side.get("tokenizer", "local"), "tokenizer", get_args(ServedTokenizer))
         concurrency = side.get("max_concurrency", 1)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ChangeError("max_concurrency", f"expected an integer >= 1, got {shown(concurrency)}"[:200],

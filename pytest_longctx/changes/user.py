@@ -17,16 +17,12 @@ class ChangeFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
-class UserChange(Change):
+class UserChange(Change, kind="python", order=100, keys=("change",)):
     """A Change subclass from the project under test, built as `cls(**options)` when the gate loads.
 
     The import and the options are checked before any model loads (a GateError naming `<side>.change.python` or
     `.options`). Every hook it runs is wrapped: an exception inside it fails that cell with the change named,
     and nothing else breaks."""
-
-    kind = "python"
-    order = 100
-    keys = ("change",)
 
     target: str
     options_json: str  # canonical JSON, so the change compares and hashes by value

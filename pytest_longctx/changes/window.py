@@ -262,18 +262,11 @@ def windowed_prefill(
     return logits
 
 
+# reuse: every layer evicts: a held prefix is not the prefix's K/V
 @dataclass(frozen=True)
-class WindowChange(Change):
+class WindowChange(Change, kind="window", order=60, keys=("attention",), stage="cache", reuse="never", drafts=False, batch=False):
     """`attention: {window: N, sink_tokens: S}`: a sliding window with attention sinks, applied from the first
     prompt token on (a chunked prefill with a mask per chunk) by a cache that evicts to the window."""
-
-    kind = "window"
-    order = 60
-    keys = ("attention",)
-    stage = "cache"
-    reuse = "never"  # every layer evicts: a held prefix is not the prefix's K/V
-    drafts = False
-    batch = False
 
     window: AttentionWindow
 

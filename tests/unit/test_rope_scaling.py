@@ -69,7 +69,7 @@ def test_rope_error_is_a_value_error_with_key_problem_and_fix():
     assert isinstance(error, ValueError)
     assert error.key == "rope_parameters.factor"
     assert "above 1" in error.problem and "factor: 2.0" in error.fix
-    assert str(error) == f"key 'rope_parameters.factor': {error.problem}. Fix: {error.fix}"
+    assert str(error) == f"key 'rope_parameters.factor': {error.problem}. Fix: {error.fix}."  # one format for every change's errors
 
 
 def test_empty_parameters_keep_the_models_rope_and_change_only_the_length():

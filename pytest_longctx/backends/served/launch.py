@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...changes.errors import ChangeError
 from ...gate.limits import shown
 
 PLACEHOLDERS = ("model", "port", "host", "python")
@@ -29,12 +30,8 @@ MAX_READY_TIMEOUT_S = 86_400.0  # a day; also what refuses .inf (a wait that nev
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class LaunchError(ValueError):
+class LaunchError(ChangeError):
     """A `launch:` mapping that cannot be used: which key, what is wrong, how to fix it."""
-
-    def __init__(self, key: str, problem: str, fix: str) -> None:
-        self.key, self.problem, self.fix = key, problem, fix
-        super().__init__(f"key '{key}': {problem}. Fix: {fix}.")
 
 
 class ServerStartError(RuntimeError):
