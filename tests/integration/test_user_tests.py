@@ -105,7 +105,7 @@ def test_model_is_loaded_once_and_variants_share_weights(model):
     LOADED.append(model)
     fp8 = model.variant(kv_cache_dtype="fp8")
     assert fp8.torch_model is model.torch_model
-    assert fp8.variant_spec.kv_cache_dtype == "fp8" and model.variant_spec.kv_cache_dtype == "auto"
+    assert fp8.variant_spec.cache_plan().kv_cache_dtype == "fp8" and model.variant_spec.cache_plan().kv_cache_dtype == "auto"
     with pytest.raises(TypeError, match="rope_scaling"):
         model.variant(rope_scaling={"type": "yarn"})
 
