@@ -15,28 +15,35 @@ from pathlib import Path
 
 from pytest_longctx.backends.in_process import Backend
 from pytest_longctx.gate.run import GateRun
-from pytest_longctx.gate.spec import GateSpec, load_gate
+from pytest_longctx.gate.spec import GateSpec, VariantSpec, load_gate
 from pytest_longctx.gate.sweep import interleaved
 
-PLANTED = {
-    "decode+25%": {"planted_decode_delay": 0.25},
-    "window-64": {"planted_window": 64},
-    "kv-x2": {"planted_kv_copies": 2},
+PLANTED = {  # the candidate's `planted:` setting of each self-check
+    "decode+25%": {"decode_delay": 0.25},
+    "window-64": {"window": 64},
+    "kv-x2": {"kv_copies": 2},
 }
 
 
 def run_gate(gate: GateSpec, backend: Backend) -> tuple[str, str]:
+    """As the pytest items run: per look (a sequential gate stops once a look decides), the recall pass, then
+    timing passes 2..repeats over that look's cells."""
     run = GateRun(gate, backend_factory=lambda *_: backend)
-    # As the pytest items run: the recall pass, then timing passes 2..repeats over the whole sweep.
-    for variant, cell in interleaved(gate):
-        run.record(run.measure(variant, cell))
-    for number in run.timing_passes:
-        run.record_samples(run.timing_pass(number))
+    sequential = gate.sweep.sequential
+    for look in range(1, (sequential.planned_looks if sequential else 1) + 1):
+        if run.stop_reason(look) is not None:
+            break
+        for variant, cell in interleaved(gate):
+            if sequential is None or sequential.look_of(cell.seed) == look:
+                run.record(run.measure(variant, cell))
+        for number in run.timing_passes:
+            run.record_samples(run.timing_pass(number, look if sequential else None))
     results = run.results()
     m = results.metrics
+    seeds = f" seeds {list(m.seeds_used)}" if m.seeds_used else ""
     summary = (
         f"recall {m.middle_recall['baseline']:.2f}->{m.middle_recall['candidate']:.2f} "
-        f"p95 {m.p95_latency_ratio:.3f} decode {m.p95_decode_ratio:.3f} memory {m.memory_ratio:.2f}"
+        f"p95 {m.p95_latency_ratio:.3f} decode {m.p95_decode_ratio:.3f} memory {m.memory_ratio:.2f}{seeds}"
     )
     return results.decision.verdict, summary
 
@@ -57,7 +64,7 @@ def main() -> None:
         approved += verdict == "approve"
         print(f"aa run {i + 1}/{args.runs}: {verdict:10s} {summary}", flush=True)
     for name in [p for p in args.planted.split(",") if p]:
-        candidate = dataclasses.replace(gate.candidate, **PLANTED[name])
+        candidate = VariantSpec(gate.candidate.name, (*gate.candidate.changes, *VariantSpec.of("c", planted=PLANTED[name]).changes))
         planted = dataclasses.replace(gate, name=f"{gate.name}-{name}", candidate=candidate)
         for i in range(args.runs):
             verdict, summary = run_gate(planted, backend)

@@ -23,19 +23,20 @@ from typing import Any
 
 from pytest_longctx.gate.decision import evaluate
 from pytest_longctx.gate.results import CellResult
-from pytest_longctx.gate.spec import GateSpec, load_gate
+from pytest_longctx.gate.spec import GateSpec, VariantSpec, load_gate
 from pytest_longctx.gate.sweep import interleaved, plan_cells
 
 PLANTED = {
-    "window-64": {"planted_window": 64},
-    "decode+25%": {"planted_decode_delay": 0.25},
-    "kv-x2": {"planted_kv_copies": 2},
+    "window-64": {"window": 64},
+    "decode+25%": {"decode_delay": 0.25},
+    "kv-x2": {"kv_copies": 2},
 }
 
 
 def scenario_gates(gate: GateSpec, name: str) -> tuple[GateSpec, GateSpec]:
     """The sequential gate of a scenario (A/A or a planted regression) and its fixed twin over every seed."""
-    candidate = dataclasses.replace(gate.baseline, name=gate.candidate.name, **PLANTED.get(name, {}))
+    planted = VariantSpec.of("c", planted=PLANTED[name]).changes if name in PLANTED else ()
+    candidate = VariantSpec(gate.candidate.name, (*gate.baseline.changes, *planted))
     sequential = dataclasses.replace(gate, candidate=candidate)
     return sequential, dataclasses.replace(sequential, sweep=dataclasses.replace(gate.sweep, sequential=None))
 
