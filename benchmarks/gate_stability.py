@@ -45,6 +45,10 @@ def run_gate(gate: GateSpec, backend: Backend) -> tuple[str, str]:
         f"recall {m.middle_recall['baseline']:.2f}->{m.middle_recall['candidate']:.2f} "
         f"p95 {m.p95_latency_ratio:.3f} decode {m.p95_decode_ratio:.3f} memory {m.memory_ratio:.2f}{seeds}"
     )
+    undecided = [f"{c.name} {c.value:.3f} ({c.ci_low:.3f}..{c.ci_high:.3f})" for c in results.decision.checks
+                 if c.state == "undecided" and c.value is not None and c.ci_low is not None and c.ci_high is not None]
+    if undecided:
+        summary += " undecided: " + ", ".join(undecided)
     return results.decision.verdict, summary
 
 
