@@ -47,7 +47,8 @@ class GateNode(pytest.Collector):
     def _load_items(self, variants: dict[str, VariantNode]) -> Iterator[pytest.Item]:
         """The load sweep last, so its queues cannot slow the timed cells; levels in ABBA order across the sides."""
         load = self.run.gate.sweep.load
-        if load is not None:
+        # A captured baseline has no load levels, and load figures do not transfer between runs: nothing to compare.
+        if load is not None and not self.run.capture and self.run.gate.captured_baseline is None:
             for variant, level in load.order(self.run.variants):
                 yield LoadItem.from_parent(variants[variant.name], name=f"load[c{level}]", run=self.run, variant=variant, level=level)
 

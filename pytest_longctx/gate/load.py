@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import limits
 from .reader import Reader as _Reader
 
 if TYPE_CHECKING:
-    from .spec import VariantSpec
-    from .sweep_spec import SweepSpec
     from .thresholds import Thresholds
+
+Side = TypeVar("Side")
 
 LOAD_KEYS = ("concurrency", "requests", "length", "slo", "max_new_tokens", "request_timeout_s", "time_budget_s")
 MAX_ERROR_SAMPLES = 3  # distinct error messages kept per level: enough to say what went wrong, bounded
@@ -40,9 +40,9 @@ class LoadSpec:
     request_timeout_s: float = 300.0
     time_budget_s: float = 1800.0
 
-    def order(self, sides: Sequence[VariantSpec]) -> list[tuple[VariantSpec, int]]:
+    def order(self, sides: Sequence[Side]) -> list[tuple[Side, int]]:
         """(side, level) in run order: ABBA across levels, so a drift in the machine's speed hits both sides."""
-        run = []
+        run: list[tuple[Side, int]] = []
         for i, level in enumerate(self.concurrency):
             run.extend((side, level) for side in (sides if i % 2 == 0 else sides[::-1]))
         return run
@@ -94,13 +94,23 @@ def parse_load(r: _Reader, raw: Any) -> LoadSpec | None:
     )
 
 
-def check_load(r: _Reader, variants: Sequence[VariantSpec], sweep: SweepSpec, thresholds: Thresholds) -> None:
+class _Variant(Protocol):
+    """What the load sweep reads of a side (gate.spec.VariantSpec; named structurally, since spec imports this module)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def served(self) -> Any: ...
+
+
+def check_load(r: _Reader, variants: Sequence[_Variant], load: LoadSpec | None, thresholds: Thresholds) -> None:
     """The load sweep drives only engines the gate launches itself, on the loopback address; its thresholds need it."""
     for name in ("goodput_ratio", "throughput_ratio"):
-        if getattr(thresholds, f"{name}_min") is not None and sweep.load is None:
+        if getattr(thresholds, f"{name}_min") is not None and load is None:
             raise r.fail(f"thresholds.{name}", "needs a load sweep to compare",
                          "add sweep.load: {concurrency: [1, 4], requests: 8, length: 512, slo: {ttft_s: 2.0, tpot_s: 0.1}}")
-    if sweep.load is None:
+    if load is None:
         return
     for side in variants:
         engine = side.served
@@ -109,7 +119,7 @@ def check_load(r: _Reader, variants: Sequence[VariantSpec], sweep: SweepSpec, th
                          f"give {side.name} launch: {{command: ...}}: the load sweep only drives an engine the gate starts on 127.0.0.1")
 
 
-def applies(variants: Sequence[VariantSpec]) -> str | None:
+def applies(variants: Sequence[_Variant]) -> str | None:
     """None when the load sweep runs on these sides, else why it does not (said in the decision and the report)."""
     in_process = [side.name for side in variants if side.served is None]
     if not in_process:

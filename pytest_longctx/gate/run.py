@@ -293,7 +293,8 @@ class GateRun:
 
         if self._load_started is None:
             self._load_started = time.perf_counter()
-        return measure_level(self, variant, concurrency, started=self._load_started)
+        return measure_level(self.gate, lambda: self.backend(variant), variant, concurrency, prompts=self.load_prompts,
+                             started=self._load_started)
 
     def record_load(self, level: LoadLevel) -> None:
         self.load_levels.append(level)

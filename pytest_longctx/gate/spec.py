@@ -284,7 +284,7 @@ def _check_combinations(r: _Reader, variants: tuple[VariantSpec, ...], sweep: Sw
         raise r.fail("thresholds.loss_ratio", "needs a loss curve to compare", "add sweep.loss: {tokens: 8192, buckets: 8}")
     from .load import check_load
 
-    check_load(r, variants, sweep, thresholds)
+    check_load(r, variants, sweep.load, thresholds)
 
 
 def _captured_path(r: _Reader, top: dict[str, Any], source: str) -> Path | None:

@@ -112,12 +112,12 @@ def serve() -> Iterator[Any]:
 
 
 PROMPTS = [[i, 100 + i, 200 + i] for i in range(8)]
-FAR = 1e12  # a deadline no test reaches
+NEVER = float("inf")  # a deadline no test reaches
 
 
 def test_a_level_keeps_exactly_its_concurrency_in_flight_and_times_each_request(serve):
     engine = Engine(first_token_s=0.1, gap_s=0.02)
-    outcomes, wall = run_level(serve(engine), PROMPTS, concurrency=4, max_new_tokens=5, request_timeout_s=30, deadline=time.perf_counter() + FAR)
+    outcomes, wall = run_level(serve(engine), PROMPTS, concurrency=4, max_new_tokens=5, request_timeout_s=30, deadline=NEVER)
     assert engine.max_in_flight == 4
     assert sorted(map(tuple, engine.prompts)) == sorted(map(tuple, PROMPTS))  # each prompt sent once
     assert all(o.error is None and o.output_tokens == 5 for o in outcomes)
@@ -130,8 +130,8 @@ def test_a_serial_engine_makes_ttft_grow_with_the_queue(serve):
     """llama-cpp-python's server: one request at a time, so the k-th request of a level waits for k-1 others."""
     engine = Engine(first_token_s=0.1, gap_s=0.01, serial=True)
     url = serve(engine)
-    alone, _ = run_level(url, PROMPTS[:4], concurrency=1, max_new_tokens=2, request_timeout_s=30, deadline=time.perf_counter() + FAR)
-    queued, _ = run_level(url, PROMPTS[:4], concurrency=4, max_new_tokens=2, request_timeout_s=30, deadline=time.perf_counter() + FAR)
+    alone, _ = run_level(url, PROMPTS[:4], concurrency=1, max_new_tokens=2, request_timeout_s=30, deadline=NEVER)
+    queued, _ = run_level(url, PROMPTS[:4], concurrency=4, max_new_tokens=2, request_timeout_s=30, deadline=NEVER)
     assert engine.max_in_flight == 1
     assert max(o.ttft_s for o in queued) >= 3 * 0.1  # the last of four waited for three others
     slo = Slo(ttft_s=0.25, tpot_s=1.0)
@@ -160,7 +160,7 @@ def test_the_arithmetic_of_a_level():
 
 def test_an_engine_error_is_that_requests_outcome_not_the_levels(serve):
     engine = Engine(fail_prompts=frozenset({2, 5}))
-    outcomes, _ = run_level(serve(engine), PROMPTS, concurrency=3, max_new_tokens=2, request_timeout_s=30, deadline=time.perf_counter() + FAR)
+    outcomes, _ = run_level(serve(engine), PROMPTS, concurrency=3, max_new_tokens=2, request_timeout_s=30, deadline=NEVER)
     assert [o.error is not None for o in outcomes] == [i in (2, 5) for i in range(8)]
     assert "HTTP 503" in (outcomes[2].error or "")
 
@@ -177,7 +177,7 @@ def test_requests_past_the_time_budget_are_not_sent(serve):
 def test_a_request_stops_at_its_timeout(serve):
     engine = Engine(first_token_s=0.05, stall_s=2.0)
     started = time.perf_counter()
-    outcomes, _ = run_level(serve(engine), PROMPTS[:2], concurrency=2, max_new_tokens=2, request_timeout_s=0.3, deadline=time.perf_counter() + FAR)
+    outcomes, _ = run_level(serve(engine), PROMPTS[:2], concurrency=2, max_new_tokens=2, request_timeout_s=0.3, deadline=NEVER)
     assert all(o.error is not None for o in outcomes)
     assert time.perf_counter() - started < 1.5
 
@@ -185,7 +185,7 @@ def test_a_request_stops_at_its_timeout(serve):
 @pytest.mark.parametrize("url", ["http://10.0.0.1:8000", "http://example.com:8000", "http://0.0.0.0:8000", "http://192.168.1.2"])
 def test_load_goes_only_to_the_loopback_address(url):
     with pytest.raises(LoadRefused, match="loopback"):
-        run_level(url, PROMPTS, concurrency=2, max_new_tokens=2, request_timeout_s=1, deadline=time.perf_counter() + FAR)
+        run_level(url, PROMPTS, concurrency=2, max_new_tokens=2, request_timeout_s=1, deadline=NEVER)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "http://127.0.0.2:9", "http://localhost:8000", "http://[::1]:8000"])
@@ -197,9 +197,9 @@ def test_a_level_past_the_limits_is_refused_before_anything_is_sent(serve):
     engine = Engine()
     url = serve(engine)
     with pytest.raises(LoadRefused, match="limits"):
-        run_level(url, PROMPTS, concurrency=limits.MAX_LOAD_CONCURRENCY + 1, max_new_tokens=2, request_timeout_s=1, deadline=FAR)
+        run_level(url, PROMPTS, concurrency=limits.MAX_LOAD_CONCURRENCY + 1, max_new_tokens=2, request_timeout_s=1, deadline=NEVER)
     with pytest.raises(LoadRefused, match="limits"):
-        run_level(url, [[1]] * (limits.MAX_LOAD_REQUESTS + 1), concurrency=1, max_new_tokens=2, request_timeout_s=1, deadline=FAR)
+        run_level(url, [[1]] * (limits.MAX_LOAD_REQUESTS + 1), concurrency=1, max_new_tokens=2, request_timeout_s=1, deadline=NEVER)
     assert engine.prompts == []
 
 
@@ -212,7 +212,7 @@ def test_an_engine_that_takes_only_text_gets_the_decoded_prompts(serve):
 
     form = prompt_form(url, PROMPTS[0], decode, timeout_s=5)
     assert form == "text"
-    outcomes, _ = run_level(url, PROMPTS[:3], concurrency=2, max_new_tokens=2, request_timeout_s=5, deadline=time.perf_counter() + FAR,
+    outcomes, _ = run_level(url, PROMPTS[:3], concurrency=2, max_new_tokens=2, request_timeout_s=5, deadline=time.perf_counter() + NEVER,
                             form=form, decode=decode)
     assert all(o.error is None for o in outcomes)
     assert sorted(p for p in engine.prompts if isinstance(p, str))[-3:] == ["0 100 200", "1 101 201", "2 102 202"]

@@ -192,7 +192,8 @@ def test_the_report_charts_p95_ttft_and_goodput_against_concurrency():
                                    load_levels=tuple(levels)))
     section = page[page.index('<section id="load">'):]
     section = section[:section.index("</section>")]
-    assert "p95 time to first token (s) by concurrency" in section and "goodput (requests within both SLOs) (req/s) by concurrency" in section
+    assert "p95 time to first token (s) by concurrency" in section
+    assert "goodput (requests within both SLOs) (req/s) by concurrency" in section
     assert section.count('<path class="series"') == 4  # two panels, a line per side
     assert "candidate at concurrency 4: 1 req/s" in section and "baseline at concurrency 4: 1.2 s" in section
     assert section.count("<tr><td class=\"num\">") == 4  # a table row per side and level
@@ -207,3 +208,19 @@ def test_the_report_says_plainly_when_the_load_sweep_does_not_apply():
     page = render_html(GateResults(gate=spec.to_dict(), decision=decision, metrics=dataclasses.replace(metrics), cells=()))
     section = page[page.index('<section id="load">'):]
     assert "does not apply" in section[:section.index("</section>")] and "<svg" not in section[:section.index("</section>")]
+
+
+def test_load_prompts_are_the_length_asked_and_share_no_prefix_beyond_the_template(smollm_tokenizer):
+    from pytest_longctx.gate.load_run import load_prompts
+
+    spec = gate(sweep__load__requests=4, sweep__load__concurrency=[1, 2])
+    prompts = load_prompts(smollm_tokenizer, spec, spec.baseline)
+    assert len(prompts) == 4 and all(len(p) == 256 for p in prompts)
+    assert len({tuple(p) for p in prompts}) == 4
+
+    def shared(a: list[int], b: list[int]) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    template = max(shared(a, b) for i, a in enumerate(prompts) for b in prompts[i + 1:])
+    # What they share is the chat template and the instructions before the haystack: a small head of the prompt.
+    assert template < 64, smollm_tokenizer.decode(prompts[0][:template])
