@@ -8,7 +8,7 @@ from typing import Literal
 
 from ..gate.load import LoadLevel
 from ..gate.results import GateResults
-from .charts import _nice_step
+from .charts import Dot, LossChart, LossSeries, _nice_step
 from .colours import VARIANT_COLOURS
 from .heatmaps import AxisLabel, variant_names
 from .summary import fmt_number, fmt_seconds
@@ -22,34 +22,12 @@ BOTTOM = PANEL_H - 40
 
 
 @dataclass(frozen=True)
-class LoadPoint:
-    x: float
-    y: float
-    title: str
-
-
-@dataclass(frozen=True)
-class LoadSeries:
-    variant: str
-    colour: str
-    shape: Literal["circle", "square"]
-    path: str
-    points: tuple[LoadPoint, ...]
-
-
-@dataclass(frozen=True)
 class LoadPanel:
+    """One figure against concurrency: a line per side (the loss chart's frame, with the levels as its x ticks)."""
+
     title: str
     unit: str
-    width: int
-    height: int
-    plot_top: int
-    plot_bottom: int
-    plot_left: int
-    plot_right: int
-    x_ticks: tuple[AxisLabel, ...]
-    y_ticks: tuple[AxisLabel, ...]
-    series: tuple[LoadSeries, ...]
+    chart: LossChart
 
 
 @dataclass(frozen=True)
@@ -107,17 +85,17 @@ def _panel(results: GateResults, field: str, title: str, unit: str) -> LoadPanel
             level = by_side.get((name, c))
             value = None if level is None else getattr(level, field)
             if value is not None and math.isfinite(value):
-                points.append(LoadPoint(x_of(i), y_of(value), f"{name} at concurrency {c}: {value:.4g} {unit}"))
+                points.append(Dot(x_of(i), y_of(value), f"{name} at concurrency {c}: {value:.4g} {unit}"))
         if points:
             path = " ".join(f"{'M' if j == 0 else 'L'}{p.x},{p.y}" for j, p in enumerate(points))
-            series.append(LoadSeries(name, colour, shape, path, tuple(points)))
+            series.append(LossSeries(name, colour, shape, path, tuple(points)))
     ticks = round(y_max / step)
-    return LoadPanel(
-        title=title, unit=unit, width=PANEL_W, height=PANEL_H, plot_top=TOP, plot_bottom=BOTTOM, plot_left=LEFT, plot_right=RIGHT,
+    return LoadPanel(title, unit, LossChart(
+        width=PANEL_W, height=PANEL_H, plot_top=TOP, plot_bottom=BOTTOM, plot_left=LEFT, plot_right=RIGHT,
         x_ticks=tuple(AxisLabel(round(x_of(i)), BOTTOM + 16, str(c)) for i, c in enumerate(levels)),
         y_ticks=tuple(AxisLabel(LEFT - 6, round(y_of(k * step)), f"{k * step:g}") for k in range(ticks + 1)),
-        series=tuple(series),
-    )
+        series=tuple(series), worst_x=None, worst_w=0.0, worst_title="",
+    ))
 
 
 def load_rows(results: GateResults) -> tuple[LoadRow, ...]:

@@ -219,7 +219,7 @@ def test_load_prompts_are_the_length_asked_and_share_no_prefix_beyond_the_templa
     assert len({tuple(p) for p in prompts}) == 4
 
     def shared(a: list[int], b: list[int]) -> int:
-        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
     template = max(shared(a, b) for i, a in enumerate(prompts) for b in prompts[i + 1:])
     # What they share is the chat template and the instructions before the haystack: a small head of the prompt.

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from ...gate import limits
 from ...gate.load import RequestOutcome
 from .client import GREEDY
-from .transport import ServedBackendError, connection, excerpt, parse_json, post, sse_events
+from .transport import ServedBackendError, connection, excerpt, json_events, post
 
 PromptForm = Literal["ids", "text"]
 
@@ -125,12 +125,7 @@ def _stream(base_url: str, body: dict[str, Any], sent: float, limit: float) -> R
         response = post(conn, parts.path.rstrip("/") + "/v1/completions", json.dumps(body).encode(), base_url, None)
         if response.status != 200:
             raise ServedBackendError(f"HTTP {response.status}: {excerpt(response.read())}")
-        for arrived, data in sse_events(response, base_url, None):
-            if data.strip() == "[DONE]":
-                break
-            event = parse_json(data, base_url)
-            if event.get("error"):
-                raise ServedBackendError(f"error event: {excerpt(json.dumps(event['error']).encode())}")
+        for arrived, event in json_events(response, base_url):
             usage = event.get("usage") or usage
             if any(choice.get("text") for choice in event.get("choices") or ()):
                 arrivals.append(arrived)
