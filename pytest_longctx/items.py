@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 CELL_PROPERTY = "longctx_cell"
 TIMING_PROPERTY = "longctx_timing"
 LOSS_PROPERTY = "longctx_loss"
+LOAD_PROPERTY = "longctx_load"
 
 
 class GateNode(pytest.Collector):
@@ -34,12 +35,22 @@ class GateNode(pytest.Collector):
                 yield from self._cell_items(variants, look)
                 for number in self.run.timing_passes:
                     yield TimingPassItem.from_parent(self, name=f"timing-pass-{number}-look-{look}", run=self.run, number=number, look=look)
+            yield from self._load_items(variants)
             return
         yield from self._cell_items(variants, None)
         yield from self._loss_items(variants)
         # Timed runs come after every recall run, in passes over the whole sweep (see GateRun.timing_pass).
         for number in self.run.timing_passes:
             yield TimingPassItem.from_parent(self, name=f"timing-pass-{number}", run=self.run, number=number)
+        yield from self._load_items(variants)
+
+    def _load_items(self, variants: dict[str, VariantNode]) -> Iterator[pytest.Item]:
+        """The load sweep last, so its queues cannot slow the timed cells; levels in ABBA order across the sides."""
+        load = self.run.gate.sweep.load
+        # A captured baseline has no load levels, and load figures do not transfer between runs: nothing to compare.
+        if load is not None and not self.run.capture and self.run.gate.captured_baseline is None:
+            for variant, level in load.order(self.run.variants):
+                yield LoadItem.from_parent(variants[variant.name], name=f"load[c{level}]", run=self.run, variant=variant, level=level)
 
     def _cell_items(self, variants: dict[str, VariantNode], look: int | None) -> Iterator[pytest.Item]:
         sequential = self.run.gate.sweep.sequential
@@ -98,6 +109,35 @@ class LossItem(pytest.Item):
 
     def runtest(self) -> None:
         self.user_properties.append((LOSS_PROPERTY, self.run.loss_curve(self.variant)))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.name}"
+
+
+class LoadItem(pytest.Item):
+    """One side at one concurrency level of the load sweep; it fails when any of its requests failed."""
+
+    def __init__(self, *, run: GateRun, variant: VariantSpec, level: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run = run
+        self.variant = variant
+        self.level = level
+
+    def runtest(self) -> None:
+        from .gate.load import applies
+
+        reason = applies(self.run.gate.variants)
+        if reason is not None:
+            pytest.skip(reason)
+        level = self.run.load_level(self.variant, self.level)
+        self.user_properties.append((LOAD_PROPERTY, level.to_dict()))
+        if level.errors:
+            raise CellFailed(f"{level.errors} of {level.requests} requests failed: {'; '.join(level.error_samples)}")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CellFailed):
+            return f"load level {self.nodeid}: {excinfo.value}"
+        return str(super().repr_failure(excinfo, style=style))
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.name}"

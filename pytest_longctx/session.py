@@ -112,7 +112,8 @@ class LongctxSession:
         return [item for gate in self.gates for item in make_gate_items(session, self.runs[gate.name])]
 
     def record(self, nodeid: str, user_properties: list[tuple[str, Any]]) -> None:
-        from .items import CELL_PROPERTY, LOSS_PROPERTY, TIMING_PROPERTY
+        from .gate.results import load_level_from_dict
+        from .items import CELL_PROPERTY, LOAD_PROPERTY, LOSS_PROPERTY, TIMING_PROPERTY
 
         gate_name = nodeid.split("::", 1)[0]
         run = self.runs.get(gate_name)
@@ -123,6 +124,8 @@ class LongctxSession:
                 run.record_samples([TimingSample.from_dict(v) for v in value])
             elif run is not None and name == LOSS_PROPERTY:
                 run.record_loss(value)
+            elif run is not None and name == LOAD_PROPERTY:
+                run.record_load(load_level_from_dict(value))
 
     def finish(self) -> int:
         """Decide every gate, write its outputs; return 0 when all approve, else 1."""

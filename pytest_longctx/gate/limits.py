@@ -35,6 +35,13 @@ MAX_CELL_TIMEOUT_S = 86_400.0
 MAX_LOSS_BUCKETS = 1_024
 MAX_INTEGER = 2**31 - 1  # any other whole number
 DEPTH_ID_DECIMALS = 2  # node ids show depths to two decimals (d0.50): depths must differ there
+# The load sweep (sweep.load): what bounds the requests one run sends an engine, and for how long.
+MAX_LOAD_LEVELS = 16  # concurrency levels
+MAX_LOAD_CONCURRENCY = 256  # requests in flight at once
+MAX_LOAD_REQUESTS = 1_024  # requests per side and level
+MAX_LOAD_TOTAL_REQUESTS = 4_096  # requests per side over all levels
+MAX_LOAD_REQUEST_TIMEOUT_S = 3_600.0  # one request, sent to its last token
+MAX_LOAD_TIME_BUDGET_S = 86_400.0  # the whole load sweep, both sides; requests not sent by then are errors
 
 class _BoundedRepr(reprlib.Repr):
     """reprlib's repr, which cuts long strings, lists and nested values, and never builds a huge int's digits."""

@@ -15,7 +15,7 @@ def _canonical(value: Any) -> str:
 
 
 def recompute(results: GateResults) -> tuple[GateResults, list[str]]:
-    """The results with metrics and decision recomputed from the gate and cells they record, and the dotted
+    """The results with metrics and decision recomputed from the gate, cells and load levels they record, and the dotted
     names of the recorded fields that disagree (`decision.verdict`, `decision.checks[memory_ratio].passed`,
     `metrics.middle_recall`, ...): an edited file, or one written by other code.
 
@@ -25,10 +25,14 @@ def recompute(results: GateResults) -> tuple[GateResults, list[str]]:
     from .decision import evaluate
     from .spec import GateSpec
 
+    gate = GateSpec.from_dict(results.gate)
     metrics, decision = evaluate(
-        GateSpec.from_dict(results.gate), results.cells,
-        fingerprint_mismatches=results.metrics.fingerprint_mismatches, loss_curves=results.metrics.loss_curves,
+        gate, results.cells, fingerprint_mismatches=results.metrics.fingerprint_mismatches, loss_curves=results.metrics.loss_curves,
     )
+    if gate.sweep.load is not None:  # the load sweep's levels are recorded beside the cells, and decided from them
+        from .load_decision import apply_load
+
+        metrics, decision = apply_load(gate, metrics, decision, results.load_levels)
     fresh = dataclasses.replace(results, metrics=metrics, decision=decision)
     return fresh, disagreements(results, fresh)
 

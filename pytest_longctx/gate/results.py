@@ -11,9 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .load import LoadLevel
+
 # 2: cells gained kv_source, retrieval, score, timed samples and reused_tokens; metrics gained prefill_tokens,
 # loss curves, recall by task and length, failures and kv_source; reading became strict about keys.
-SCHEMA_VERSION = 2
+# 3: the load sweep: top-level load_levels; metrics gained goodput_ratio, throughput_ratio, load_ratios, load_note.
+# Version 2 records still read: they ran no load sweep, so the new keys take their empty values.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 
 Verdict = Literal["approve", "reject", "incomplete", "invalid", "inconclusive"]
 Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "not_retrieved", "cut_from_history", "error"]
@@ -243,6 +248,12 @@ class Metrics:
     seeds_used: tuple[int, ...] = ()
     stopped_early: bool | None = None
     look_confidence: float | None = None
+    # The load sweep (gate/load_decision.py): candidate/baseline goodput and throughput at the level where each
+    # is lowest, every level's ratios (keyed by concurrency), and why the sweep did not apply, if it did not.
+    goodput_ratio: float | None = None
+    throughput_ratio: float | None = None
+    load_ratios: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    load_note: str | None = None
 
     @property
     def memory_label(self) -> str:
@@ -256,14 +267,23 @@ class Metrics:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Metrics:
-        require_keys(data, _field_names(cls), "metrics")
+    def from_dict(cls, data: dict[str, Any], version: int = SCHEMA_VERSION) -> Metrics:
+        names = _field_names(cls)
+        require_keys(data, names if version >= 3 else [n for n in names if n not in _LOAD_METRICS], "metrics")
         values = dict(data)
         for key in ("middle_recall_delta_ci", "p95_latency_ratio_ci", "p95_prefill_ratio_ci", "p95_decode_ratio_ci",
                     "fingerprint_mismatches", "answer_logprob_delta_ci", "seeds_used", "sensitivity", "configuration"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+def load_level_from_dict(data: Any, where: str = "load level") -> LoadLevel:
+    require_keys(data, _field_names(LoadLevel), where)
+    return LoadLevel(**{**data, "error_samples": tuple(data["error_samples"])})
+
+
+_LOAD_METRICS = ("goodput_ratio", "throughput_ratio", "load_ratios", "load_note")
 
 
 @dataclass(frozen=True)
@@ -277,6 +297,7 @@ class GateResults:
     environment: dict[str, Any] = field(default_factory=dict)
     wall_s: float | None = None
     schema_version: int = SCHEMA_VERSION
+    load_levels: tuple[LoadLevel, ...] = ()  # the load sweep, per side and concurrency level
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -287,6 +308,7 @@ class GateResults:
             "cells": [c.to_dict() for c in self.cells],
             "environment": self.environment,
             "wall_s": self.wall_s,
+            "load_levels": [level.to_dict() for level in self.load_levels],
         }
 
     @classmethod
@@ -294,23 +316,25 @@ class GateResults:
         if not isinstance(data, dict):
             raise ResultsError(f"expected a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if isinstance(version, int) and version < SCHEMA_VERSION:
+        if isinstance(version, int) and version < READABLE_VERSIONS[0]:
             raise ResultsError(
-                f"results schema_version {version} is older than {SCHEMA_VERSION}, the version this pytest-longctx reads "
+                f"results schema_version {version} is older than {READABLE_VERSIONS[0]}, the oldest version this pytest-longctx reads "
                 "(fields were added since). Fix: re-run the gate to write the file again"
             )
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise ResultsError(
                 f"results schema_version {version!r} is not supported (this pytest-longctx reads version {SCHEMA_VERSION})"
             )
-        require_keys(data, ("schema_version", "gate", "decision", "metrics", "cells", "environment", "wall_s"), "top level")
+        keys = ("schema_version", "gate", "decision", "metrics", "cells", "environment", "wall_s")
+        require_keys(data, keys + ("load_levels",) if version >= 3 else keys, "top level")
         return cls(
             gate=data["gate"],
             decision=Decision.from_dict(data["decision"]),
-            metrics=Metrics.from_dict(data["metrics"]),
+            metrics=Metrics.from_dict(data["metrics"], version),
             cells=tuple(CellResult.from_dict(c, f"cells[{i}]") for i, c in enumerate(data["cells"])),
             environment=data["environment"],
             wall_s=data["wall_s"],
+            load_levels=tuple(load_level_from_dict(v, f"load_levels[{i}]") for i, v in enumerate(data.get("load_levels", ()))),
         )
 
 

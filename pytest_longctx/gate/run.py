@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from .load import LoadLevel
 from .results import CellResult, GateResults, TimingSample, save_results
 from .spec import GateSpec, TimingSpec, VariantSpec
 from .sweep import Cell, build_prompt, errored_cell, interleaved, merge_samples, run_cell, task_spec, timed_run
@@ -70,6 +71,9 @@ class GateRun:
         self._prefix_store: Any = None
         self._stop_reasons: dict[int, str | None] = {}  # sequential gates: per look, why it was skipped
         self._started = time.perf_counter()
+        self.load_levels: list[LoadLevel] = []  # the load sweep's levels, per side (gate/load.py)
+        self.load_prompts: dict[tuple[str, int], list[list[int]]] = {}
+        self._load_started: float | None = None
 
     @property
     def variants(self) -> tuple[VariantSpec, ...]:
@@ -283,6 +287,18 @@ class GateRun:
         return {"variant": variant.name, "edges": list(curve.edges), "losses": list(curve.losses),
                 "counts": list(curve.counts), "tokens": curve.tokens}
 
+    def load_level(self, variant: VariantSpec, concurrency: int) -> LoadLevel:
+        """One level of the load sweep on `variant`'s launched engine; its time budget runs from the first level."""
+        from .load_run import measure_level
+
+        if self._load_started is None:
+            self._load_started = time.perf_counter()
+        return measure_level(self.gate, lambda: self.backend(variant), variant, concurrency, prompts=self.load_prompts,
+                             started=self._load_started)
+
+    def record_load(self, level: LoadLevel) -> None:
+        self.load_levels.append(level)
+
     def record_loss(self, record: dict[str, Any]) -> None:
         self.loss_curves[record["variant"]] = record
 
@@ -340,11 +356,16 @@ class GateRun:
             except (CaptureError, CellError) as exc:
                 problems = [str(exc)]
         metrics, decision = evaluate(self.gate, cells, fingerprint_mismatches=problems, loss_curves=self.loss_curves)
+        if self.gate.sweep.load is not None:
+            from .load_decision import apply_load
+
+            metrics, decision = apply_load(self.gate, metrics, decision, self.load_levels)
         return GateResults(
             gate=self.gate.to_dict(),
             decision=decision,
             metrics=metrics,
             cells=tuple(sorted(cells, key=lambda c: (c.task, c.length, c.depth, c.seed, c.variant))),
+            load_levels=tuple(sorted(self.load_levels, key=lambda level: (level.concurrency, level.variant))),
             environment=self.environment(),
             wall_s=time.perf_counter() - self._started,
         )

@@ -172,6 +172,10 @@ class GateSpec:
         timing = sweep.get("timing") or {}
         sweep["timing"] = TimingSpec(**{k: None if v is None else tuple(v) for k, v in timing.items()})
         sweep["sequential"] = None if sweep.get("sequential") is None else SequentialSpec(**sweep["sequential"])
+        if sweep.get("load") is not None:
+            from .load import LoadSpec
+
+            sweep["load"] = LoadSpec.from_record(sweep["load"])
 
         def path(key: str) -> Path | None:
             return None if data.get(key) is None else Path(data[key])
@@ -278,6 +282,9 @@ def _check_combinations(r: _Reader, variants: tuple[VariantSpec, ...], sweep: Sw
                      "add a positioned family such as niah or multi_doc_qa beside the aggregation ones")
     if thresholds.loss_ratio_max is not None and sweep.loss is None:
         raise r.fail("thresholds.loss_ratio", "needs a loss curve to compare", "add sweep.loss: {tokens: 8192, buckets: 8}")
+    from .load import check_load
+
+    check_load(r, variants, sweep.load, thresholds)
 
 
 def _captured_path(r: _Reader, top: dict[str, Any], source: str) -> Path | None:

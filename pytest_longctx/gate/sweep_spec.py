@@ -11,6 +11,7 @@ from .reader import Reader as _Reader
 
 if TYPE_CHECKING:
     from ..tasks import TaskSpec
+    from .load import LoadSpec
 
 RepeatStatistic = Literal["min", "median"]
 
@@ -73,6 +74,7 @@ class SweepSpec:
     sequential: SequentialSpec | None = None
     require_sensitivity: bool = False  # a sweep where no task and length can show a recall change is incomplete
     beyond_trained_positions: bool = False  # lengths past a side's positions are meant (the start-up check allows them)
+    load: LoadSpec | None = None  # concurrent requests to served engines (gate/load.py)
 
     def timed(self, length: int, depth: float, seed: int) -> bool:
         t = self.timing
@@ -84,10 +86,12 @@ class SweepSpec:
 
 
 SWEEP_KEYS = ("lengths", "depths", "seeds", "middle", "max_new_tokens", "tasks", "repeats", "repeat_statistic", "cell_timeout_s",
-              "loss", "timing", "beyond_trained_positions", "sequential", "require_sensitivity")
+              "loss", "timing", "beyond_trained_positions", "sequential", "require_sensitivity", "load")
 
 
 def parse_sweep(r: _Reader, raw: Any) -> SweepSpec:
+    from .load import parse_load
+
     s = r.mapping(raw, "sweep", {k: "" for k in SWEEP_KEYS})
     if "lengths" not in s or "depths" not in s:
         raise r.fail("sweep", "needs both lengths and depths", "add sweep.lengths: [1024, ...] and sweep.depths: [0.0, ..., 1.0]")
@@ -128,6 +132,7 @@ def parse_sweep(r: _Reader, raw: Any) -> SweepSpec:
         beyond_trained_positions=r.boolean(beyond, "sweep.beyond_trained_positions"),
         sequential=sequential,
         require_sensitivity=r.boolean(s.get("require_sensitivity", False), "sweep.require_sensitivity"),
+        load=parse_load(r, s.get("load")),
     )
 
 

@@ -32,17 +32,21 @@ class Thresholds:
     loss_ratio_max: float | None = None  # worst position bucket's candidate/baseline mean next-token loss
     answer_logprob_max_drop: float | None = None  # nats of mean answer log-probability the candidate may lose
     answer_logprob_policy: LatencyPolicy = "point"
+    goodput_ratio_min: float | None = None  # load sweep: candidate/baseline goodput at its worst level (gate/load_decision.py)
+    throughput_ratio_min: float | None = None  # ... and output-token throughput
 
 
 def parse_thresholds(r: _Reader, raw: Any) -> Thresholds:
     keys = {"middle_recall": "", "p95_latency_ratio": "", "p95_prefill_ratio": "", "p95_decode_ratio": "", "memory_ratio": "",
-            "effective_length_ratio": "", "loss_ratio": "", "answer_logprob": ""}
+            "effective_length_ratio": "", "loss_ratio": "", "answer_logprob": "",
+            "goodput_ratio": "", "throughput_ratio": ""}
     t = r.mapping(raw if raw is not None else {}, "thresholds", keys)
     mr = r.mapping(t.get("middle_recall", {}), "thresholds.middle_recall", {"min_delta": "", "policy": "", "margin": "", "alpha": ""})
     mem = r.mapping(t.get("memory_ratio", {}), "thresholds.memory_ratio", {"max": "", "source": ""})
     eff = r.mapping(t.get("effective_length_ratio", {}), "thresholds.effective_length_ratio", {"min": "", "recall": ""})
     loss = r.mapping(t.get("loss_ratio", {}), "thresholds.loss_ratio", {"max": ""})
     logprob = r.mapping(t.get("answer_logprob", {}), "thresholds.answer_logprob", {"max_drop": "", "policy": ""})
+    load = {name: r.mapping(t.get(name, {}), f"thresholds.{name}", {"min": ""}) for name in ("goodput_ratio", "throughput_ratio")}
     if logprob and "max_drop" not in logprob:
         raise r.fail("thresholds.answer_logprob.max_drop", "is missing",
                      "add max_drop: 0.5 (the nats of answer log-probability you accept losing)")
@@ -83,4 +87,8 @@ def parse_thresholds(r: _Reader, raw: Any) -> Thresholds:
         answer_logprob_max_drop=None if "max_drop" not in logprob else r.number(
             logprob["max_drop"], "thresholds.answer_logprob.max_drop", low=0.0),
         answer_logprob_policy=r.choice(logprob.get("policy", "point"), "thresholds.answer_logprob.policy", get_args(LatencyPolicy)),  # type: ignore[arg-type]
+        goodput_ratio_min=None if load["goodput_ratio"].get("min") is None else r.number(
+            load["goodput_ratio"]["min"], "thresholds.goodput_ratio.min", low=0.0),
+        throughput_ratio_min=None if load["throughput_ratio"].get("min") is None else r.number(
+            load["throughput_ratio"]["min"], "thresholds.throughput_ratio.min", low=0.0),
     )

@@ -9,6 +9,7 @@ from ..gate.results import GateResults, write_atomic
 from .charts import latency_charts, latency_rows, loss_chart, loss_rows
 from .colours import ERRORED_FILL, VARIANT_COLOURS, VERDICT_COLOURS
 from .heatmaps import heatmap_panels, legend, middle_band, variant_names
+from .load_chart import load_panels, load_rows
 from .planted import planted_notice
 from .settings import setting_rows, variant_settings
 from .summary import (
@@ -75,6 +76,10 @@ def _context(results: GateResults) -> dict[str, Any]:
         "repeat_note": repeat_note(results),
         "variant_keys": tuple(zip(variant_names(results), VARIANT_COLOURS, ("circle", "square"), strict=True)),
         "memory_rows": memory_rows(results),
+        "load_panels": load_panels(results),
+        "load_rows": load_rows(results),
+        "load_note": results.metrics.load_note,
+        "load_requests": (results.gate.get("sweep", {}).get("load") or {}).get("requests"),
         "cell_rows": cells,
         "show_runs": any(c.timed_runs or c.reused for c in cells),  # older results record no timed runs
         "errored": sum(1 for c in results.cells if c.error is not None),

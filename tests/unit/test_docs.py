@@ -107,6 +107,8 @@ def _accepted_keys(path: tuple[str, ...], extra: dict | None = None, *, candidat
         (("sweep", "loss"), {"tokens": 64}), (("thresholds",), None), (("thresholds", "middle_recall"), None),
         (("thresholds", "p95_latency_ratio"), None), (("thresholds", "p95_decode_ratio"), None),
         (("thresholds", "memory_ratio"), None), (("thresholds", "effective_length_ratio"), None),
+        (("sweep", "load"), None), (("thresholds", "goodput_ratio"), None),
+        (("thresholds", "throughput_ratio"), None),
     ],
     ids=lambda v: ".".join(v) if isinstance(v, tuple) else "",
 )

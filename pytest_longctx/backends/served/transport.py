@@ -61,6 +61,17 @@ def sse_events(response: http.client.HTTPResponse, url: str, timeout_s: float | 
         # comments (":"), `event:`, `id:` and `retry:` lines carry nothing a completion needs
 
 
+def json_events(response: http.client.HTTPResponse, url: str) -> Iterator[tuple[float, dict[str, Any]]]:
+    """A completion stream's events as (arrival time, parsed JSON), up to `[DONE]`; a server-sent error event raises."""
+    for arrived, data in sse_events(response, url, None):
+        if data.strip() == "[DONE]":
+            return
+        event = parse_json(data, url)
+        if event.get("error"):
+            raise ServedBackendError(f"{url} sent an error event: {excerpt(json.dumps(event['error']).encode())}")
+        yield arrived, event
+
+
 def parse_json(data: str, url: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
