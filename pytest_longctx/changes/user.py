@@ -10,6 +10,7 @@ from typing import Any
 
 from ..gate.limits import shown
 from .base import CachePlan, Change, ChangeError, LoadPlan, PromptPlan
+from .errors import settings_mapping
 
 
 class ChangeFailed(RuntimeError):
@@ -34,11 +35,7 @@ class UserChange(Change, kind="python", order=100, keys=("change",)):
         if raw is None:
             return None
         example = 'write change: {python: "mypkg.module:MyChange", options: {budget: 512}}'
-        if not isinstance(raw, Mapping):
-            raise ChangeError("change", f"expected a mapping, got {type(raw).__name__}", example)
-        for key in raw:
-            if key not in ("python", "options"):
-                raise ChangeError(f"change.{key}", "unknown key", "use one of: python, options")
+        raw = settings_mapping(raw, "change", ("python", "options"), example)
         target = raw.get("python")
         if not isinstance(target, str) or target.count(":") != 1:
             raise ChangeError("change.python", f"expected \"module:Class\", got {shown(str(target)[:100])}", example)
