@@ -64,15 +64,21 @@ class Strip:
 
 
 @dataclass(frozen=True)
-class LatencyChart:
-    title: str
-    unit: str
+class PlotArea:
+    """An SVG chart's size and, inside it, the box its axes frame (the templates draw both the same way)."""
+
     width: int
     height: int
     plot_top: int
     plot_bottom: int
     plot_left: int
     plot_right: int
+
+
+@dataclass(frozen=True)
+class LatencyChart(PlotArea):
+    title: str
+    unit: str
     ticks: tuple[AxisLabel, ...]
     groups: tuple[AxisLabel, ...]
     strips: tuple[Strip, ...]
@@ -197,13 +203,7 @@ class LossSeries:
 
 
 @dataclass(frozen=True)
-class LossChart:
-    width: int
-    height: int
-    plot_top: int
-    plot_bottom: int
-    plot_left: int
-    plot_right: int
+class LossChart(PlotArea):
     x_ticks: tuple[AxisLabel, ...]
     y_ticks: tuple[AxisLabel, ...]
     series: tuple[LossSeries, ...]
