@@ -70,14 +70,35 @@ class VariantNode(pytest.Collector):
         return iter(())  # the gate node creates the items, interleaved across variants
 
 
-class CellItem(pytest.Item):
-    """One measurement. A miss is data; the item fails only when the cell could not be measured."""
+class _GateItem(pytest.Item):
+    """An item of a gate run, for one side (`variant`) or both (None); it fails when what it runs raised CellFailed."""
 
-    def __init__(self, *, run: GateRun, variant: VariantSpec, cell: Cell, **kwargs: Any) -> None:
+    failure = "{nodeid} failed: {error}"  # how repr_failure words a CellFailed
+
+    def __init__(self, *, run: GateRun, variant: VariantSpec | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.run = run
         self.variant = variant
-        self.cell = cell
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CellFailed):
+            return self.failure.format(nodeid=self.nodeid, error=excinfo.value)
+        return str(super().repr_failure(excinfo, style=style))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        side = "" if self.variant is None else f"{self.variant.name}::"
+        return self.path, None, f"{self.run.gate.name}::{side}{self.name}"
+
+
+class CellItem(_GateItem):
+    """One measurement. A miss is data; the item fails only when the cell could not be measured."""
+
+    failure = "cell {nodeid} could not be measured: {error}"
+    variant: VariantSpec
+
+    def __init__(self, *, run: GateRun, variant: VariantSpec, cell: Cell, **kwargs: Any) -> None:
+        super().__init__(run=run, variant=variant, **kwargs)
+        self.cell = cell  # the item's name is the cell's id
 
     def runtest(self) -> None:
         sequential = self.run.gate.sweep.sequential
@@ -90,37 +111,24 @@ class CellItem(pytest.Item):
         if result.error is not None:
             raise CellFailed(result.error)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, CellFailed):
-            return f"cell {self.nodeid} could not be measured: {excinfo.value}"
-        return str(super().repr_failure(excinfo, style=style))
 
-    def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.cell.id}"
-
-
-class LossItem(pytest.Item):
+class LossItem(_GateItem):
     """One side's next-token loss by position over the gate's long text."""
 
-    def __init__(self, *, run: GateRun, variant: VariantSpec, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.run = run
-        self.variant = variant
+    variant: VariantSpec
 
     def runtest(self) -> None:
         self.user_properties.append((LOSS_PROPERTY, self.run.loss_curve(self.variant)))
 
-    def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.name}"
 
-
-class LoadItem(pytest.Item):
+class LoadItem(_GateItem):
     """One side at one concurrency level of the load sweep; it fails when any of its requests failed."""
 
+    failure = "load level {nodeid}: {error}"
+    variant: VariantSpec
+
     def __init__(self, *, run: GateRun, variant: VariantSpec, level: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.run = run
-        self.variant = variant
+        super().__init__(run=run, variant=variant, **kwargs)
         self.level = level
 
     def runtest(self) -> None:
@@ -134,21 +142,14 @@ class LoadItem(pytest.Item):
         if level.errors:
             raise CellFailed(f"{level.errors} of {level.requests} requests failed: {'; '.join(level.error_samples)}")
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, CellFailed):
-            return f"load level {self.nodeid}: {excinfo.value}"
-        return str(super().repr_failure(excinfo, style=style))
 
-    def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, f"{self.run.gate.name}::{self.variant.name}::{self.name}"
-
-
-class TimingPassItem(pytest.Item):
+class TimingPassItem(_GateItem):
     """One pass of full, uncached timed runs over the sweep; it fails when any of its runs failed."""
 
+    failure = "timed runs of {nodeid} failed: {error}"
+
     def __init__(self, *, run: GateRun, number: int, look: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.run = run
+        super().__init__(run=run, **kwargs)
         self.number = number
         self.look = look  # a sequential gate's look: the pass times that look's cells only
 
@@ -161,14 +162,6 @@ class TimingPassItem(pytest.Item):
         failed = [f"{s.variant}::{s.task}[{s.length}-d{s.depth:.2f}-s{s.seed}]: {s.error}" for s in samples if s.error is not None]
         if failed:
             raise CellFailed("; ".join(failed))
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, CellFailed):
-            return f"timed runs of {self.nodeid} failed: {excinfo.value}"
-        return str(super().repr_failure(excinfo, style=style))
-
-    def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, f"{self.run.gate.name}::{self.name}"
 
 
 class CellFailed(Exception):

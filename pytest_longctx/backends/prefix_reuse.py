@@ -64,11 +64,14 @@ class PrefixHit:
 
 @dataclass(frozen=True)
 class _Entry:
-    key: Hashable
-    token_ids: tuple[int, ...]
+    """A stored cache; the store files it under its (variant key, prompt token ids)."""
+
     cache: Any
     nbytes: int
     home: Any  # the device the cache was made on, where copies of it go back to
+
+
+_Slot = tuple[Hashable, tuple[int, ...]]
 
 
 class PrefixStore:
@@ -93,7 +96,7 @@ class PrefixStore:
         self.max_bytes = max_bytes
         self.device = device
         self.min_tokens = min_tokens  # shorter common prefixes are prefilled again: a copy is not worth it
-        self._entries: OrderedDict[tuple[Hashable, tuple[int, ...]], _Entry] = OrderedDict()  # least recent first
+        self._entries: OrderedDict[_Slot, _Entry] = OrderedDict()  # least recent first
         self.lookups = 0
         self.hits = 0
         self.reused_tokens = 0
@@ -119,24 +122,25 @@ class PrefixStore:
 
         self.lookups += 1
         prompt = tuple(token_ids)
-        best: _Entry | None = None
+        best: _Slot | None = None
         shared = 0
-        for (entry_key, _), entry in self._entries.items():
+        for entry_key, stored in self._entries:
             if entry_key != key:
                 continue
             if exact_only:
-                n = len(prompt) if entry.token_ids == prompt else 0
+                n = len(prompt) if stored == prompt else 0
             else:
-                n = common_prefix_length(entry.token_ids, prompt)
+                n = common_prefix_length(stored, prompt)
             if n > shared:
-                best, shared = entry, n
+                best, shared = (entry_key, stored), n
         tokens = min(shared, len(prompt) - 1)
         if best is None or tokens < self.min_tokens:
             return None
-        self._entries.move_to_end((best.key, best.token_ids))
+        self._entries.move_to_end(best)
         self.hits += 1
         self.reused_tokens += tokens
-        return PrefixHit(copy_prefix(best.cache, tokens, device=best.home), tokens)
+        entry = self._entries[best]
+        return PrefixHit(copy_prefix(entry.cache, tokens, device=entry.home), tokens)
 
     def put(self, key: Hashable, token_ids: Sequence[int], cache: Any) -> bool:
         """Keep `cache` (holding exactly the K/V of `token_ids`; the store owns it from now on). False if too large."""
@@ -149,11 +153,11 @@ class PrefixStore:
         home = cache_device(cache)
         if self.device is not None and home is not None and not _same_device(home, self.device):
             cache = copy_prefix(cache, len(prompt), device=self.device)
-        entry = _Entry(key, prompt, cache, cache_nbytes(cache), home)
-        self._entries.pop((key, entry.token_ids), None)
+        entry = _Entry(cache, cache_nbytes(cache), home)
+        self._entries.pop((key, prompt), None)
         if entry.nbytes > self.max_bytes:
             return False
-        self._entries[(key, entry.token_ids)] = entry
+        self._entries[(key, prompt)] = entry
         same_key = [k for k in self._entries if k[0] == key]
         for stale in same_key[: max(0, len(same_key) - self.max_entries_per_key)]:
             del self._entries[stale]

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from typing import ClassVar, Literal, get_args
 
-from .base import Change, LoadPlan
-from .errors import one_of
+from .base import LoadChoice, LoadPlan
 
 AttnImplementation = Literal["sdpa", "eager"]
 
 
 @dataclass(frozen=True)
-class AttentionImplementation(Change, kind="attn_implementation", order=30, keys=("attn_implementation",), stage="load"):
+class AttentionImplementation(LoadChoice, kind="attn_implementation", order=30, keys=("attn_implementation",)):
     """`attn_implementation:` set on the config when the side's model loads."""
 
-    implementation: AttnImplementation
+    choices: ClassVar[tuple[str, ...]] = get_args(AttnImplementation)
 
-    @classmethod
-    def parse(cls, side: Mapping[str, Any]) -> AttentionImplementation | None:
-        value = side.get("attn_implementation")
-        return None if value is None else cls(one_of(value, "attn_implementation", get_args(AttnImplementation)))
-
-    def record(self) -> dict[str, Any]:
-        return {"attn_implementation": self.implementation}
+    value: AttnImplementation
 
     def load(self, plan: LoadPlan) -> LoadPlan:
-        return replace(plan, attn_implementation=self.implementation)
+        return replace(plan, attn_implementation=self.value)
 
 
 CHANGE = AttentionImplementation

@@ -6,10 +6,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from .errors import ChangeError
+from .errors import ChangeError, one_of
 from .model import ModelSpec
 
-__all__ = ["CachePlan", "Change", "ChangeError", "LoadPlan", "PromptPlan", "Reuse", "Stage"]
+__all__ = ["CachePlan", "Change", "ChangeError", "LoadChoice", "LoadPlan", "PromptPlan", "Reuse", "Stage"]
 
 Stage = Literal["load", "cache", "forward", "prompt", "serve", "planted"]
 # Whether a prompt's K/V under this change depend on the prompt's tokens alone, so that a prefix cached by one prompt
@@ -176,3 +176,22 @@ class Change:
     def served(self) -> Any:
         """The served-engine settings (served.ServedEngine) when this change puts the side on an engine."""
         return None
+
+
+@dataclass(frozen=True)
+class LoadChoice(Change, stage="load"):
+    """A change that is one gate key (`keys[0]`) naming one of `choices`, a setting the model loads with; the
+    subclass's `load` says where the name goes (`dtype: bfloat16`, `attn_implementation: eager`)."""
+
+    choices: ClassVar[tuple[str, ...]] = ()
+
+    value: str
+
+    @classmethod
+    def parse(cls, side: Mapping[str, Any]) -> LoadChoice | None:
+        key = cls.keys[0]
+        value = side.get(key)
+        return None if value is None else cls(one_of(value, key, cls.choices))
+
+    def record(self) -> dict[str, Any]:
+        return {self.keys[0]: self.value}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -20,3 +21,15 @@ def one_of(value: Any, key: str, options: tuple[str, ...]) -> Any:
     from ..gate.limits import shown
 
     raise ChangeError(key, f"{shown(value)} is not supported", f"use one of: {', '.join(options)}")
+
+
+def settings_mapping(raw: Any, key: str, allowed: tuple[str, ...], example: str, *,
+                     error: type[ChangeError] = ChangeError) -> Mapping[str, Any]:
+    """`raw` when it is a mapping of only `allowed` keys, else `error` naming `key` (or the unknown `key.name`);
+    `example` is the fix for a value that is not a mapping at all ("write history: {budget: 4096}")."""
+    if not isinstance(raw, Mapping):
+        raise error(key, f"expected a mapping, got {type(raw).__name__}", example)
+    for name in raw:
+        if name not in allowed:
+            raise error(f"{key}.{name}", "unknown key", f"use one of: {', '.join(allowed)}")
+    return raw

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .base import Change, ChangeError, PromptPlan
-from .prompt_layout import HistoryBudget, LayoutError, parse_history
+from .prompt_layout import HistoryBudget, parse_history
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,8 @@ class HistoryChange(Change, kind="history", order=80, keys=("history",), stage="
 
     @classmethod
     def parse(cls, side: Mapping[str, Any]) -> HistoryChange | None:
-        if side.get("history") is None:
-            return None
-        try:
-            return cls(parse_history(side["history"]))
-        except LayoutError as exc:
-            raise ChangeError(exc.key, exc.problem, exc.fix) from None
+        raw = side.get("history")  # a bad value raises parse_history's LayoutError, a ChangeError
+        return None if raw is None else cls(parse_history(raw))
 
     def record(self) -> dict[str, Any]:
         return {"history": {"budget": self.budget.budget, "policy": self.budget.policy}}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from ..gate.limits import shown
-from .errors import ChangeError
+from .errors import ChangeError, settings_mapping
 
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -30,10 +30,7 @@ def parse_model(raw: Any, key: str) -> ModelSpec:
         return ModelSpec(ref=_reference(raw, key))
     if not isinstance(raw, Mapping):
         raise ChangeError(key, f"expected a reference or a mapping, got {type(raw).__name__}", "write model: <ref> or model: {ref: ...}")
-    allowed = ("ref", "dtype", "device", "trust_remote_code")
-    for name in raw:
-        if name not in allowed:
-            raise ChangeError(f"{key}.{name}", "unknown key", f"use one of: {', '.join(allowed)}")
+    settings_mapping(raw, key, ("ref", "dtype", "device", "trust_remote_code"), "write model: <ref> or model: {ref: ...}")
     ref = _reference(raw.get("ref", DEFAULT_MODEL), f"{key}.ref")
     for name, options in (("dtype", get_args(ModelDtype)), ("device", get_args(Device))):
         if raw.get(name, "auto") not in options:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .base import Change, ChangeError, PromptPlan
-from .prompt_layout import LayoutError, Packing, arrange, parse_packing
+from .prompt_layout import Packing, arrange, parse_packing
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,7 @@ class PackingChange(Change, kind="packing", order=70, keys=("packing",), stage="
 
     @classmethod
     def parse(cls, side: Mapping[str, Any]) -> PackingChange | None:
-        try:
-            packing = parse_packing(side["packing"])
-        except LayoutError as exc:
-            raise ChangeError(exc.key, exc.problem, exc.fix) from None
+        packing = parse_packing(side["packing"])  # a bad value raises a LayoutError, a ChangeError
         return None if packing == "given" else cls(packing)
 
     def record(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..gate.limits import shown
 from .base import Change, ChangeError
+from .errors import settings_mapping
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,7 @@ class Planted(Change, kind="planted", order=200, keys=("planted",), stage="plant
         raw = side.get("planted")
         if raw is None:
             return None
-        if not isinstance(raw, Mapping):
-            raise ChangeError("planted", f"expected a mapping, got {type(raw).__name__}", "write planted: {decode_delay: 0.25}")
-        for key in raw:
-            if key not in ("decode_delay", "kv_copies", "window"):
-                raise ChangeError(f"planted.{key}", "unknown key", "use one of: decode_delay, kv_copies, window")
+        raw = settings_mapping(raw, "planted", ("decode_delay", "kv_copies", "window"), "write planted: {decode_delay: 0.25}")
         delay = raw.get("decode_delay", 0.0)
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0.0 <= delay <= 100.0:
             raise ChangeError("planted.decode_delay", f"{shown(delay)} is not a number in [0, 100]"[:200], "write a fraction such as 0.25")

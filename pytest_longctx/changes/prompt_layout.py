@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 
 from ..tasks.conversation import Conversation, render
-from .errors import ChangeError
+from .errors import ChangeError, settings_mapping
 
 Packing = Literal["given", "edge"]
 HistoryPolicy = Literal["newest_first"]
@@ -152,11 +152,7 @@ def parse_packing(value: Any) -> Packing:
 def parse_history(value: Any) -> HistoryBudget:
     """The gate's `history: {budget: N, policy: newest_first}` mapping, or a LayoutError naming the key."""
     example = "write history: {budget: 4096, policy: newest_first}"
-    if not isinstance(value, Mapping):
-        raise LayoutError("history", f"expected a mapping, got {type(value).__name__}", example)
-    for name in value:
-        if name not in ("budget", "policy"):
-            raise LayoutError(f"history.{name}", "unknown key", "use one of: budget, policy")
+    value = settings_mapping(value, "history", ("budget", "policy"), example, error=LayoutError)
     if "budget" not in value:
         raise LayoutError("history.budget", "is required", example)
     budget = value["budget"]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .base import Change, ChangeError
+from .base import Change
 
 if TYPE_CHECKING:
     from ..tasks import TaskPrompt
@@ -87,14 +87,10 @@ class RetrievalChange(
 
     @classmethod
     def parse(cls, side: Mapping[str, Any]) -> RetrievalChange | None:
-        from .retrievers import RetrievalError, parse_retrieval
+        from .retrievers import parse_retrieval
 
-        if side.get("retrieval") is None:
-            return None
-        try:
-            return cls(parse_retrieval(side["retrieval"]))
-        except RetrievalError as exc:
-            raise ChangeError(exc.key, exc.problem, exc.fix) from None
+        raw = side.get("retrieval")  # a bad value raises parse_retrieval's RetrievalError, a ChangeError
+        return None if raw is None else cls(parse_retrieval(raw))
 
     def record(self) -> dict[str, Any]:
         return {"retrieval": self.settings.to_dict()}

@@ -6,12 +6,12 @@ import functools
 import itertools
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .errors import ChangeError
+from .errors import ChangeError, settings_mapping
 
 Method = Literal["bm25", "dense", "hybrid"]
 Order = Literal["rank", "document", "edge"]
@@ -69,12 +69,8 @@ class RetrievalSettings:
 
 def parse_retrieval(mapping: Any) -> RetrievalSettings:
     """The settings of a variant's `retrieval:` mapping; `RetrievalError` names the key and the fix."""
-    if not isinstance(mapping, Mapping):
-        raise RetrievalError("retrieval", f"expected a mapping, got {type(mapping).__name__}",
-                             "write retrieval: {method: bm25, chunk_tokens: 256, top_k: 8}")
-    for key in mapping:
-        if key not in _KEYS:
-            raise RetrievalError(f"retrieval.{key}", "unknown key", f"use one of: {', '.join(_KEYS)}")
+    mapping = settings_mapping(mapping, "retrieval", _KEYS, "write retrieval: {method: bm25, chunk_tokens: 256, top_k: 8}",
+                               error=RetrievalError)
     if "method" not in mapping:
         raise RetrievalError("retrieval.method", "missing", "add method: bm25, dense or hybrid")
     budget = mapping.get("budget_tokens")

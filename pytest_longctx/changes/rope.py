@@ -23,15 +23,18 @@ _FACTORS = "list of positive numbers"
 # Per rope_type: key -> (kind, required). Mirrors the keys transformers' RotaryEmbeddingConfigMixin._validate_*
 # methods require and accept (5.17 and 5.24 agree). `rope_theta` is accepted everywhere as an explicit override;
 # left out, the model's own value is kept. `partial_rotary_factor` is not accepted: it changes which dimensions
-# rotate, i.e. the architecture, not the scaling.
-_SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
-    "default": {"rope_theta": (_POSITIVE, False)},
-    "linear": {"rope_theta": (_POSITIVE, False), "factor": (_FACTOR, True)},
-    "dynamic": {"rope_theta": (_POSITIVE, False), "factor": (_FACTOR, True)},
+# rotate, i.e. the architecture, not the scaling. Key order is the order the messages list them in.
+_Schema = dict[str, tuple[str, bool]]
+_THETA: _Schema = {"rope_theta": (_POSITIVE, False)}
+_SCALED: _Schema = {**_THETA, "factor": (_FACTOR, True)}
+_ORIGINAL: _Schema = {"original_max_position_embeddings": (_LENGTH, True)}  # the length the model was trained to
+_SCHEMA: dict[str, _Schema] = {
+    "default": _THETA,
+    "linear": _SCALED,
+    "dynamic": _SCALED,
     "yarn": {
-        "rope_theta": (_POSITIVE, False),
-        "factor": (_FACTOR, True),
-        "original_max_position_embeddings": (_LENGTH, True),
+        **_SCALED,
+        **_ORIGINAL,
         "attention_factor": (_POSITIVE, False),
         "beta_fast": (_POSITIVE, False),
         "beta_slow": (_POSITIVE, False),
@@ -39,18 +42,12 @@ _SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
         "mscale_all_dim": (_NUMBER, False),
         "truncate": (_FLAG, False),
     },
-    "llama3": {
-        "rope_theta": (_POSITIVE, False),
-        "factor": (_FACTOR, True),
-        "original_max_position_embeddings": (_LENGTH, True),
-        "low_freq_factor": (_POSITIVE, True),
-        "high_freq_factor": (_POSITIVE, True),
-    },
+    "llama3": {**_SCALED, **_ORIGINAL, "low_freq_factor": (_POSITIVE, True), "high_freq_factor": (_POSITIVE, True)},
     "longrope": {
-        "rope_theta": (_POSITIVE, False),
+        **_THETA,
         "short_factor": (_FACTORS, True),
         "long_factor": (_FACTORS, True),
-        "original_max_position_embeddings": (_LENGTH, True),
+        **_ORIGINAL,
         "factor": (_FACTOR_OR_ONE, False),
         "attention_factor": (_POSITIVE, False),
     },

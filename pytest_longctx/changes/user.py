@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..gate.limits import shown
-from .base import CachePlan, Change, ChangeError, LoadPlan, PromptPlan
+from .base import CachePlan, Change, ChangeError
+from .errors import settings_mapping
 
 
 class ChangeFailed(RuntimeError):
@@ -22,7 +23,8 @@ class UserChange(Change, kind="python", order=100, keys=("change",)):
 
     The import and the options are checked before any model loads (a GateError naming `<side>.change.python` or
     `.options`). Every hook it runs is wrapped: an exception inside it fails that cell with the change named,
-    and nothing else breaks."""
+    and nothing else breaks. The plain hooks and declared attributes are forwarded as listed in `_HOOKS` and
+    `_DECLARED` below; the methods here are the ones that do more than forward."""
 
     target: str
     options_json: str  # canonical JSON, so the change compares and hashes by value
@@ -34,11 +36,7 @@ class UserChange(Change, kind="python", order=100, keys=("change",)):
         if raw is None:
             return None
         example = 'write change: {python: "mypkg.module:MyChange", options: {budget: 512}}'
-        if not isinstance(raw, Mapping):
-            raise ChangeError("change", f"expected a mapping, got {type(raw).__name__}", example)
-        for key in raw:
-            if key not in ("python", "options"):
-                raise ChangeError(f"change.{key}", "unknown key", "use one of: python, options")
+        raw = settings_mapping(raw, "change", ("python", "options"), example)
         target = raw.get("python")
         if not isinstance(target, str) or target.count(":") != 1:
             raise ChangeError("change.python", f"expected \"module:Class\", got {shown(str(target)[:100])}", example)
@@ -80,30 +78,7 @@ class UserChange(Change, kind="python", order=100, keys=("change",)):
         except Exception as exc:
             raise ChangeFailed(f"change {self.target} failed in {hook}: {type(exc).__name__}: {exc}") from exc
 
-    @property
-    def reuse(self) -> str:  # type: ignore[override]
-        return str(self.impl.reuse)
-
-    @property
-    def drafts(self) -> bool:  # type: ignore[override]
-        return bool(self.impl.drafts)
-
-    batch = False
-
-    @property
-    def changes_tokens(self) -> bool:  # type: ignore[override]
-        return bool(self.impl.changes_tokens)  # its own cache or eviction acts on the whole batch cache, not per row
-
-    @property
-    def stage(self) -> str:  # type: ignore[override]
-        return str(self.impl.stage)
-
-    @property
-    def in_process_only(self) -> bool:  # type: ignore[override]
-        return bool(self.impl.in_process_only)
-
-    def changes_computation(self) -> bool:
-        return bool(self._call("changes_computation"))
+    batch = False  # its own cache or eviction acts on the whole batch cache, not per row
 
     def check(self, side: Any, sweep: Any) -> None:
         try:
@@ -116,12 +91,6 @@ class UserChange(Change, kind="python", order=100, keys=("change",)):
             self.impl.refuse_noop(longest_prompt=longest_prompt, longest_run=longest_run, trained=trained)
         except ChangeError as exc:  # its own refusal, named under this side's `change:` key
             raise ChangeError(f"change.options ({exc.key})", exc.problem, exc.fix) from None
-
-    def changes_kv(self) -> bool:
-        return bool(self._call("changes_kv"))
-
-    def load(self, plan: LoadPlan) -> LoadPlan:
-        return self._call("load", plan)
 
     def cache(self, plan: CachePlan) -> CachePlan:
         planned = self._call("cache", plan)
@@ -139,26 +108,43 @@ class UserChange(Change, kind="python", order=100, keys=("change",)):
             planned = replace(planned, factory=guarded, factory_owner=self.target)
         return planned
 
-    def before_prompt(self, model: Any) -> None:
-        self._call("before_prompt", model)
 
-    def after_prefill(self, cache: Any) -> None:
-        self._call("after_prefill", cache)
+def _as_is(value: Any) -> Any:
+    return value
 
-    def kv_tokens(self, prompt: int, new: int) -> int | None:
-        return self._call("kv_tokens", prompt, new)
 
-    def decode_delay(self) -> float:
-        return float(self._call("decode_delay"))
+def _nothing(value: Any) -> None:
+    return None
 
-    def kv_copies(self) -> int:
-        return int(self._call("kv_copies"))
 
-    def prompt(self, plan: PromptPlan, family: Any) -> PromptPlan:
-        return self._call("prompt", plan, family)
+# The hooks the wrapped change runs as its own, through UserChange._call (an exception fails the cell, naming the
+# change), each answer converted to what the backends expect of the hook (a truthy value read as a bool).
+_HOOKS: dict[str, Callable[[Any], Any]] = {
+    "changes_computation": bool, "changes_kv": bool, "load": _as_is, "before_prompt": _nothing, "after_prefill": _nothing,
+    "kv_tokens": _as_is, "decode_delay": float, "kv_copies": int, "prompt": _as_is, "transform": _as_is,
+}
+# The class attributes (see Change) the wrapped change declares, read from it, converted likewise.
+_DECLARED: dict[str, Callable[[Any], Any]] = {
+    "reuse": str, "drafts": bool, "changes_tokens": bool, "stage": str, "in_process_only": bool,
+}
 
-    def transform(self, tokenizer: Any, prompt: Any) -> Any:
-        return self._call("transform", tokenizer, prompt)
+
+def _forward_hook(hook: str, convert: Callable[[Any], Any]) -> Callable[..., Any]:
+    def forward(self: UserChange, *args: Any) -> Any:
+        return convert(self._call(hook, *args))
+
+    forward.__name__, forward.__qualname__ = hook, f"UserChange.{hook}"
+    return forward
+
+
+def _forward_declared(name: str, convert: Callable[[Any], Any]) -> property:
+    return property(lambda self: convert(getattr(self.impl, name)), doc=f"The wrapped change's `{name}`.")
+
+
+for _name, _convert in _HOOKS.items():
+    setattr(UserChange, _name, _forward_hook(_name, _convert))
+for _name, _convert in _DECLARED.items():
+    setattr(UserChange, _name, _forward_declared(_name, _convert))
 
 
 def _import(target: str) -> type[Change]:

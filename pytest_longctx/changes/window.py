@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..gate.limits import shown
 from .base import CachePlan, Change, ChangeError
+from .errors import settings_mapping
 
 if TYPE_CHECKING:
     import torch
@@ -275,12 +276,7 @@ class WindowChange(Change, kind="window", order=60, keys=("attention",), stage="
         raw = side.get("attention")
         if raw is None:
             return None
-        if not isinstance(raw, Mapping):
-            raise ChangeError("attention", f"expected a mapping, got {type(raw).__name__}",
-                              "write attention: {window: 1024, sink_tokens: 4}")
-        for key in raw:
-            if key not in ("window", "sink_tokens"):
-                raise ChangeError(f"attention.{key}", "unknown key", "use one of: window, sink_tokens")
+        raw = settings_mapping(raw, "attention", ("window", "sink_tokens"), "write attention: {window: 1024, sink_tokens: 4}")
         if "window" not in raw:
             raise ChangeError("attention.window", "is missing", "add window: 1024 (the recent tokens each query sees)")
         for key, low in (("window", 1), ("sink_tokens", 0)):

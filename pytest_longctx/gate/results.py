@@ -48,8 +48,21 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+class _CellRecord:
+    """A record filed under one cell of the sweep; `key` pairs one side's record with the other side's."""
+
+    task: str
+    length: int
+    depth: float
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, int, float, int]:
+        return (self.task, self.length, round(self.depth, 6), self.seed)
+
+
 @dataclass(frozen=True)
-class CellResult:
+class CellResult(_CellRecord):
     """One cell of one variant: a prompt of `length` tokens with the needle at `depth`.
 
     A miss (`found=False`) is data; `error` is set only when the cell could not be measured,
@@ -93,11 +106,6 @@ class CellResult:
     # cache, window and RoPE the side ran with; None where the backend does not measure it (served engines).
     answer_logprob: float | None = None
 
-    @property
-    def key(self) -> tuple[str, int, float, int]:
-        """What pairs a baseline cell with its candidate twin."""
-        return (self.task, self.length, round(self.depth, 6), self.seed)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -112,7 +120,7 @@ class CellResult:
 
 
 @dataclass(frozen=True)
-class TimingSample:
+class TimingSample(_CellRecord):
     """One timed, full run of one cell's prompt by one variant, from a timing pass."""
 
     variant: str
@@ -125,10 +133,6 @@ class TimingSample:
     total_s: float | None
     answer: str
     error: str | None = None
-
-    @property
-    def key(self) -> tuple[str, int, float, int]:
-        return (self.task, self.length, round(self.depth, 6), self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

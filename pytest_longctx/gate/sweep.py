@@ -13,6 +13,7 @@ from .spec import GateSpec, SweepSpec, VariantSpec
 
 if TYPE_CHECKING:
     from ..backends.in_process import Backend
+    from ..backends.protocol import Generation
     from ..changes.retrieval import RetrievedPrompt
     from ..tasks import TaskPrompt, TaskSpec
 
@@ -108,20 +109,15 @@ def run_cell(
     extra = retrieval.seconds if retrieval is not None else 0.0  # time to first token includes retrieving
     return CellResult(
         variant=variant.name,
-        task=cell.task,
-        length=cell.length,
+        **dataclasses.asdict(cell),
         tokens=prompt.tokens,
-        depth=cell.depth,
-        seed=cell.seed,
         found=score.found,
         score=score.fraction,
         failure=failure,
         excerpt=prompt.excerpt(),
         answer=gen.answer,
         expected=prompt.answer,
-        prefill_s=gen.prefill_s + extra if timed else None,
-        decode_s_per_token=gen.decode_s_per_token if timed else None,
-        total_s=gen.total_s + extra if timed else None,
+        **_first_sample(gen, extra) if timed else _UNTIMED,
         new_tokens=gen.new_tokens,
         kv_bytes=gen.kv_bytes,
         kv_bytes_analytic=gen.kv_bytes_analytic,
@@ -129,15 +125,22 @@ def run_cell(
         peak_bytes=gen.peak_bytes,
         prompt_sha256=prompt.prompt_sha256,
         needle_start=prompt.needle_start,
-        repeats=1 if timed else 0,
-        prefill_samples=(gen.prefill_s + extra,) if timed else (),
-        decode_samples=(gen.decode_s_per_token,) if timed and gen.decode_s_per_token is not None else (),
-        total_samples=(gen.total_s + extra,) if timed else (),
         reused_tokens=reused,
         retrieval=None if retrieval is None else retrieval.record,
         kv_source=getattr(gen, "kv_source", "measured"),
         answer_logprob=getattr(gen, "answer_logprob", None),
     )
+
+
+# An untimed recall run's timings: none (the samples default to none).
+_UNTIMED: dict[str, Any] = {"prefill_s": None, "decode_s_per_token": None, "total_s": None, "repeats": 0}
+
+
+def _first_sample(gen: Generation, extra: float) -> dict[str, Any]:
+    """A timed recall run's timings: its own full run as the first sample (`extra`: the retrieval's seconds)."""
+    prefill, decode, total = gen.prefill_s + extra, gen.decode_s_per_token, gen.total_s + extra
+    return {"prefill_s": prefill, "decode_s_per_token": decode, "total_s": total, "repeats": 1, "prefill_samples": (prefill,),
+            "decode_samples": () if decode is None else (decode,), "total_samples": (total,)}
 
 
 def _cut_by_history(variant: VariantSpec, prompt: TaskPrompt) -> bool:

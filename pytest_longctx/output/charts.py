@@ -46,13 +46,23 @@ class Dot:
     title: str
 
 
+Marker = Literal["circle", "square"]
+MARKERS: tuple[Marker, ...] = ("circle", "square")  # by side: the baseline's dots are circles, the candidate's squares
+
+
 @dataclass(frozen=True)
-class Strip:
-    """One variant's values at one length: dots, the quartile box, the median and the p95 mark."""
+class SideMark:
+    """How a chart draws one side: its name, its colour and its marker."""
 
     variant: str
     colour: str
-    shape: Literal["circle", "square"]
+    shape: Marker
+
+
+@dataclass(frozen=True)
+class Strip(SideMark):
+    """One variant's values at one length: dots, the quartile box, the median and the p95 mark."""
+
     x: int
     width: int
     dots: tuple[Dot, ...]
@@ -64,15 +74,21 @@ class Strip:
 
 
 @dataclass(frozen=True)
-class LatencyChart:
-    title: str
-    unit: str
+class PlotArea:
+    """An SVG chart's size and, inside it, the box its axes frame (the templates draw both the same way)."""
+
     width: int
     height: int
     plot_top: int
     plot_bottom: int
     plot_left: int
     plot_right: int
+
+
+@dataclass(frozen=True)
+class LatencyChart(PlotArea):
+    title: str
+    unit: str
     ticks: tuple[AxisLabel, ...]
     groups: tuple[AxisLabel, ...]
     strips: tuple[Strip, ...]
@@ -140,7 +156,7 @@ def latency_chart(results: GateResults, field: str, title: str, unit: str, scale
             p95 = percentile(raw, 95)
             assert p95 is not None
             strips.append(Strip(
-                variant=name, colour=VARIANT_COLOURS[v], shape="circle" if v == 0 else "square", x=x, width=STRIP_W,
+                variant=name, colour=VARIANT_COLOURS[v], shape=MARKERS[v], x=x, width=STRIP_W,
                 dots=dots, q1_y=y_of(percentile(raw, 25) or 0.0), q3_y=y_of(percentile(raw, 75) or 0.0),
                 median_y=y_of(percentile(raw, 50) or 0.0), p95_y=y_of(p95),
                 p95_title=f"{name} · length {length}: p95 {p95 * scale:.3f} {unit} over {len(raw)} cells",
@@ -186,24 +202,15 @@ def latency_rows(results: GateResults) -> tuple[LatencyRow, ...]:
 
 
 @dataclass(frozen=True)
-class LossSeries:
+class LossSeries(SideMark):
     """One side's curve: its points at bucket centres, joined by `path` (broken where a bucket has no loss)."""
 
-    variant: str
-    colour: str
-    shape: Literal["circle", "square"]
     path: str
     points: tuple[Dot, ...]
 
 
 @dataclass(frozen=True)
-class LossChart:
-    width: int
-    height: int
-    plot_top: int
-    plot_bottom: int
-    plot_left: int
-    plot_right: int
+class LossChart(PlotArea):
     x_ticks: tuple[AxisLabel, ...]
     y_ticks: tuple[AxisLabel, ...]
     series: tuple[LossSeries, ...]
@@ -233,11 +240,10 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _loss_sides(results: GateResults) -> list[tuple[str, str, Literal["circle", "square"], dict[str, Any]]]:
+def _loss_sides(results: GateResults) -> list[tuple[str, str, Marker, dict[str, Any]]]:
     """(label, colour, marker, curve) for each side that recorded a loss curve."""
     names = variant_names(results)
-    shapes: tuple[Literal["circle", "square"], ...] = ("circle", "square")
-    return [(names[i], VARIANT_COLOURS[i], shapes[i], results.metrics.loss_curves[side])
+    return [(names[i], VARIANT_COLOURS[i], MARKERS[i], results.metrics.loss_curves[side])
             for i, side in enumerate(("baseline", "candidate")) if side in results.metrics.loss_curves]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ..gate.results import CellResult, GateResults
 from .colours import ERRORED_FILL, MISSING_FILL, diverging_colour, ink_for, sequential_colour
@@ -85,12 +85,12 @@ class HeatGrid:
     kind: Literal["recall", "difference", "logprob"]
     width: int
     height: int
-    cell_w: int
-    cell_h: int
     cells: tuple[HeatCell, ...]
     rows: tuple[AxisLabel, ...]
     cols: tuple[AxisLabel, ...]
     corner: str = "depth ↓ / length →"
+    cell_w: ClassVar[int] = CELL_W  # every grid's cells are the same size
+    cell_h: ClassVar[int] = CELL_H
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,6 @@ def _grid(
         kind=kind,
         width=GRID_LEFT + len(lengths) * CELL_W + 4,
         height=GRID_TOP + len(depths) * CELL_H + 4,
-        cell_w=CELL_W,
-        cell_h=CELL_H,
         cells=tuple(cells),
         rows=rows,
         cols=cols,

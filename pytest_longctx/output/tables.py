@@ -177,13 +177,14 @@ def failure_rows(results: GateResults) -> tuple[FailureRow, ...]:
     known = list(get_args(Failure))
     order = sorted(counts, key=lambda k: (known.index(k) if k in known else len(known), k))
     tasks = task_order(results)
-    rows = []
-    for category in order:
+
+    def row(category: str) -> FailureRow:
         per_task = counts[category]
         where = " · ".join(f"{t} {per_task[t][0]}/{per_task[t][1]}" for t in tasks if t in per_task)
-        rows.append(FailureRow(category, sum(v[0] for v in per_task.values()), sum(v[1] for v in per_task.values()),
-                               where if len(tasks) > 1 else ""))
-    return tuple(rows)
+        return FailureRow(category, sum(b for b, _ in per_task.values()), sum(c for _, c in per_task.values()),
+                          where if len(tasks) > 1 else "")
+
+    return tuple(row(category) for category in order)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class ModelHandle:
 
     def __init__(self, backend: Backend, *, spec: ModelSpec | None = None, variant: VariantSpec = DEFAULT_VARIANT) -> None:
         self.backend = backend
+        self.tokenizer: Any = backend.tokenizer
         self.spec = spec if spec is not None else ModelSpec(ref="<in-memory>")
         self.variant_spec = variant
 
@@ -59,10 +60,6 @@ class ModelHandle:
     @property
     def ref(self) -> str:
         return self.spec.ref
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.backend.tokenizer
 
     @property
     def torch_model(self) -> Any:

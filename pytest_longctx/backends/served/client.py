@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import threading
@@ -160,7 +161,9 @@ class ServedBackend:
                 that reports no prompt token count at all.
         """
         with self._replicas.slot() as (url, in_flight):
-            return self._generate_on(url, list(token_ids), variant, max_new_tokens, timeout_s, stop, alone=in_flight == 1)
+            stream = functools.partial(self._stream, url, list(token_ids), variant=variant, max_new_tokens=max_new_tokens,
+                                       timeout_s=timeout_s, stop=stop, alone=in_flight == 1)
+            return self._in_accepted_format(url, stream)
 
     def generate_many(
         self,
@@ -182,28 +185,19 @@ class ServedBackend:
             ]
             return [f.result() for f in futures]
 
-    def _generate_on(
-        self,
-        url: str,
-        ids: list[int],
-        variant: VariantSpec,
-        max_new_tokens: int,
-        timeout_s: float | None,
-        stop: Callable[[str], bool] | None,
-        *,
-        alone: bool,
-    ) -> ServedGeneration:
+    def _in_accepted_format(self, url: str, stream: Callable[[str], ServedGeneration]) -> ServedGeneration:
+        """`stream(mode)` with the prompt as chat messages, token ids, or text: ids until the server rejects them."""
         if self.api == "chat":
             mode = "chat"
         else:
             mode = "text" if self._ids_rejected else "ids"
         try:
-            return self._stream(url, ids, mode, variant, max_new_tokens, timeout_s, stop, alone=alone)
+            return stream(mode)
         except _IdsRejected as rejected:
             if self.prompt_format != "auto":
                 raise ServedBackendError(f"{url} rejected a prompt of token ids: {rejected}") from None
             try:
-                generation = self._stream(url, ids, "text", variant, max_new_tokens, timeout_s, stop, alone=alone)
+                generation = stream("text")
             except PromptTokenMismatch:
                 self._ids_rejected = True  # text was taken, only counted differently: no need to offer ids again
                 raise

@@ -7,6 +7,7 @@ import json
 import time
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..protocol import CellTimeout
@@ -24,29 +25,33 @@ def connection(parts: urllib.parse.SplitResult, timeout_s: float) -> http.client
 
 
 def post(conn: http.client.HTTPConnection, path: str, payload: bytes, url: str, timeout_s: float | None) -> http.client.HTTPResponse:
-    try:
+    with _network_errors(timeout_s, "before the first token", stalled=f"{url}{path} sent no response within the backend's timeout",
+                         broke=f"{url}{path} failed"):
         conn.request("POST", path, body=payload, headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
         return conn.getresponse()
+
+
+@contextmanager
+def _network_errors(timeout_s: float | None, when: str, *, stalled: str, broke: str) -> Iterator[None]:
+    """A socket timeout as the cell's CellTimeout (when the cell has a timeout) or the backend's own (`stalled`); any
+    other socket or HTTP error as a ServedBackendError (`broke`: what failed)."""
+    try:
+        yield
     except TimeoutError:
         if timeout_s is not None:
-            raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g} before the first token") from None
-        raise ServedBackendError(f"{url}{path} sent no response within the backend's timeout") from None
+            raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g} {when}") from None
+        raise ServedBackendError(stalled) from None
     except (OSError, http.client.HTTPException) as exc:
-        raise ServedBackendError(f"{url}{path} failed: {exc}") from exc
+        raise ServedBackendError(f"{broke}: {exc}") from exc
 
 
 def sse_events(response: http.client.HTTPResponse, url: str, timeout_s: float | None) -> Iterator[tuple[float, str]]:
     """Server-sent events as (arrival time, data), the time taken when the event's blank line arrived."""
     data: list[str] = []
+    stalled, broke = f"{url} stalled mid-stream past the backend's timeout", f"{url} broke the stream"
     while True:
-        try:
+        with _network_errors(timeout_s, "while streaming", stalled=stalled, broke=broke):
             raw = response.readline()
-        except TimeoutError:
-            if timeout_s is not None:
-                raise CellTimeout(f"cell exceeded cell_timeout_s={timeout_s:g} while streaming") from None
-            raise ServedBackendError(f"{url} stalled mid-stream past the backend's timeout") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise ServedBackendError(f"{url} broke the stream: {exc}") from exc
         if not raw:  # end of the response
             if data:
                 yield time.perf_counter(), "\n".join(data)
