@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 # 2: cells gained kv_source, retrieval, score, timed samples and reused_tokens; metrics gained prefill_tokens,
 # loss curves, recall by task and length, failures and kv_source; reading became strict about keys.
-SCHEMA_VERSION = 2
+# 3: cells gained cold_check and the engine's KV cache (kv_capacity_tokens, kv_capacity_bytes, kv_slots); metrics
+# gained cold_check, kv_engine, kv_capacity_tokens and kv_capacity_ratio.
+SCHEMA_VERSION = 3
 
 Verdict = Literal["approve", "reject", "incomplete", "invalid", "inconclusive"]
 Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "not_retrieved", "cut_from_history", "error"]
@@ -87,6 +89,15 @@ class CellResult:
     # Sum over the task's expected values of log p(value tokens | this side's prompt), teacher-forced on the very
     # cache, window and RoPE the side ran with; None where the backend does not measure it (served engines).
     answer_logprob: float | None = None
+    # Whether the timed runs started with nothing of the prompt in a served engine's prefix cache: "engine" (its
+    # counters said so for every one), "assumed" (the side set cold_timing: assume), "unverified" (the engine has
+    # no counter), "n/a" (untimed, or in-process, where timed runs never start from a cache).
+    cold_check: str = "n/a"
+    # The KV cache the served engine allocated, in its own figures: token slots, bytes (None where it does not
+    # say), and sequences it runs at once.
+    kv_capacity_tokens: int | None = None
+    kv_capacity_bytes: int | None = None
+    kv_slots: int | None = None
 
     @property
     def key(self) -> tuple[str, int, float, int]:
@@ -120,6 +131,7 @@ class TimingSample:
     total_s: float | None
     answer: str
     error: str | None = None
+    cold_check: str = "n/a"  # as CellResult.cold_check, for this one run
 
     @property
     def key(self) -> tuple[str, int, float, int]:
@@ -243,6 +255,15 @@ class Metrics:
     seeds_used: tuple[int, ...] = ()
     stopped_early: bool | None = None
     look_confidence: float | None = None
+    # Per side: how its timed cells stood on coldness (CellResult.cold_check values, joined with "/").
+    cold_check: dict[str, str] = field(default_factory=dict)
+    # Per side, the KV cache its engine allocated (capacity_tokens, bytes, bytes_per_token, slots, sequences of the
+    # longest length that fit at once, source); absent for a side whose engine does not say.
+    kv_engine: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kv_capacity_tokens: dict[str, float | None] = field(default_factory=dict)
+    # Candidate over baseline KV tokens held per byte of cache (tokens at equal memory): from the engines' own
+    # figures where both report bytes, else from the cells' kv_bytes per token.
+    kv_capacity_ratio: float | None = None
 
     @property
     def memory_label(self) -> str:
@@ -250,6 +271,8 @@ class Metrics:
         if self.memory_source != "kv_bytes":
             return self.memory_source
         estimated = [label for label, src in self.kv_source.items() if "analytic" in src.split("/")]
+        if not estimated and self.kv_engine and all(kv.get("bytes") for kv in self.kv_engine.values()) and len(self.kv_engine) == 2:
+            return "kv_bytes; engine-reported cache bytes per token"
         return "kv_bytes" if not estimated else f"kv_bytes; {' and '.join(estimated)}: analytic estimate, the engine reports none"
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Reading results files: schema_version 2 exactly, with every unknown or missing key named."""
+"""Reading results files: schema_version 3 exactly, with every unknown or missing key named."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _load(tmp_path: Path, data: dict) -> GateResults:
 
 
 def test_the_fixtures_are_the_current_schema_and_round_trip(tmp_path: Path, data: dict) -> None:
-    assert SCHEMA_VERSION == 2 and data["schema_version"] == 2
+    assert SCHEMA_VERSION == 3 and data["schema_version"] == 3
     results = load_results(FP8_RESULTS)
     save_results(results, tmp_path / "again.json")
     assert json.loads((tmp_path / "again.json").read_text()) == data
@@ -52,7 +52,8 @@ def test_unknown_or_missing_keys_are_named(tmp_path: Path, data: dict, edit, mes
         _load(tmp_path, data)
 
 
-def test_schema_1_is_refused_with_the_fix(tmp_path: Path, data: dict) -> None:
-    data["schema_version"] = 1
-    with pytest.raises(ResultsError, match=r"schema_version 1 is older than 2.*Fix: re-run the gate to write the file again"):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_schemas_are_refused_with_the_fix(tmp_path: Path, data: dict, version: int) -> None:
+    data["schema_version"] = version
+    with pytest.raises(ResultsError, match=rf"schema_version {version} is older than 3.*Fix: re-run the gate to write the file again"):
         _load(tmp_path, data)

@@ -74,3 +74,21 @@ def parse_json(data: str, url: str) -> dict[str, Any]:
 def excerpt(raw: bytes, limit: int = 500) -> str:
     text = raw.decode("utf-8", errors="replace").strip()
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def get_json(url: str, path: str, timeout_s: float) -> Any:
+    """GET `url``path` as JSON; None when the server has no such endpoint, or answers something else."""
+    parts = urllib.parse.urlsplit(url)
+    conn = connection(parts, timeout_s)
+    try:
+        conn.request("GET", parts.path.rstrip("/") + path)
+        response = conn.getresponse()
+        raw = response.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    try:
+        return json.loads(raw) if response.status == 200 else None
+    except ValueError:
+        return None
