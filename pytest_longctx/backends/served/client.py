@@ -193,6 +193,8 @@ class ServedBackend:
             if self.cold_timing == "assume":
                 gen = self._generate_on(url, ids, variant, max_new_tokens, timeout_s, stop, alone=alone)
                 return self._with_kv(replace(gen, cold_check="assumed", cold_detail="cold_timing: assume"), kv)
+            if self._log is not None and url == self.base_urls[0]:
+                self._precount(url, ids)
             warm: list[str] = []
             for _ in range(2):  # one re-run: a hit the flush missed (another client's request between them, say)
                 probe = ColdProbe(url, ids, tokenizer=self.tokenizer, log=self._log if url == self.base_urls[0] else None,
@@ -205,6 +207,15 @@ class ServedBackend:
                 warm.append(f"{verdict.reused} of {len(ids)} prompt tokens from cache ({verdict.how})")
             raise WarmCacheError(f"{url} served a timed prompt from its prefix cache, so its prefill would be timed warm: "
                                  f"{'; then '.join(warm)}. Check that nothing else sends requests to this server")
+
+    def _precount(self, url: str, ids: list[int]) -> None:
+        """Count a timed prompt before it runs, not after: a stream without usage (llama-cpp-python's) is counted
+        by a request of the same prompt, which must not land in the timed request's log segment."""
+        mode = "chat" if self.api == "chat" else "text" if self._ids_rejected else "ids"
+        try:
+            self._count_prompt(url, ids, mode)
+        except ServedBackendError:
+            pass  # a server that takes no ids here: the timed request finds out and counts it itself
 
     def engine_kv(self, url: str) -> EngineKv | None:
         """The KV cache the engine at `url` allocated, in its own figures (read once per replica): a launched

@@ -32,7 +32,9 @@ from .transport import ServedBackendError, connection, excerpt, post
 # (the side opted out with cold_timing: assume), "unverified" (the engine reports no counter), "n/a" (untimed,
 # or an in-process model, whose timed runs never reuse a cache by construction).
 ColdCheck = Literal["engine", "assumed", "unverified", "n/a"]
-FLUSH_TEXTS = ("Z", "!", "0")  # short texts of one token in common vocabularies; one whose token differs is used
+FLUSH_TEXTS = ("Z", "!", "0")
+PERF_LINE = "prompt eval time"  # llama.cpp's perf summary of a request that ran to its end
+FLUSH_LOG_WAIT_S = 2.0  # short texts of one token in common vocabularies; one whose token differs is used
 
 
 class WarmCacheError(ServedBackendError):
@@ -77,7 +79,13 @@ def from_counter(before: EngineMetrics | None, after: EngineMetrics | None) -> C
 
 
 class ColdProbe:
-    """One timed request's cold start and its verdict, on a server whose log (when launched here) we can read."""
+    """One timed request's cold start and its verdict, on a server whose log (when launched here) we can read.
+
+    llama-cpp-python prints its prefix-match line when a request starts, before its first token, and its perf
+    summary only when a request runs to its end (not after an early stop). So the flush, which always runs to
+    its end, proves the engine logs its requests; after that, a timed request whose log segment has no
+    prefix-match line reused nothing.
+    """
 
     def __init__(self, url: str, ids: list[int], *, tokenizer: Any, log: LogCursor | None, timeout_s: float) -> None:
         self.url = url
@@ -85,21 +93,26 @@ class ColdProbe:
         self.allowed = 0
         self._tokens = len(ids)
         self._log = log
-        if log is not None:
+        self._logged = False
+        if log is not None and log.logs_requests is not False:
             text, self.allowed = _flush_text(tokenizer, ids)
+            log.mark()
             _flush(url, text, timeout_s)
-            log.mark()  # after the flush answered: its own lines are behind the mark
+            # The perf summary is printed before the response is sent; the wait only covers a slow file system.
+            self._logged = PERF_LINE in log.since_mark(wait_for=PERF_LINE, timeout_s=FLUSH_LOG_WAIT_S)
+            if log.logs_requests is None:
+                log.logs_requests = self._logged  # an engine that does not log so (vLLM) is not flushed again
+            log.mark()  # the flush's own lines are behind the mark
 
     def verdict(self, answered: Coldness | None, counted: Coldness | None, *, alone: bool) -> Coldness:
         """The engine's word on the request just run: its response, else its log, else its counter."""
         if answered is not None:
             return answered
-        if self._log is not None and alone:
-            logged = prefill_from_log(self._log.since_mark())
+        if self._log is not None and self._logged and alone:
+            logged = prefill_from_log(self._log.since_mark(wait_for="", timeout_s=0.0))
             if logged.full_hit:
                 return Coldness(self._tokens, "llama-cpp-python log: full prompt already cached", self.allowed)
-            if logged.reused or logged.evaluated is not None:  # a hit, or the perf summary proving the request was logged
-                return Coldness(logged.reused, "llama-cpp-python log: prefix-match hit", self.allowed)
+            return Coldness(logged.reused, "llama-cpp-python log: prefix-match hit", self.allowed)
         if counted is not None and alone:
             return counted
         return Coldness(None, "no prefix-cache counter: usage.prompt_tokens_details, timings, a launched server's log or /metrics")

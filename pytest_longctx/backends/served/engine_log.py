@@ -75,13 +75,13 @@ class LogCursor:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._offset = 0
+        self.logs_requests: bool | None = None  # whether the engine logs each request (unknown until a flush says)
 
     def mark(self) -> None:
         self._offset = self._size()
 
-    def since_mark(self, *, wait_for: str = "prompt eval time", timeout_s: float = 10.0) -> str:
-        """The text appended since the mark, once it contains `wait_for` or `timeout_s` has passed: llama.cpp
-        prints its perf summary after the last token is streamed, so it can reach the file after the stream ends."""
+    def since_mark(self, *, wait_for: str, timeout_s: float) -> str:
+        """The text appended since the mark, once it contains `wait_for` or `timeout_s` has passed."""
         deadline = time.monotonic() + timeout_s
         pause = 0.01
         while True:
