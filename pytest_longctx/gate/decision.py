@@ -119,7 +119,8 @@ def compute_metrics(
     likelihood = logprob_metrics(side(base_name, paired), side(cand_name, paired), confidence)
     notes, insensitive = sensitivity_notes(gate, side(base_name, paired), likelihood["answer_logprob_cells"] > 0)
     by_label = {label: side(n, paired) for label, n in labelled}
-    figures = kv_figures(by_label, max(gate.sweep.lengths), _ratio(memory[cand_name], memory[base_name]))
+    figures = kv_figures(by_label, max(gate.sweep.lengths), _ratio(memory[cand_name], memory[base_name]),
+                         kv_memory=source == "kv_bytes")
     return Metrics(
         **likelihood,
         **figures,

@@ -26,13 +26,14 @@ def kv_engine(cells: Sequence[CellResult], longest: int) -> dict[str, Any] | Non
     }
 
 
-def kv_figures(labelled: Mapping[str, Sequence[CellResult]], longest: int, memory_ratio: float | None) -> dict[str, Any]:
-    """Metrics fields from the engines' KV figures; memory_ratio becomes the ratio of their bytes per token of
-    cache when both sides' engines report bytes (the honest comparable: a cache's size over its cells)."""
+def kv_figures(labelled: Mapping[str, Sequence[CellResult]], longest: int, memory_ratio: float | None, *,
+               kv_memory: bool = True) -> dict[str, Any]:
+    """Metrics fields from the engines' KV figures; a KV memory_ratio (`kv_memory`) becomes the ratio of their
+    bytes per token of cache when both sides' engines report bytes (the honest comparable: size over cells)."""
     engines = {label: kv for label, cells in labelled.items() if (kv := kv_engine(cells, longest)) is not None}
     per_token = {label: kv["bytes_per_token"] for label, kv in engines.items() if kv["bytes_per_token"]}
     if len(per_token) == 2:
-        memory_ratio = per_token["candidate"] / per_token["baseline"]
+        memory_ratio = per_token["candidate"] / per_token["baseline"] if kv_memory else memory_ratio
         capacity_ratio: float | None = per_token["baseline"] / per_token["candidate"]
     else:  # tokens per byte from what each cell held: the measured cache, the engine's gauge, or the formula
         cell_per_token = {label: _bytes_per_token(cells) for label, cells in labelled.items()}

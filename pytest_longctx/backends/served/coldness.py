@@ -33,7 +33,9 @@ from .transport import ServedBackendError, connection, excerpt, post
 # or an in-process model, whose timed runs never reuse a cache by construction).
 ColdCheck = Literal["engine", "assumed", "unverified", "n/a"]
 FLUSH_TEXTS = ("Z", "!", "0")
-PERF_LINE = "prompt eval time"  # llama.cpp's perf summary of a request that ran to its end
+# llama-cpp-python's perf summary of a request that ran to its end (llama.cpp's library function; llama-server
+# prints its own timings otherwise, so its log is not taken for llama-cpp-python's).
+PERF_LINE = "llama_perf_context_print: prompt eval time"
 FLUSH_LOG_WAIT_S = 2.0  # short texts of one token in common vocabularies; one whose token differs is used
 
 
