@@ -198,7 +198,7 @@ class ServedBackend:
             warm: list[str] = []
             for _ in range(2):  # one re-run: a hit the flush missed (another client's request between them, say)
                 probe = ColdProbe(url, ids, tokenizer=self.tokenizer, log=self._log if url == self.base_urls[0] else None,
-                                  timeout_s=self.timeout_s)
+                                  timeout_s=self.timeout_s, model=self.model)
                 before = self._counter(url, alone)
                 gen = self._generate_on(url, ids, variant, max_new_tokens, timeout_s, stop, alone=alone, salt=probe.salt)
                 verdict = probe.verdict(gen.answered_cold, from_counter(before, self._counter(url, alone)), alone=alone)

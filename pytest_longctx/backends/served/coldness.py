@@ -89,7 +89,8 @@ class ColdProbe:
     prefix-match line reused nothing.
     """
 
-    def __init__(self, url: str, ids: list[int], *, tokenizer: Any, log: LogCursor | None, timeout_s: float) -> None:
+    def __init__(self, url: str, ids: list[int], *, tokenizer: Any, log: LogCursor | None, timeout_s: float,
+                 model: str | None = None) -> None:
         self.url = url
         self.salt = uuid.uuid4().hex  # vLLM: a salt no earlier request used, so no cached block matches
         self.allowed = 0
@@ -99,7 +100,13 @@ class ColdProbe:
         if log is not None and log.logs_requests is not False:
             text, self.allowed = _flush_text(tokenizer, ids)
             log.mark()
-            _flush(url, text, timeout_s)
+            try:
+                _flush(url, text, timeout_s, model)
+            except ServedBackendError:
+                if log.logs_requests:  # it flushed before: a failure now is the server's, and the cell's
+                    raise
+                log.logs_requests = False  # no completions endpoint for it: the response and /metrics must say
+                return
             # The perf summary is printed before the response is sent; the wait only covers a slow file system.
             self._logged = PERF_LINE in log.since_mark(wait_for=PERF_LINE, timeout_s=FLUSH_LOG_WAIT_S)
             if log.logs_requests is None:
@@ -134,11 +141,13 @@ def _flush_text(tokenizer: Any, ids: list[int]) -> tuple[str, int]:
     return best
 
 
-def _flush(url: str, text: str, timeout_s: float) -> None:
+def _flush(url: str, text: str, timeout_s: float, model: str | None) -> None:
     """A one-token request: llama-cpp-python replaces its one cached sequence with it, so the next prompt starts cold."""
     parts = urllib.parse.urlsplit(url)
     conn = connection(parts, timeout_s)
-    body = {"prompt": text, "max_tokens": 1, "temperature": 0.0, "stream": False}
+    body: dict[str, Any] = {"prompt": text, "max_tokens": 1, "temperature": 0.0, "stream": False}
+    if model is not None:
+        body["model"] = model
     try:
         response = post(conn, parts.path.rstrip("/") + "/v1/completions", json.dumps(body).encode(), url, None)
         raw = response.read()
