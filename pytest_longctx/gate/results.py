@@ -14,8 +14,15 @@ from typing import Any, Literal
 # 2: cells gained kv_source, retrieval, score, timed samples and reused_tokens; metrics gained prefill_tokens,
 # loss curves, recall by task and length, failures and kv_source; reading became strict about keys.
 # 3: cells gained cold_check and the engine's KV cache (kv_capacity_tokens, kv_capacity_bytes, kv_slots); metrics
-# gained cold_check, kv_engine, kv_capacity_tokens and kv_capacity_ratio.
+# gained cold_check, kv_engine, kv_capacity_tokens and kv_capacity_ratio. Version 2 records still read: they
+# came from engines whose figures were not read, so the new keys take their empty values.
 SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)
+# What each version added, by record kind: a record of an older version may lack these keys.
+ADDED_IN: dict[int, dict[str, tuple[str, ...]]] = {
+    3: {"cell": ("cold_check", "kv_capacity_tokens", "kv_capacity_bytes", "kv_slots"),
+        "metrics": ("cold_check", "kv_engine", "kv_capacity_tokens", "kv_capacity_ratio")},
+}
 
 Verdict = Literal["approve", "reject", "incomplete", "invalid", "inconclusive"]
 Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "not_retrieved", "cut_from_history", "error"]
@@ -43,6 +50,13 @@ def require_keys(data: Any, expected: Iterable[str], where: str, *, fix: str = R
 
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _keys_of(cls: type, kind: str, version: int, data: Any) -> tuple[str, ...]:
+    """The keys a `kind` record of `version` holds: today's fields, less those added after it that it lacks."""
+    later = {key for added, kinds in ADDED_IN.items() if added > version for key in kinds.get(kind, ())}
+    present = data if isinstance(data, dict) else {}
+    return tuple(name for name in _field_names(cls) if name not in later or name in present)
 
 
 @dataclass(frozen=True)
@@ -107,9 +121,17 @@ class CellResult:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def stable_dict(self) -> dict[str, Any]:
+        """to_dict without the keys added since version 2 that hold their empty values: what a digest of a cell
+        covers, so that a baseline captured before they existed still matches its digest."""
+        empty = {f.name: f.default for f in dataclasses.fields(self)}
+        added = {key for kinds in ADDED_IN.values() for key in kinds.get("cell", ())}
+        return {k: v for k, v in self.to_dict().items() if k not in added or v != empty[k]}
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "cell") -> CellResult:
-        require_keys(data, _field_names(cls), where)
+    def from_dict(cls, data: dict[str, Any], where: str = "cell", version: int = SCHEMA_VERSION) -> CellResult:
+        """`version`: the results schema the record was written with (keys added since may be absent)."""
+        require_keys(data, _keys_of(cls, "cell", version, data), where)
         values = dict(data)
         for key in ("prefill_samples", "decode_samples", "total_samples"):
             if key in values:
@@ -279,8 +301,8 @@ class Metrics:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Metrics:
-        require_keys(data, _field_names(cls), "metrics")
+    def from_dict(cls, data: dict[str, Any], version: int = SCHEMA_VERSION) -> Metrics:
+        require_keys(data, _keys_of(cls, "metrics", version, data), "metrics")
         values = dict(data)
         for key in ("middle_recall_delta_ci", "p95_latency_ratio_ci", "p95_prefill_ratio_ci", "p95_decode_ratio_ci",
                     "fingerprint_mismatches", "answer_logprob_delta_ci", "seeds_used", "sensitivity", "configuration"):
@@ -317,12 +339,12 @@ class GateResults:
         if not isinstance(data, dict):
             raise ResultsError(f"expected a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if isinstance(version, int) and version < SCHEMA_VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version < READABLE_VERSIONS[0]:
             raise ResultsError(
-                f"results schema_version {version} is older than {SCHEMA_VERSION}, the version this pytest-longctx reads "
+                f"results schema_version {version} is older than {READABLE_VERSIONS[0]}, the oldest version this pytest-longctx reads "
                 "(fields were added since). Fix: re-run the gate to write the file again"
             )
-        if version != SCHEMA_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise ResultsError(
                 f"results schema_version {version!r} is not supported (this pytest-longctx reads version {SCHEMA_VERSION})"
             )
@@ -330,8 +352,8 @@ class GateResults:
         return cls(
             gate=data["gate"],
             decision=Decision.from_dict(data["decision"]),
-            metrics=Metrics.from_dict(data["metrics"]),
-            cells=tuple(CellResult.from_dict(c, f"cells[{i}]") for i, c in enumerate(data["cells"])),
+            metrics=Metrics.from_dict(data["metrics"], version),
+            cells=tuple(CellResult.from_dict(c, f"cells[{i}]", version) for i, c in enumerate(data["cells"])),
             environment=data["environment"],
             wall_s=data["wall_s"],
         )

@@ -1,4 +1,4 @@
-"""Reading results files: schema_version 3 exactly, with every unknown or missing key named."""
+"""Reading results files: schema_version 3, and 2 without the keys added since; every unknown or missing key named."""
 
 from __future__ import annotations
 
@@ -52,8 +52,24 @@ def test_unknown_or_missing_keys_are_named(tmp_path: Path, data: dict, edit, mes
         _load(tmp_path, data)
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_older_schemas_are_refused_with_the_fix(tmp_path: Path, data: dict, version: int) -> None:
-    data["schema_version"] = version
-    with pytest.raises(ResultsError, match=rf"schema_version {version} is older than 3.*Fix: re-run the gate to write the file again"):
+def test_schema_1_is_refused_with_the_fix(tmp_path: Path, data: dict) -> None:
+    data["schema_version"] = 1
+    with pytest.raises(ResultsError, match=r"schema_version 1 is older than 2.*Fix: re-run the gate to write the file again"):
+        _load(tmp_path, data)
+
+
+def test_a_schema_2_record_reads_without_the_served_engine_keys(tmp_path: Path, data: dict) -> None:
+    data["schema_version"] = 2
+    for cell in data["cells"]:
+        for key in ("cold_check", "kv_capacity_tokens", "kv_capacity_bytes", "kv_slots"):
+            del cell[key]
+    for key in ("cold_check", "kv_engine", "kv_capacity_tokens", "kv_capacity_ratio"):
+        del data["metrics"][key]
+
+    results = _load(tmp_path, data)
+
+    assert all(c.cold_check == "n/a" and c.kv_capacity_tokens is None for c in results.cells)
+    assert results.metrics.kv_engine == {} and results.metrics.kv_capacity_ratio is None
+    data["schema_version"] = 3  # the current version must have them
+    with pytest.raises(ResultsError, match=r"metrics: missing keys cold_check, kv_engine, kv_capacity_tokens, kv_capacity_ratio"):
         _load(tmp_path, data)

@@ -356,8 +356,8 @@ class ServedBackend:
         timeout_s: float | None,
         stop: Callable[[str], bool] | None,
         *,
+        salt: str | None = None,  # vLLM's cache_salt, on timed requests
         alone: bool,
-        salt: str | None = None,
     ) -> ServedGeneration:
         path, body = self._body(ids, mode, max_new_tokens, salt)
         payload = json.dumps(body).encode()
