@@ -15,8 +15,9 @@ from .errors import one_of
 BackendKind = Literal["transformers", "openai"]
 ServedApi = Literal["completions", "chat"]
 ServedTokenizer = Literal["local", "server"]
+ColdTiming = Literal["verify", "assume"]
 _FRACTION = re.compile(r"\d{1,9}(\.\d{1,9})?(/\d{1,9}(\.\d{1,9})?)?")
-_SERVED_KEYS = ("base_url", "base_urls", "launch", "api", "max_concurrency", "tokenizer", "kv_bytes_per_element")
+_SERVED_KEYS = ("base_url", "base_urls", "launch", "api", "max_concurrency", "tokenizer", "kv_bytes_per_element", "cold_timing")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class ServedEngine(
     max_concurrency: int = 1
     tokenizer: ServedTokenizer = "local"  # whose tokenizer builds the token-exact prompts: ours, or the engine's
     kv_bytes_per_element: float | None = None  # what the engine stores per K/V element (llama.cpp q8_0: 34/32)
+    # "verify": each timed request is started cold and the engine's counters must say so; "assume": an engine
+    # without a prefix cache (or counter) whose timings the gate may approve on unverified.
+    cold_timing: ColdTiming = "verify"
 
     @classmethod
     def parse(cls, side: Mapping[str, Any]) -> ServedEngine | None:
@@ -74,7 +78,8 @@ class ServedEngine(
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ChangeError("max_concurrency", f"expected an integer >= 1, got {shown(concurrency)}"[:200],
                               "write a whole number such as 4")
-        return cls(tuple(urls), launch, api, concurrency, tokenizer, _bytes_per_element(side.get("kv_bytes_per_element")))
+        cold = one_of(side.get("cold_timing", "verify"), "cold_timing", get_args(ColdTiming))
+        return cls(tuple(urls), launch, api, concurrency, tokenizer, _bytes_per_element(side.get("kv_bytes_per_element")), cold)
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> ServedEngine | None:
@@ -85,19 +90,20 @@ class ServedEngine(
         launch = record.get("launch")
         return cls(tuple(record.get("base_urls") or ()), None if launch is None else LaunchSpec(**launch),
                    record.get("api", "completions"), record.get("max_concurrency", 1), record.get("tokenizer", "local"),
-                   record.get("kv_bytes_per_element"))
+                   record.get("kv_bytes_per_element"), record.get("cold_timing", "verify"))
 
     def record(self) -> dict[str, Any]:
         return {"backend": "openai", "base_urls": list(self.base_urls),
                 "launch": None if self.launch is None else dataclasses.asdict(self.launch), "api": self.api,
                 "max_concurrency": self.max_concurrency, "tokenizer": self.tokenizer,
-                "kv_bytes_per_element": self.kv_bytes_per_element}
+                "kv_bytes_per_element": self.kv_bytes_per_element, "cold_timing": self.cold_timing}
 
     def describe(self) -> tuple[tuple[str, str], ...]:
         where = f"launched: {self.launch.command}" if self.launch is not None else ", ".join(self.base_urls)
         extras = [f"api {self.api}"] if self.api != "completions" else []
         extras += [f"{self.max_concurrency} in flight"] if self.max_concurrency != 1 else []
         extras += ["the engine's tokenizer"] if self.tokenizer == "server" else []
+        extras += ["timings assumed cold"] if self.cold_timing == "assume" else []
         if self.kv_bytes_per_element is not None:
             extras.append(f"KV {self.kv_bytes_per_element:g} bytes/element")
         return (("backend", f"openai ({where})" + "".join(f", {e}" for e in extras)),)

@@ -57,6 +57,7 @@ def compute_metrics(
     `confidence` sets every interval's level (a sequential look's); by default the recall interval reads
     thresholds.middle_recall.alpha and the bootstrap intervals thresholds.p95_latency_ratio.confidence.
     """
+    from .engine_figures import cold_checks, kv_figures
     from .evidence import logprob_metrics, noop_problem, sensitivity_notes, truncation_notes
 
     names = (gate.baseline.name, gate.candidate.name)
@@ -117,8 +118,13 @@ def compute_metrics(
         len(middle), middle_recall["baseline"], confidence=recall_confidence, threshold=recall_bound)
     likelihood = logprob_metrics(side(base_name, paired), side(cand_name, paired), confidence)
     notes, insensitive = sensitivity_notes(gate, side(base_name, paired), likelihood["answer_logprob_cells"] > 0)
+    by_label = {label: side(n, paired) for label, n in labelled}
+    figures = kv_figures(by_label, max(gate.sweep.lengths), _ratio(memory[cand_name], memory[base_name]),
+                         kv_memory=source == "kv_bytes")
     return Metrics(
         **likelihood,
+        **figures,
+        cold_check=cold_checks(by_label),
         sensitivity=tuple(notes),
         insensitive=insensitive,
         configuration=tuple(truncation_notes(gate, {"baseline": side(base_name, paired), "candidate": side(cand_name, paired)})),
@@ -139,7 +145,6 @@ def compute_metrics(
         p95_latency_s=total[0],
         p95_latency_ratio=total[1],
         memory_bytes={"baseline": memory[base_name], "candidate": memory[cand_name]},
-        memory_ratio=_ratio(memory[cand_name], memory[base_name]),
         memory_source=source,
         kv_source={label: "/".join(sorted({c.kv_source for c in side(n, paired)})) or "n/a"
                    for label, n in labelled},
@@ -276,6 +281,7 @@ def decide(gate: GateSpec, metrics: Metrics, *, judge: Callable[[Check], Check] 
     `judge` (a sequential look, see sequential.py) re-reads each check by its interval and sets its state; a
     check left undecided makes the verdict `inconclusive` unless another one already rejects.
     """
+    from .engine_figures import engine_notes, unverified_timing
     from .evidence import NOT_MEASURED, logprob_check, unmeasured_sides
 
     t, m = gate.thresholds, metrics
@@ -325,6 +331,7 @@ def decide(gate: GateSpec, metrics: Metrics, *, judge: Callable[[Check], Check] 
                for c in checks if c.policy not in unjudged]
     reasons += ["NOTE " + c.detail for c in checks if c.policy in unjudged]
     reasons += ["CONFIG " + note for note in m.configuration] + ["NOTE " + note for note in m.sensitivity]
+    reasons += ["NOTE " + note for note in engine_notes(m)]
     problems = []
     if m.fingerprint_mismatches:
         problems.append("the captured baseline does not match this run: " + "; ".join(m.fingerprint_mismatches))
@@ -351,6 +358,11 @@ def decide(gate: GateSpec, metrics: Metrics, *, judge: Callable[[Check], Check] 
     if any(c.state == "undecided" for c in checks) and not any(c.state == "reject" for c in checks):
         return Decision("inconclusive", tuple(reasons), tuple(checks))
     verdict: Verdict = "approve" if all(c.passed for c in checks) else "reject"
+    unverified = unverified_timing(m)
+    if unverified is not None:  # a warm prefill flatters one side's latency: never approve on it
+        if verdict == "approve":
+            return Decision("inconclusive", tuple([f"cannot approve: {unverified}"] + reasons), tuple(checks))
+        reasons.append(f"NOTE {unverified}")
     return Decision(verdict, tuple(reasons), tuple(checks))
 
 

@@ -16,9 +16,18 @@ from .load import LoadLevel
 # 2: cells gained kv_source, retrieval, score, timed samples and reused_tokens; metrics gained prefill_tokens,
 # loss curves, recall by task and length, failures and kv_source; reading became strict about keys.
 # 3: the load sweep: top-level load_levels; metrics gained goodput_ratio, throughput_ratio, load_ratios, load_note.
-# Version 2 records still read: they ran no load sweep, so the new keys take their empty values.
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (2, 3)
+# 4: cells gained cold_check and the engine's KV cache (kv_capacity_tokens, kv_capacity_bytes, kv_slots); metrics
+# gained cold_check, kv_engine, kv_capacity_tokens and kv_capacity_ratio.
+# Older records still read: they ran no load sweep and their engines' figures were not read, so the keys added
+# since take their empty values.
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
+# What each version added, by record kind: a record of an older version may lack these keys.
+ADDED_IN: dict[int, dict[str, tuple[str, ...]]] = {
+    3: {"metrics": ("goodput_ratio", "throughput_ratio", "load_ratios", "load_note")},  # and load_levels at the top level
+    4: {"cell": ("cold_check", "kv_capacity_tokens", "kv_capacity_bytes", "kv_slots"),
+        "metrics": ("cold_check", "kv_engine", "kv_capacity_tokens", "kv_capacity_ratio")},
+}
 
 Verdict = Literal["approve", "reject", "incomplete", "invalid", "inconclusive"]
 Failure = Literal["missing", "wrong_value", "partial", "truncated", "refusal/other", "not_retrieved", "cut_from_history", "error"]
@@ -59,6 +68,23 @@ class _CellRecord:
     @property
     def key(self) -> tuple[str, int, float, int]:
         return (self.task, self.length, round(self.depth, 6), self.seed)
+
+
+def _keys_of(cls: type, kind: str, version: int, data: Any) -> tuple[str, ...]:
+    """The keys a `kind` record of `version` holds: today's fields less those added after it (a record of an old
+    version carrying a later key is another version's, refused like any unknown key)."""
+    later = {key for added, kinds in ADDED_IN.items() if added > version for key in kinds.get(kind, ())}
+    return tuple(name for name in _field_names(cls) if name not in later)
+
+
+def record_version(kind: str, data: Any) -> int:
+    """The newest readable version whose `kind` keys the record holds: for records filed without a schema version
+    (a captured baseline's cells), so one captured before a key was added still reads, and then strictly."""
+    present = data if isinstance(data, dict) else {}
+    for version in reversed(READABLE_VERSIONS):
+        if all(key in present for added, kinds in ADDED_IN.items() if added <= version for key in kinds.get(kind, ())):
+            return version
+    return READABLE_VERSIONS[0]
 
 
 @dataclass(frozen=True)
@@ -105,13 +131,30 @@ class CellResult(_CellRecord):
     # Sum over the task's expected values of log p(value tokens | this side's prompt), teacher-forced on the very
     # cache, window and RoPE the side ran with; None where the backend does not measure it (served engines).
     answer_logprob: float | None = None
+    # Whether the timed runs started with nothing of the prompt in a served engine's prefix cache: "engine" (its
+    # counters said so for every one), "assumed" (the side set cold_timing: assume), "unverified" (the engine has
+    # no counter), "n/a" (untimed, or in-process, where timed runs never start from a cache).
+    cold_check: str = "n/a"
+    # The KV cache the served engine allocated, in its own figures: token slots, bytes (None where it does not
+    # say), and sequences it runs at once.
+    kv_capacity_tokens: int | None = None
+    kv_capacity_bytes: int | None = None
+    kv_slots: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def stable_dict(self) -> dict[str, Any]:
+        """to_dict without the keys added since version 2 that hold their empty values: what a digest of a cell
+        covers, so that a baseline captured before they existed still matches its digest."""
+        empty = {f.name: f.default for f in dataclasses.fields(self)}
+        added = {key for kinds in ADDED_IN.values() for key in kinds.get("cell", ())}
+        return {k: v for k, v in self.to_dict().items() if k not in added or v != empty[k]}
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "cell") -> CellResult:
-        require_keys(data, _field_names(cls), where)
+    def from_dict(cls, data: dict[str, Any], where: str = "cell", version: int = SCHEMA_VERSION) -> CellResult:
+        """`version`: the results schema the record was written with (keys added since may be absent)."""
+        require_keys(data, _keys_of(cls, "cell", version, data), where)
         values = dict(data)
         for key in ("prefill_samples", "decode_samples", "total_samples"):
             if key in values:
@@ -133,6 +176,7 @@ class TimingSample(_CellRecord):
     total_s: float | None
     answer: str
     error: str | None = None
+    cold_check: str = "n/a"  # as CellResult.cold_check, for this one run
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -258,6 +302,15 @@ class Metrics:
     throughput_ratio: float | None = None
     load_ratios: dict[str, dict[str, float | None]] = field(default_factory=dict)
     load_note: str | None = None
+    # Per side: how its timed cells stood on coldness (CellResult.cold_check values, joined with "/").
+    cold_check: dict[str, str] = field(default_factory=dict)
+    # Per side, the KV cache its engine allocated (capacity_tokens, bytes, bytes_per_token, slots, sequences of the
+    # longest length that fit at once, source); absent for a side whose engine does not say.
+    kv_engine: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kv_capacity_tokens: dict[str, float | None] = field(default_factory=dict)
+    # Candidate over baseline KV tokens held per byte of cache (tokens at equal memory): from the engines' own
+    # figures where both report bytes, else from the cells' kv_bytes per token.
+    kv_capacity_ratio: float | None = None
 
     @property
     def memory_label(self) -> str:
@@ -265,6 +318,8 @@ class Metrics:
         if self.memory_source != "kv_bytes":
             return self.memory_source
         estimated = [label for label, src in self.kv_source.items() if "analytic" in src.split("/")]
+        if not estimated and self.kv_engine and all(kv.get("bytes") for kv in self.kv_engine.values()) and len(self.kv_engine) == 2:
+            return "kv_bytes; engine-reported cache bytes per token"
         return "kv_bytes" if not estimated else f"kv_bytes; {' and '.join(estimated)}: analytic estimate, the engine reports none"
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,8 +327,7 @@ class Metrics:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], version: int = SCHEMA_VERSION) -> Metrics:
-        names = _field_names(cls)
-        require_keys(data, names if version >= 3 else [n for n in names if n not in _LOAD_METRICS], "metrics")
+        require_keys(data, _keys_of(cls, "metrics", version, data), "metrics")
         values = dict(data)
         for key in ("middle_recall_delta_ci", "p95_latency_ratio_ci", "p95_prefill_ratio_ci", "p95_decode_ratio_ci",
                     "fingerprint_mismatches", "answer_logprob_delta_ci", "seeds_used", "sensitivity", "configuration"):
@@ -286,8 +340,6 @@ def load_level_from_dict(data: Any, where: str = "load level") -> LoadLevel:
     require_keys(data, _field_names(LoadLevel), where)
     return LoadLevel(**{**data, "error_samples": tuple(data["error_samples"])})
 
-
-_LOAD_METRICS = ("goodput_ratio", "throughput_ratio", "load_ratios", "load_note")
 
 
 @dataclass(frozen=True)
@@ -320,12 +372,12 @@ class GateResults:
         if not isinstance(data, dict):
             raise ResultsError(f"expected a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if isinstance(version, int) and version < READABLE_VERSIONS[0]:
+        if isinstance(version, int) and not isinstance(version, bool) and version < READABLE_VERSIONS[0]:
             raise ResultsError(
                 f"results schema_version {version} is older than {READABLE_VERSIONS[0]}, the oldest version this pytest-longctx reads "
                 "(fields were added since). Fix: re-run the gate to write the file again"
             )
-        if version not in READABLE_VERSIONS or isinstance(version, bool):
+        if not isinstance(version, int) or isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise ResultsError(
                 f"results schema_version {version!r} is not supported (this pytest-longctx reads version {SCHEMA_VERSION})"
             )
@@ -335,7 +387,7 @@ class GateResults:
             gate=data["gate"],
             decision=Decision.from_dict(data["decision"]),
             metrics=Metrics.from_dict(data["metrics"], version),
-            cells=tuple(CellResult.from_dict(c, f"cells[{i}]") for i, c in enumerate(data["cells"])),
+            cells=tuple(CellResult.from_dict(c, f"cells[{i}]", version) for i, c in enumerate(data["cells"])),
             environment=data["environment"],
             wall_s=data["wall_s"],
             load_levels=tuple(load_level_from_dict(v, f"load_levels[{i}]") for i, v in enumerate(data.get("load_levels", ()))),

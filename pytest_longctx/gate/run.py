@@ -161,6 +161,7 @@ class GateRun:
             urls, tokenizer=tokenizer,
             kv_shape=KvShape.from_config(load_config(spec.ref, trust_remote_code=spec.trust_remote_code)),
             api=engine.api, max_concurrency=engine.max_concurrency, kv_bytes_per_element=engine.kv_bytes_per_element,
+            server_log=self.server_logs.get(variant.name) if engine.launch is not None else None, cold_timing=engine.cold_timing,
         )
 
     def close(self) -> None:

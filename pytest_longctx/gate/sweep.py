@@ -96,6 +96,8 @@ def run_cell(
     extra_kw: dict[str, Any] = {} if reuse is None else {"reuse": reuse, "reuse_prefix": not timed}
     if getattr(backend, "measures_logprob", False):
         extra_kw["expected"] = prompt.answers
+    if getattr(backend, "verifies_cold", False):
+        extra_kw["cold"] = timed  # a served engine's prefix cache must not serve a timed prompt
     gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s,
                            stop=prompt.answer_complete, **extra_kw)
     reused = getattr(gen, "reused_tokens", 0)
@@ -129,6 +131,11 @@ def run_cell(
         retrieval=None if retrieval is None else retrieval.record,
         kv_source=getattr(gen, "kv_source", "measured"),
         answer_logprob=getattr(gen, "answer_logprob", None),
+        cold_check=getattr(gen, "cold_check", "n/a") if timed else "n/a",
+        # The served engine's own cache figures (in-process models have none).
+        kv_capacity_tokens=getattr(gen, "kv_capacity_tokens", None),
+        kv_capacity_bytes=getattr(gen, "kv_capacity_bytes", None),
+        kv_slots=getattr(gen, "kv_slots", None),
     )
 
 
@@ -166,15 +173,16 @@ def timed_run(
     A retrieval side's timings include the retrieval it did for the prompt."""
     prompt, retrieval = _unwrap(prompt)
     extra = retrieval.seconds if retrieval is not None else 0.0
+    cold: dict[str, Any] = {"cold": True} if getattr(backend, "verifies_cold", False) else {}
     try:
         gen = backend.generate(prompt.token_ids, variant=variant, max_new_tokens=max_new_tokens, timeout_s=timeout_s,
-                               stop=prompt.answer_complete)
+                               stop=prompt.answer_complete, **cold)
     except Exception as exc:  # noqa: BLE001 - a timed run that fails (timeout, OOM) blocks approval via its cell
         return TimingSample(variant.name, cell.task, cell.length, cell.depth, cell.seed, None, None, None, "",
                             f"{type(exc).__name__}: {exc}")
     return TimingSample(
         variant.name, cell.task, cell.length, cell.depth, cell.seed, gen.prefill_s + extra, gen.decode_s_per_token,
-        gen.total_s + extra, gen.answer,
+        gen.total_s + extra, gen.answer, cold_check=getattr(gen, "cold_check", "n/a"),
     )
 
 
@@ -202,8 +210,11 @@ def merge_samples(cell: CellResult, samples: Iterable[TimingSample], *, repeats:
     if problem is None and len(total) < repeats:
         problem = f"only {len(total)} of {repeats} timed runs were recorded (timing passes deselected or interrupted)"
     pick = min if statistic == "min" else statistics.median
+    checks = {cell.cold_check, *(s.cold_check for s in own if s.error is None)}
+    # The weakest word on coldness stands for the cell: one unverified run makes its timings unverified.
+    cold_check = next((c for c in ("unverified", "assumed", "engine") if c in checks), cell.cold_check)
     merged = dataclasses.replace(
-        cell, prefill_samples=prefill, decode_samples=decode, total_samples=total, repeats=len(total),
+        cell, cold_check=cold_check, prefill_samples=prefill, decode_samples=decode, total_samples=total, repeats=len(total),
         prefill_s=pick(prefill) if prefill else None, decode_s_per_token=pick(decode) if decode else None,
         total_s=pick(total) if total else None,
     )

@@ -111,6 +111,9 @@ _FAMILIES = (
     _Family("p95 prefill (s)", "p95_prefill_s", "p95_prefill_ratio", "p95_prefill_ratio_ci", "p95_prefill_ratio", "ratio", fmt_seconds),
     _Family("p95 decode (ms/token)", "p95_decode_s", "p95_decode_ratio", "p95_decode_ratio_ci", "p95_decode_ratio", "ratio", fmt_millis),
     _Family("memory", "memory_bytes", "memory_ratio", None, "memory_ratio", "ratio", fmt_bytes),
+    # The engines' own caches: token slots each allocated; the change is tokens held per byte (at equal memory).
+    _Family("KV capacity (tokens; ratio: per byte)", "kv_capacity_tokens", "kv_capacity_ratio", None, None, "ratio",
+            lambda v: "n/a" if v is None else f"{v:.0f}"),
     # What a prompt-level change (retrieval, a history budget) saves: the tokens each query prefills.
     _Family("prompt tokens per query", "prefill_tokens", None, None, None, "ratio", lambda v: "n/a" if v is None else f"{v:.0f}"),
 )
@@ -119,7 +122,8 @@ _COUNTS = ("paired_cells", "middle_cells", "expected_cells", "errored_cells", "m
 # Shown by their own rows (effective length, loss) or the report's own sections (recall by task and length, misses).
 _SHOWN_ELSEWHERE = {"memory_source", "kv_source", *_COUNTS, "effective_length", "effective_length_ratio", "loss_curves", "loss_ratio",
                     "loss_worst_bucket", "recall_by_task", "recall_by_length", "failures",
-                    "sensitivity", "insensitive", "configuration", "noop"}  # the last four: in the decision's reasons
+                    "sensitivity", "insensitive", "configuration", "noop",
+                    "kv_engine", "cold_check"}  # the last six: in the decision's reasons
 
 
 def _pair(value: Any) -> tuple[float, float] | None:

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pytest_longctx.backends.served import coldness
 from pytest_longctx.backends.served.client import PromptTokenMismatch, ServedBackend
+from pytest_longctx.backends.served.coldness import WarmCacheError
+from pytest_longctx.backends.served.engine_log import LogCursor, kv_cache_from_log, prefill_from_log
 from pytest_longctx.backends.served.launch import LaunchSpec, launched
 from pytest_longctx.backends.served.remote_tokenizer import RemoteTokenizer
 from pytest_longctx.capacity.kv_math import KvShape
@@ -63,12 +66,16 @@ def kv_shape(smollm_tokenizer) -> KvShape:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def logs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("llama-server")
+
+
+@pytest.fixture(scope="module")
+def servers(logs):
     """An f16-KV and a q8_0-KV server of the embedded model, as two variants would be launched."""
     from pytest_longctx.backends.loading import resolve
 
     gguf = str(resolve("embedded:smollm2-135m-instruct").gguf_path)
-    logs = tmp_path_factory.mktemp("llama-server")
     with ExitStack() as stack:
         yield {
             name: stack.enter_context(launched(LaunchSpec(command, ready_timeout_s=120), model=gguf, log_path=logs / f"{name}.log"))
@@ -132,6 +139,34 @@ def test_early_stop_ends_the_answer_at_the_needle(servers, server_tokenizer, hay
     assert gen.prompt_tokens == LENGTH  # counted by a separate request: the closed stream sent no usage
 
 
+def test_the_engine_logs_its_kv_cache_and_a_repeated_prompt_hits_its_prefix_cache(servers, logs, server_tokenizer, haystacks,
+                                                                                 monkeypatch):
+    """llama-cpp-python reuses the prefix a prompt shares with the previous one; without the flush a timed repeat
+    is served from cache, and the gate refuses to time it; with the flush it is verified cold."""
+    f16, q8 = kv_cache_from_log((logs / "f16.log").read_text()), kv_cache_from_log((logs / "q8_0.log").read_text())
+    assert (f16.cells, f16.seqs, f16.k_type, f16.v_type, f16.bytes) == (4096, 1, "f16", "f16", 90 * 2**20)
+    assert (q8.cells, q8.k_type, q8.v_type) == (4096, "q8_0", "q8_0") and q8.bytes == pytest.approx(47.81 * 2**20, abs=2**20 / 100)
+    hay = haystacks[0]
+    served = ServedBackend([servers["f16"]], tokenizer=server_tokenizer, timeout_s=120, server_log=logs / "f16.log")
+    served.generate(hay.token_ids, variant=F16, max_new_tokens=1)
+    cursor = LogCursor(logs / "f16.log")
+    cursor.mark()
+    served.generate(hay.token_ids, variant=F16, max_new_tokens=1)  # untimed: the engine's cache serves it
+    repeat = prefill_from_log(cursor.since_mark(wait_for="prompt eval time", timeout_s=10))
+    assert repeat.full_hit or repeat.reused >= LENGTH - 1, repeat
+
+    with monkeypatch.context() as patched:
+        # A "flush" of the prompt itself leaves the cache as it was: what the gate would time without its flush.
+        patched.setattr(coldness, "_flush_text", lambda tokenizer, ids: (tokenizer.decode(ids, skip_special_tokens=False), 0))
+        with pytest.raises(WarmCacheError, match=rf"{LENGTH} of {LENGTH} prompt tokens from cache \(llama-cpp-python log"):
+            served.generate(hay.token_ids, variant=F16, max_new_tokens=1, cold=True)
+
+    timed = served.generate(hay.token_ids, variant=F16, max_new_tokens=24, cold=True, stop=lambda text: hay.answer in text)
+    assert (timed.cold_check, timed.cold_detail) == ("engine", "llama-cpp-python log: prefix-match hit")
+    assert hay.answer in timed.answer and timed.stopped_early  # an early stop too: the hit line comes before any token
+    assert timed.kv_source == "engine" and timed.kv_bytes == round(90 * 2**20 / 4096 * timed.kv_tokens)
+
+
 def test_the_shipped_llama_cpp_gate_runs_end_to_end(pytester):
     """gates/llama-cpp-kv.yaml through pytest: two launched engines (f16 and q8_0 KV), prompts token-exact on them,
     client-side TTFT and decode timings, the analytic KV estimate, and the decision as the exit status.
@@ -156,10 +191,14 @@ def test_the_shipped_llama_cpp_gate_runs_end_to_end(pytester):
     for c in cells:
         assert len(c.prefill_samples) == 2 and all(t > 0 for t in c.prefill_samples)  # TTFT of both timed runs
         assert c.decode_s_per_token is not None and c.decode_s_per_token > 0 and c.total_s > c.prefill_s
-        assert c.kv_source == "analytic"  # llama-cpp-python exports no /metrics
+        assert c.kv_source == "engine"  # bytes per token of the cache the engine logged it allocated
+        assert c.cold_check == "engine"  # every timed run verified cold by the engine's own log
     m = results.metrics
-    assert m.memory_ratio == pytest.approx((34 / 32) / 2)  # q8_0 blocks against f16
-    assert "analytic estimate" in m.memory_label
+    assert m.kv_engine["baseline"]["bytes"] == 90 * 2**20 and m.kv_capacity_tokens == {"baseline": 4096, "candidate": 4096}
+    assert m.memory_ratio == pytest.approx(m.kv_engine["candidate"]["bytes"] / m.kv_engine["baseline"]["bytes"])
+    assert m.memory_ratio == pytest.approx((34 / 32) / 2, rel=1e-3)  # q8_0 blocks against f16, as the engine allocates them
+    assert m.kv_capacity_ratio == pytest.approx(1 / m.memory_ratio)
+    assert m.memory_label == "kv_bytes; engine-reported cache bytes per token"
     assert all(m.p95_prefill_s[s] > 0 and m.p95_decode_s[s] > 0 for s in ("baseline", "candidate"))
     servers = sorted((pytester.path / "out").glob("*.server.log"))
     assert len(servers) == 2 and "--type_k 8" in servers[1].read_text() + servers[0].read_text()

@@ -187,3 +187,20 @@ def test_a_warm_run_does_not_read_the_weights_again(tmp_path, monkeypatch):
     assert second == first and read == []
     (model / "config.json").write_text((model / "config.json").read_text().replace("\n", "\n\n", 1))
     assert loading.model_files_sha256(str(model))["model_config"] != first[1]["model_config"] and read == ["config.json"]
+
+
+def test_a_capture_written_before_the_served_engine_cell_keys_still_reads_and_matches_its_digest(tmp_path):
+    from pytest_longctx.gate.capture import canonical_sha256
+
+    path = tmp_path / "g.baseline.json"
+    write_capture(complete(), path)
+    data = json.loads(path.read_text())
+    added = ("cold_check", "kv_capacity_tokens", "kv_capacity_bytes", "kv_slots")
+    data["cells"] = [{k: v for k, v in c.items() if k not in added} for c in data["cells"]]
+    data["digests"]["cells"] = canonical_sha256(data["cells"])  # as the older version computed it
+    path.write_text(json.dumps(data))
+
+    loaded = load_capture(path)
+
+    assert loaded.integrity_problems() == [] and all(c.cold_check == "n/a" for c in loaded.cells)
+    assert _verdict(loaded, FP).verdict == "approve"

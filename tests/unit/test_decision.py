@@ -256,3 +256,43 @@ def test_loss_ratio_reads_the_worst_bucket_and_a_missing_curve_blocks_approval()
     assert decision.verdict == "reject" and "positions 200-300" in next(r for r in decision.reasons if "loss" in r)
     metrics, decision = evaluate(gate, cells, loss_curves={"baseline": curves["baseline"]})
     assert decision.verdict == "incomplete" and "loss curve was not measured" in decision.reasons[0]
+
+
+def test_timings_an_engine_cannot_verify_cold_never_approve_unless_the_side_assumes_them():
+    base = full("baseline")
+    unverified = replace(full("candidate"), lambda c: True, cold_check="unverified")
+    metrics, decision = evaluate(GATE, base + unverified)
+    assert metrics.cold_check == {"baseline": "n/a", "candidate": "unverified"}
+    assert decision.verdict == "inconclusive"
+    assert decision.reasons[0].startswith("cannot approve: the candidate engine reports no prefix-cache counter")
+    assert "cold_timing: assume" in decision.reasons[0]
+    assumed = replace(full("candidate"), lambda c: True, cold_check="assumed")
+    assert evaluate(GATE, base + assumed)[1].verdict == "approve"
+    # A rejection stands: what failed is said, and the unverified timings too.
+    slow = replace(unverified, lambda c: True, total_s=3.0)
+    _, rejected = evaluate(GATE, base + slow)
+    assert rejected.verdict == "reject" and any("prefix-cache counter" in r for r in rejected.reasons)
+
+
+def test_memory_ratio_and_kv_capacity_come_from_the_engines_bytes_per_token_when_both_report_them():
+    # llama.cpp's own log on the embedded model, n_ctx 4096: f16 K and V 90.00 MiB, q8_0 47.81 MiB.
+    f16 = {"kv_capacity_tokens": 4096, "kv_capacity_bytes": round(90.00 * 2**20), "kv_slots": 1}
+    q8 = {"kv_capacity_tokens": 4096, "kv_capacity_bytes": round(47.81 * 2**20), "kv_slots": 1}
+    base = replace(full("baseline", kv_bytes=1000), lambda c: True, kv_source="engine", **f16)
+    cand = replace(full("candidate", kv_bytes=600), lambda c: True, kv_source="engine", **q8)  # what /metrics said
+
+    metrics, decision = evaluate(GATE, base + cand)
+
+    assert metrics.memory_ratio == pytest.approx(47.81 / 90.00)
+    assert metrics.kv_capacity_ratio == pytest.approx(90.00 / 47.81)
+    assert metrics.kv_capacity_tokens == {"baseline": 4096, "candidate": 4096}
+    assert metrics.kv_engine["baseline"]["bytes_per_token"] == pytest.approx(90 * 2**20 / 4096)
+    assert metrics.kv_engine["baseline"]["sequences"] == 1  # 4 of 1,024 tokens fit in the cells; the engine runs one
+    assert metrics.memory_label == "kv_bytes; engine-reported cache bytes per token"
+    assert any("KV capacity at equal memory, candidate/baseline: 1.882" in r for r in decision.reasons)
+
+
+def test_without_engine_figures_kv_capacity_reads_the_cells_and_shows_no_capacity_row():
+    metrics, _ = evaluate(GATE, full("baseline", kv_bytes=1000) + full("candidate", kv_bytes=500))
+    assert metrics.kv_engine == {} and metrics.kv_capacity_tokens == {}
+    assert metrics.kv_capacity_ratio == pytest.approx(2.0) and metrics.memory_ratio == pytest.approx(0.5)

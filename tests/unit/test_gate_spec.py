@@ -185,6 +185,7 @@ def test_a_served_variant_can_take_the_engines_tokenizer_and_kv_element_size():
     ))
     assert (gate.baseline.served.tokenizer, gate.baseline.served.kv_bytes_per_element) == ("server", None)
     assert gate.candidate.served.kv_bytes_per_element == 34 / 32
+    assert (gate.baseline.served.cold_timing, gate.candidate.served.cold_timing) == ("verify", "verify")
     # Same engine, but what its KV holds differs: the sides must not share one backend.
     assert gate.baseline.load_key(gate.model) != gate.candidate.load_key(gate.model)
     assert GateSpec.from_dict(gate.to_dict()) == gate
@@ -203,11 +204,19 @@ def test_a_served_variant_can_take_the_engines_tokenizer_and_kv_element_size():
         ({"backend": "openai", "base_url": "http://x:1", "tokenizer": "remote"}, "candidate.tokenizer", "local"),
         ({"backend": "openai", "base_url": "http://x:1", "kv_bytes_per_element": "q8"}, "candidate.kv_bytes_per_element", "34/32"),
         ({"backend": "openai", "base_url": "http://x:1", "kv_bytes_per_element": 0}, "candidate.kv_bytes_per_element", "34/32"),
+        ({"backend": "openai", "base_url": "http://x:1", "cold_timing": "trust"}, "candidate.cold_timing", "verify"),
+        ({"cold_timing": "assume"}, "candidate.cold_timing", "add backend: openai"),
     ],
 )
 def test_bad_served_variants_name_the_key_and_fix(candidate, key, fix):
     with pytest.raises(GateError, match=rf"key '{re.escape(key)}': .*Fix: .*{re.escape(fix)}"):
         parse_gate(minimal(candidate=candidate), source="gates/x.yaml")
+
+
+def test_a_served_side_may_accept_timings_its_engine_cannot_verify_cold():
+    gate = parse_gate(minimal(candidate={"backend": "openai", "base_url": "http://x:1", "cold_timing": "assume"}))
+    assert gate.candidate.served.cold_timing == "assume"
+    assert GateSpec.from_dict(gate.to_dict()) == gate
 
 
 def test_a_sweep_of_position_free_families_alone_is_refused():

@@ -150,7 +150,7 @@ def test_results_record_the_levels_and_read_back(tmp_path):
     results = GateResults(gate=spec.to_dict(), decision=decision, metrics=metrics, cells=tuple(cells(spec)), load_levels=tuple(levels))
     save_results(results, tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
-    assert data["schema_version"] == SCHEMA_VERSION == 3 and len(data["load_levels"]) == 4
+    assert data["schema_version"] == SCHEMA_VERSION == 4 and len(data["load_levels"]) == 4
     read = load_results(tmp_path / "r.json")
     assert (read.load_levels, read.metrics, read.decision) == (results.load_levels, results.metrics, results.decision)
     data["load_levels"][0]["ttft_p99_s"] = 1.0
@@ -174,7 +174,15 @@ def test_a_recorded_load_decision_is_recomputed_from_its_levels():
 
 def test_version_2_records_still_read_without_a_load_sweep():
     old = json.loads((DATA / "fp8-results.json").read_text())
-    assert old["schema_version"] == 2
+    # Written back as version 2: without the load sweep (3) and the served engines' keys (4).
+    del old["load_levels"]
+    for key in ("goodput_ratio", "throughput_ratio", "load_ratios", "load_note", "cold_check", "kv_engine", "kv_capacity_tokens",
+                "kv_capacity_ratio"):
+        del old["metrics"][key]
+    for cell in old["cells"]:
+        for key in ("cold_check", "kv_capacity_tokens", "kv_capacity_bytes", "kv_slots"):
+            del cell[key]
+    old["schema_version"] = 2
     results = GateResults.from_dict(old)
     assert results.load_levels == () and results.metrics.goodput_ratio is None and results.metrics.load_ratios == {}
     old["metrics"]["goodput_ratio"] = 1.0  # a version 2 record never had it: a stray key is still refused

@@ -1,4 +1,4 @@
-"""Reading results files: schema_version 2 exactly, with every unknown or missing key named."""
+"""Reading results files: schema_version 4, and 2 and 3 without the keys added since; every unknown or missing key named."""
 
 from __future__ import annotations
 
@@ -29,14 +29,11 @@ def _load(tmp_path: Path, data: dict) -> GateResults:
     return load_results(path)
 
 
-def test_the_fixtures_read_and_write_back_as_the_current_schema(tmp_path: Path, data: dict) -> None:
-    # The fixtures were written by version 2, before the load sweep: they read as runs without one.
-    assert SCHEMA_VERSION == 3 and data["schema_version"] == 2
+def test_the_fixtures_are_the_current_schema_and_round_trip(tmp_path: Path, data: dict) -> None:
+    assert SCHEMA_VERSION == 4 and data["schema_version"] == 4
     results = load_results(FP8_RESULTS)
     save_results(results, tmp_path / "again.json")
-    load_keys = {"goodput_ratio": None, "throughput_ratio": None, "load_ratios": {}, "load_note": None}
-    assert json.loads((tmp_path / "again.json").read_text()) == {
-        **data, "schema_version": 3, "metrics": {**data["metrics"], **load_keys}, "load_levels": []}
+    assert json.loads((tmp_path / "again.json").read_text()) == data
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -58,4 +55,30 @@ def test_unknown_or_missing_keys_are_named(tmp_path: Path, data: dict, edit, mes
 def test_schema_1_is_refused_with_the_fix(tmp_path: Path, data: dict) -> None:
     data["schema_version"] = 1
     with pytest.raises(ResultsError, match=r"schema_version 1 is older than 2.*Fix: re-run the gate to write the file again"):
+        _load(tmp_path, data)
+
+
+def test_a_schema_2_record_reads_without_the_keys_added_since(tmp_path: Path, data: dict) -> None:
+    served = {key: data["metrics"].pop(key) for key in ("cold_check", "kv_engine", "kv_capacity_tokens", "kv_capacity_ratio")}
+    load = {key: data["metrics"].pop(key) for key in ("goodput_ratio", "throughput_ratio", "load_ratios", "load_note")}
+    del data["load_levels"]
+    for cell in data["cells"]:
+        for key in ("cold_check", "kv_capacity_tokens", "kv_capacity_bytes", "kv_slots"):
+            del cell[key]
+    data["schema_version"] = 2
+
+    results = _load(tmp_path, data)
+
+    assert all(c.cold_check == "n/a" and c.kv_capacity_tokens is None for c in results.cells)
+    assert results.metrics.kv_engine == {} and results.metrics.kv_capacity_ratio is None
+    assert results.load_levels == () and results.metrics.goodput_ratio is None
+    data.update(schema_version=3, load_levels=[])
+    data["metrics"].update(load)
+    assert _load(tmp_path, data).metrics.load_ratios == load["load_ratios"]
+    data["schema_version"] = 4  # the current version must have them
+    with pytest.raises(ResultsError, match=r"metrics: missing keys cold_check, kv_engine, kv_capacity_tokens, kv_capacity_ratio"):
+        _load(tmp_path, data)
+    data["metrics"].update(served)
+    data["schema_version"] = 3  # and an older one must not
+    with pytest.raises(ResultsError, match=r"metrics: unknown keys"):
         _load(tmp_path, data)

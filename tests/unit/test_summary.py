@@ -325,3 +325,17 @@ def test_without_planted_regressions_no_summary_mentions_them() -> None:
     assert not any("PLANTED" in line for line in terminal_lines(results))
     assert "PLANTED" not in markdown(results) and "PLANTED" not in render_html(results)
     assert not any(name.endswith("candidate_planted") for name, _ in junit_properties(results))
+
+
+def test_the_engines_kv_capacity_is_a_row_of_every_output() -> None:
+    results = load_results(FP8_RESULTS)
+    engine = {"capacity_tokens": 4096, "bytes": 90 * 2**20, "bytes_per_token": 23040.0, "slots": 1, "sequences": 1}
+    metrics = dataclasses.replace(results.metrics, kv_capacity_tokens={"baseline": 4096, "candidate": 4096},
+                                  kv_capacity_ratio=1.882, kv_engine={"baseline": engine, "candidate": engine})
+    results = dataclasses.replace(results, metrics=metrics)
+
+    row = next(r for r in metric_rows(results) if r.metric.startswith("KV capacity"))
+
+    assert (row.baseline, row.candidate, row.change, row.status) == ("4096", "4096", "1.882 (ratio)", "info")
+    assert "| KV capacity (tokens; ratio: per byte) | 4096 | 4096 | 1.882 (ratio) |" in markdown(results)
+    assert "KV capacity (tokens; ratio: per byte)" in render_html(results)

@@ -2,34 +2,36 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from ...capacity.kv_math import KvShape
 from ...gate.spec import VariantSpec
 from ..in_process import CellTimeout, Generation, decode_seconds
-from .metrics import CACHE_DTYPE_BYTES, EngineMetrics, scrape
+from .coldness import ColdCheck, Coldness, ColdProbe, WarmCacheError, from_counter, from_response
+from .engine_log import LogCursor
+from .metrics import CACHE_DTYPE_BYTES, EngineKv, EngineMetrics, kv_from_metrics, read_engine_kv, scrape
 from .remote_tokenizer import RemoteTokenizer, chat_content
-from .transport import ServedBackendError, connection, excerpt, parse_json, post, sse_events
+from .replicas import MetricsReader, Replicas
+from .transport import ServedBackendError, connection, excerpt, json_events, post
 
 Api = Literal["completions", "chat"]
 PromptFormat = Literal["auto", "ids", "text"]
 KvSource = Literal["engine", "analytic", "unknown"]
+ColdTiming = Literal["verify", "assume"]
 
 # Greedy decoding, spelled for every engine: llama.cpp's and llama-cpp-python's `repeat_penalty` and vLLM's
 # `repetition_penalty` are both 1.0 (llama-cpp-python defaults to 1.1, which changes answers); each engine
 # ignores the other's key.
-# llama.cpp's `cache_prompt: false` makes each request prefill its whole prompt, as a gate's timings assume
-# (vLLM needs --no-enable-prefix-caching at launch for the same; llama-cpp-python cannot turn its reuse off).
+# llama.cpp's `cache_prompt: false` makes each request prefill its whole prompt, as a gate's timings assume;
+# vLLM and llama-cpp-python get their own means on timed requests (see coldness.py).
 GREEDY: dict[str, Any] = {
     "temperature": 0.0, "top_p": 1.0, "top_k": 1, "seed": 0, "repeat_penalty": 1.0, "repetition_penalty": 1.0, "cache_prompt": False,
 }
@@ -44,8 +46,10 @@ class ServedGeneration(Generation):
     """A Generation from a server, with where its figures came from.
 
     `kv_source` is "engine" when `kv_bytes` is the cache the engine's /metrics reported while this request
-    held it (the prompt's KV at its first token; vLLM rounds up to whole blocks), "analytic" when it is
-    `kv_bytes_analytic`, and "unknown" (kv_bytes 0) when neither is available.
+    held it (the prompt's KV at its first token; vLLM rounds up to whole blocks) or the request's tokens at the
+    bytes per token of the cache the engine allocated, "analytic" when it is `kv_bytes_analytic`, and "unknown"
+    (kv_bytes 0) when neither is available. `cold_check` says whether a timed request was verified cold (see
+    coldness.py), and the `kv_capacity_*` fields are the engine's whole cache where it reports it.
     """
 
     kv_source: KvSource = "analytic"
@@ -53,6 +57,12 @@ class ServedGeneration(Generation):
     prompt_tokens: int = 0
     finish_reason: str | None = None
     stopped_early: bool = False  # the `stop` callback closed the stream
+    cold_check: ColdCheck = "n/a"
+    cold_detail: str = ""
+    answered_cold: Coldness | None = None  # what the response itself said about the prompt cache
+    kv_capacity_tokens: int | None = None
+    kv_capacity_bytes: int | None = None
+    kv_slots: int | None = None
 
 
 class ServedBackend:
@@ -75,7 +85,11 @@ class ServedBackend:
     token, `decode_s_per_token` the median gap between chunks when each carried one token (the mean from
     the first chunk to the last otherwise).
     With several requests in flight on one replica they measure the shared server, not one request.
+    A request asked to be `cold` is started cold and verified so by the engine (coldness.py); one served from
+    cache is run once more, and then raises WarmCacheError.
     """
+
+    verifies_cold = True  # the sweep passes cold=True for timed requests
 
     def __init__(
         self,
@@ -92,6 +106,8 @@ class ServedBackend:
         engine_metrics: bool = True,
         fingerprint: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        server_log: Path | None = None,
+        cold_timing: ColdTiming = "verify",
     ) -> None:
         """
         Args:
@@ -108,6 +124,9 @@ class ServedBackend:
             engine_metrics: read /metrics while a request runs, for KV bytes the engine reports.
             fingerprint: names the weights in results; default "served:<model>".
             extra_body: more request fields (engine sampling options); they override the greedy ones.
+            server_log: the log of a server launched here (one replica): its KV cache figures, and for
+                llama-cpp-python the prefix reuse of each cold request.
+            cold_timing: "verify" cold requests with the engine's counters, or "assume" them cold unchecked.
         """
         if not base_urls:
             raise ValueError("ServedBackend needs at least one base URL")
@@ -124,10 +143,13 @@ class ServedBackend:
         self.tokenizer = tokenizer if tokenizer is not None else RemoteTokenizer(self.base_urls[0], model=model, timeout_s=timeout_s)
         self.fingerprint = fingerprint if fingerprint is not None else f"served:{model or 'default'}"
         self._kv_shape = kv_shape
-        self._replicas = _Replicas(self.base_urls, max_concurrency)
+        self._replicas = Replicas(self.base_urls, max_concurrency)
         self._ids_rejected = prompt_format == "text"
         self._no_metrics: set[str] = set()  # replicas whose /metrics is absent: not asked again
         self._counted: dict[tuple[str, str, int], int] = {}  # prompt counts from servers whose streams carry no usage
+        self.cold_timing: ColdTiming = cold_timing
+        self._log = None if server_log is None else LogCursor(server_log)
+        self._engine_kv: dict[str, EngineKv | None] = {}
 
     @property
     def kv_shape(self) -> KvShape:
@@ -147,6 +169,7 @@ class ServedBackend:
         max_new_tokens: int,
         timeout_s: float | None = None,
         stop: Callable[[str], bool] | None = None,
+        cold: bool = False,
     ) -> ServedGeneration:
         """Greedy-decode up to `max_new_tokens` on the least busy replica, waiting for a free slot first.
 
@@ -154,16 +177,78 @@ class ServedBackend:
             stop: called with the answer so far after each chunk; True closes the stream (early stop).
                 The closed stream carries no usage: `new_tokens` counts the chunks received (one token
                 each on llama.cpp and vLLM), and the prompt is counted by a separate request.
+            cold: a timed request: start it with no prompt tokens in the engine's cache, and verify that.
         Raises:
             CellTimeout: `timeout_s` passed (counted from when the request was sent).
             PromptTokenMismatch: the server's prompt token count differs from len(token_ids).
+            WarmCacheError: a cold request the engine served from cache, and again when run once more.
             ServedBackendError: an HTTP error, an error event, a stream without any token, or a server
                 that reports no prompt token count at all.
         """
         with self._replicas.slot() as (url, in_flight):
-            stream = functools.partial(self._stream, url, list(token_ids), variant=variant, max_new_tokens=max_new_tokens,
-                                       timeout_s=timeout_s, stop=stop, alone=in_flight == 1)
-            return self._in_accepted_format(url, stream)
+            ids, alone = list(token_ids), in_flight == 1
+            kv = self.engine_kv(url)
+            if not cold:
+                return self._with_kv(self._generate_on(url, ids, variant, max_new_tokens, timeout_s, stop, alone=alone), kv)
+            if self.cold_timing == "assume":
+                gen = self._generate_on(url, ids, variant, max_new_tokens, timeout_s, stop, alone=alone)
+                return self._with_kv(replace(gen, cold_check="assumed", cold_detail="cold_timing: assume"), kv)
+            if self._log is not None and url == self.base_urls[0]:
+                self._precount(url, ids)
+            warm: list[str] = []
+            for _ in range(2):  # one re-run: a hit the flush missed (another client's request between them, say)
+                probe = ColdProbe(url, ids, tokenizer=self.tokenizer, log=self._log if url == self.base_urls[0] else None,
+                                  timeout_s=self.timeout_s, model=self.model)
+                before = self._counter(url, alone)
+                gen = self._generate_on(url, ids, variant, max_new_tokens, timeout_s, stop, alone=alone, salt=probe.salt)
+                verdict = probe.verdict(gen.answered_cold, from_counter(before, self._counter(url, alone)), alone=alone)
+                if verdict.cold is not False:
+                    return self._with_kv(replace(gen, cold_check=verdict.check, cold_detail=verdict.how), kv)
+                warm.append(f"{verdict.reused} of {len(ids)} prompt tokens from cache ({verdict.how})")
+            raise WarmCacheError(f"{url} served a timed prompt from its prefix cache, so its prefill would be timed warm: "
+                                 f"{'; then '.join(warm)}. Check that nothing else sends requests to this server")
+
+    def _precount(self, url: str, ids: list[int]) -> None:
+        """Count a timed prompt before it runs, not after: a stream without usage (llama-cpp-python's) is counted
+        by a request of the same prompt, which must not land in the timed request's log segment."""
+        mode = "chat" if self.api == "chat" else "text" if self._ids_rejected else "ids"
+        try:
+            self._count_prompt(url, ids, mode)
+        except ServedBackendError:
+            pass  # a server that takes no ids here: the timed request finds out and counts it itself
+
+    def engine_kv(self, url: str) -> EngineKv | None:
+        """The KV cache the engine at `url` allocated, in its own figures (read once per replica): a launched
+        llama.cpp's log line, llama-server's /props, or vLLM's cache_config_info metric."""
+        if url not in self._engine_kv:
+            log = self._log if url == self.base_urls[0] else None
+            found = read_engine_kv(url, log.text() if log is not None else None, timeout_s=self.timeout_s)
+            if found is None and self.engine_metrics:
+                found = kv_from_metrics(self._counter(url, True))  # also marks a server without /metrics
+            self._engine_kv[url] = found
+        return self._engine_kv[url]
+
+    def _with_kv(self, gen: ServedGeneration, kv: EngineKv | None) -> ServedGeneration:
+        """The engine's cache figures on the generation; its bytes per token give the request's KV bytes where
+        /metrics gave none (llama.cpp allocates the cache whole, so that is what the request's tokens occupy)."""
+        if kv is None:
+            return gen
+        gen = replace(gen, kv_capacity_tokens=kv.capacity_tokens, kv_capacity_bytes=kv.bytes, kv_slots=kv.slots)
+        per_token = kv.bytes_per_token
+        if per_token is not None and gen.kv_source != "engine":
+            gen = replace(gen, kv_bytes=round(per_token * gen.kv_tokens), kv_source="engine")
+        return gen
+
+    def _counter(self, url: str, alone: bool) -> EngineMetrics | None:
+        if not (self.engine_metrics and alone) or url in self._no_metrics:
+            return None
+        try:
+            found = scrape(url)
+        except OSError:
+            found = None
+        if found is None:
+            self._no_metrics.add(url)
+        return found
 
     def generate_many(
         self,
@@ -185,19 +270,29 @@ class ServedBackend:
             ]
             return [f.result() for f in futures]
 
-    def _in_accepted_format(self, url: str, stream: Callable[[str], ServedGeneration]) -> ServedGeneration:
-        """`stream(mode)` with the prompt as chat messages, token ids, or text: ids until the server rejects them."""
+    def _generate_on(
+        self,
+        url: str,
+        ids: list[int],
+        variant: VariantSpec,
+        max_new_tokens: int,
+        timeout_s: float | None,
+        stop: Callable[[str], bool] | None,
+        *,
+        alone: bool,
+        salt: str | None = None,
+    ) -> ServedGeneration:
         if self.api == "chat":
             mode = "chat"
         else:
             mode = "text" if self._ids_rejected else "ids"
         try:
-            return stream(mode)
+            return self._stream(url, ids, mode, variant, max_new_tokens, timeout_s, stop, alone=alone, salt=salt)
         except _IdsRejected as rejected:
             if self.prompt_format != "auto":
                 raise ServedBackendError(f"{url} rejected a prompt of token ids: {rejected}") from None
             try:
-                generation = stream("text")
+                generation = self._stream(url, ids, "text", variant, max_new_tokens, timeout_s, stop, alone=alone, salt=salt)
             except PromptTokenMismatch:
                 self._ids_rejected = True  # text was taken, only counted differently: no need to offer ids again
                 raise
@@ -233,7 +328,7 @@ class ServedBackend:
         self._counted[key] = int(counted)
         return int(counted)
 
-    def _body(self, ids: list[int], mode: str, max_new_tokens: int) -> tuple[str, dict[str, Any]]:
+    def _body(self, ids: list[int], mode: str, max_new_tokens: int, salt: str | None = None) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
             "max_tokens": max_new_tokens,
             "stream": True,
@@ -243,6 +338,8 @@ class ServedBackend:
         }
         if self.model is not None:
             body["model"] = self.model
+        if salt is not None:
+            body["cache_salt"] = salt  # vLLM >= 0.9 keys cached blocks by it; engines without it ignore the field
         if mode == "chat":
             body["messages"] = [{"role": "user", "content": chat_content(self.tokenizer, ids)}]
             return "/v1/chat/completions", body
@@ -259,20 +356,22 @@ class ServedBackend:
         timeout_s: float | None,
         stop: Callable[[str], bool] | None,
         *,
+        salt: str | None = None,  # vLLM's cache_salt, on timed requests
         alone: bool,
     ) -> ServedGeneration:
-        path, body = self._body(ids, mode, max_new_tokens)
+        path, body = self._body(ids, mode, max_new_tokens, salt)
         payload = json.dumps(body).encode()
         parts = urllib.parse.urlsplit(url)
         conn = connection(parts, self.timeout_s if timeout_s is None else min(self.timeout_s, timeout_s))
         pieces: list[str] = []
         usage: dict[str, Any] | None = None
+        timings: dict[str, Any] | None = None
         finish: str | None = None
         first = last = None
         arrivals: list[float] = []
         chunks = 0
         stopped = False
-        metrics_reader: _MetricsReader | None = None
+        metrics_reader: MetricsReader | None = None
         try:
             start = time.perf_counter()
             deadline = None if timeout_s is None else start + timeout_s
@@ -283,21 +382,18 @@ class ServedBackend:
                 raise _IdsRejected(f"HTTP {response.status}: {excerpt(response.read())}")
             if response.status != 200:
                 raise ServedBackendError(f"{url}{path} answered HTTP {response.status}: {excerpt(response.read())}")
-            for arrived, data in sse_events(response, url, timeout_s):
-                if data.strip() == "[DONE]":
-                    break
-                event = parse_json(data, url)
-                if event.get("error"):
-                    raise ServedBackendError(f"{url}{path} sent an error event: {excerpt(json.dumps(event['error']).encode())}")
+            for arrived, event in json_events(response, url, timeout_s):
                 if event.get("usage"):
                     usage = event["usage"]
+                if event.get("timings"):  # llama-server: prompt_n, cache_n and its own timings
+                    timings = event["timings"]
                 for choice in event.get("choices") or ():
                     piece = choice.get("text") if mode != "chat" else (choice.get("delta") or {}).get("content")
                     finish = choice.get("finish_reason") or finish
                     if first is None:
                         first = arrived
                         if self.engine_metrics and alone and self._kv_shape is not None and url not in self._no_metrics:
-                            metrics_reader = _MetricsReader(url)  # while this request holds its KV blocks
+                            metrics_reader = MetricsReader(url)  # while this request holds its KV blocks
                     last = arrived
                     if piece:
                         pieces.append(piece)
@@ -358,6 +454,7 @@ class ServedBackend:
             prompt_tokens=prompt_tokens,
             finish_reason=finish,
             stopped_early=stopped,
+            answered_cold=from_response(usage, timings, prompt_tokens),
         )
 
 
@@ -373,51 +470,3 @@ def _decode_seconds(arrivals: Sequence[float], first: float, last: float, new_to
 
 class _IdsRejected(Exception):
     """The server answered a prompt given as token ids with a client error (or llama-cpp-python's 500)."""
-
-
-class _Replicas:
-    """Bounded slots per replica; each request takes the least busy one (then the least used, so load spreads)."""
-
-    def __init__(self, urls: Sequence[str], limit: int) -> None:
-        self.limit = limit
-        self._busy = dict.fromkeys(urls, 0)
-        self._served = dict.fromkeys(urls, 0)
-        self._free = threading.Condition()
-
-    @contextmanager
-    def slot(self) -> Iterator[tuple[str, int]]:
-        """Yield (base URL, requests now in flight on it, this one included)."""
-        with self._free:
-            self._free.wait_for(lambda: min(self._busy.values()) < self.limit)
-            url = min(self._busy, key=lambda u: (self._busy[u], self._served[u]))
-            self._busy[url] += 1
-            self._served[url] += 1
-            in_flight = self._busy[url]
-        try:
-            yield url, in_flight
-        finally:
-            with self._free:
-                self._busy[url] -= 1
-                self._free.notify()
-
-
-class _MetricsReader:
-    """Scrapes /metrics in a thread, so reading the stream (and its timings) does not wait for it."""
-
-    def __init__(self, url: str) -> None:
-        self._value: EngineMetrics | None = None
-        self._read_at = float("inf")
-        self._thread = threading.Thread(target=self._run, args=(url,), daemon=True)
-        self._thread.start()
-
-    def _run(self, url: str) -> None:
-        try:
-            self._value = scrape(url)
-        except OSError:
-            self._value = None
-        self._read_at = time.perf_counter()
-
-    def result(self) -> tuple[EngineMetrics | None, float]:
-        """The metrics (None if the server has none) and when reading them finished (inf if it has not)."""
-        self._thread.join(timeout=10.0)
-        return self._value, self._read_at

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ...capacity.kv_math import KvShape
 
@@ -238,3 +238,56 @@ def scrape(base_url: str, *, timeout_s: float = 5.0) -> EngineMetrics | None:
         return read_engine_metrics(text)
     except MetricsFormatError:
         return None
+
+
+@dataclass(frozen=True)
+class EngineKv:
+    """The KV cache an engine allocated, in its own figures: `capacity_tokens` token slots in `bytes` (None where
+    the engine does not say, e.g. vLLM, whose capacity is what its memory budget held), for `slots` sequences at once."""
+
+    capacity_tokens: int
+    bytes: int | None
+    slots: int | None
+    source: str  # where the figures were read
+
+    @property
+    def bytes_per_token(self) -> float | None:
+        return None if self.bytes is None or not self.capacity_tokens else self.bytes / self.capacity_tokens
+
+    def sequences(self, tokens: int) -> int:
+        """Sequences of `tokens` tokens that fit at once: cells // tokens, capped by the engine's sequence slots."""
+        fit = self.capacity_tokens // max(tokens, 1)
+        return fit if self.slots is None else min(fit, self.slots)
+
+
+def kv_from_props(props: Any) -> EngineKv | None:
+    """llama-server's /props: the context (n_ctx, shared by `total_slots` slots); it reports no bytes."""
+    if not isinstance(props, dict):
+        return None
+    settings = props.get("default_generation_settings") or {}
+    n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+    slots = props.get("total_slots")
+    if not isinstance(n_ctx, int) or n_ctx <= 0:
+        return None
+    # Each slot gets n_ctx / total_slots cells unless the server runs with --kv-unified; n_ctx is the pool either way.
+    return EngineKv(n_ctx, None, slots if isinstance(slots, int) else None, "llama-server /props")
+
+
+def kv_from_metrics(metrics: EngineMetrics | None) -> EngineKv | None:
+    """vLLM's cache_config_info: num_gpu_blocks x block_size tokens, what its memory budget held."""
+    if metrics is None or metrics.engine != "vllm" or not metrics.kv_capacity_tokens:
+        return None
+    return EngineKv(metrics.kv_capacity_tokens, None, None, "vllm:cache_config_info")
+
+
+def read_engine_kv(base_url: str, log_text: str | None, *, timeout_s: float = 5.0) -> EngineKv | None:
+    """The cache the engine at `base_url` allocated: from its launch log (llama.cpp's `llama_kv_cache: size` line,
+    the only source of its bytes), else llama-server's /props; None when neither says (vLLM's figures are in
+    its /metrics: kv_from_metrics)."""
+    from .engine_log import kv_cache_from_log
+    from .transport import get_json
+
+    logged = kv_cache_from_log(log_text) if log_text else None
+    if logged is not None:
+        return EngineKv(logged.cells, logged.bytes, logged.seqs, f"llama.cpp log (K {logged.k_type}, V {logged.v_type})")
+    return kv_from_props(get_json(base_url, "/props", timeout_s))

@@ -66,9 +66,9 @@ def sse_events(response: http.client.HTTPResponse, url: str, timeout_s: float | 
         # comments (":"), `event:`, `id:` and `retry:` lines carry nothing a completion needs
 
 
-def json_events(response: http.client.HTTPResponse, url: str) -> Iterator[tuple[float, dict[str, Any]]]:
+def json_events(response: http.client.HTTPResponse, url: str, timeout_s: float | None = None) -> Iterator[tuple[float, dict[str, Any]]]:
     """A completion stream's events as (arrival time, parsed JSON), up to `[DONE]`; a server-sent error event raises."""
-    for arrived, data in sse_events(response, url, None):
+    for arrived, data in sse_events(response, url, timeout_s):
         if data.strip() == "[DONE]":
             return
         event = parse_json(data, url)
@@ -90,3 +90,21 @@ def parse_json(data: str, url: str) -> dict[str, Any]:
 def excerpt(raw: bytes, limit: int = 500) -> str:
     text = raw.decode("utf-8", errors="replace").strip()
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def get_json(url: str, path: str, timeout_s: float) -> Any:
+    """GET `url``path` as JSON; None when the server has no such endpoint, or answers something else."""
+    parts = urllib.parse.urlsplit(url)
+    conn = connection(parts, timeout_s)
+    try:
+        conn.request("GET", parts.path.rstrip("/") + path)
+        response = conn.getresponse()
+        raw = response.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    try:
+        return json.loads(raw) if response.status == 200 else None
+    except ValueError:
+        return None
