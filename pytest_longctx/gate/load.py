@@ -26,6 +26,11 @@ class Slo:
     ttft_s: float
     tpot_s: float
 
+    def met(self, outcome: RequestOutcome) -> bool:
+        """A finished request within both; one with a single output token has no time per token and is judged on TTFT."""
+        return (outcome.error is None and outcome.ttft_s is not None and outcome.ttft_s <= self.ttft_s
+                and (outcome.tpot_s is None or outcome.tpot_s <= self.tpot_s))
+
 
 @dataclass(frozen=True)
 class LoadSpec:
@@ -164,12 +169,6 @@ class LoadLevel:
         return dataclasses.asdict(self)
 
 
-def met_slo(outcome: RequestOutcome, slo: Slo) -> bool:
-    """A finished request within both SLOs; one with a single output token has no time per token and is judged on TTFT."""
-    return (outcome.error is None and outcome.ttft_s is not None and outcome.ttft_s <= slo.ttft_s
-            and (outcome.tpot_s is None or outcome.tpot_s <= slo.tpot_s))
-
-
 def _percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
@@ -183,7 +182,7 @@ def summarise(variant: str, concurrency: int, outcomes: Sequence[RequestOutcome]
     done = [o for o in outcomes if o.error is None]
     ttfts = [o.ttft_s for o in done if o.ttft_s is not None]
     tpots = [o.tpot_s for o in done if o.tpot_s is not None]
-    good = sum(1 for o in done if met_slo(o, slo))
+    good = sum(1 for o in done if slo.met(o))
     tokens = sum(o.output_tokens for o in done)
     errors = list(dict.fromkeys(o.error for o in outcomes if o.error is not None))
     return LoadLevel(

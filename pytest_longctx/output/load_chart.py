@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 from ..gate.load import LoadLevel
 from ..gate.results import GateResults
-from .charts import Dot, LossChart, LossSeries, _nice_step
+from .charts import MARKERS, Dot, LossChart, LossSeries, Marker, _nice_step
 from .colours import VARIANT_COLOURS
 from .heatmaps import AxisLabel, variant_names
 from .summary import fmt_number, fmt_seconds
@@ -22,12 +21,11 @@ BOTTOM = PANEL_H - 40
 
 
 @dataclass(frozen=True)
-class LoadPanel:
+class LoadPanel(LossChart):
     """One figure against concurrency: a line per side (the loss chart's frame, with the levels as its x ticks)."""
 
     title: str
     unit: str
-    chart: LossChart
 
 
 @dataclass(frozen=True)
@@ -45,10 +43,9 @@ class LoadRow:
     tpot_p95: str
 
 
-def _sides(results: GateResults) -> list[tuple[str, str, Literal["circle", "square"]]]:
+def _sides(results: GateResults) -> list[tuple[str, str, Marker]]:
     names = variant_names(results)
-    shapes: tuple[Literal["circle", "square"], ...] = ("circle", "square")
-    return [(names[i], VARIANT_COLOURS[i], shapes[i]) for i in range(2)]
+    return [(names[i], VARIANT_COLOURS[i], MARKERS[i]) for i in range(2)]
 
 
 def load_panels(results: GateResults) -> tuple[LoadPanel, ...]:
@@ -90,12 +87,12 @@ def _panel(results: GateResults, field: str, title: str, unit: str) -> LoadPanel
             path = " ".join(f"{'M' if j == 0 else 'L'}{p.x},{p.y}" for j, p in enumerate(points))
             series.append(LossSeries(name, colour, shape, path, tuple(points)))
     ticks = round(y_max / step)
-    return LoadPanel(title, unit, LossChart(
-        width=PANEL_W, height=PANEL_H, plot_top=TOP, plot_bottom=BOTTOM, plot_left=LEFT, plot_right=RIGHT,
+    return LoadPanel(
+        title=title, unit=unit, width=PANEL_W, height=PANEL_H, plot_top=TOP, plot_bottom=BOTTOM, plot_left=LEFT, plot_right=RIGHT,
         x_ticks=tuple(AxisLabel(round(x_of(i)), BOTTOM + 16, str(c)) for i, c in enumerate(levels)),
         y_ticks=tuple(AxisLabel(LEFT - 6, round(y_of(k * step)), f"{k * step:g}") for k in range(ticks + 1)),
         series=tuple(series), worst_x=None, worst_w=0.0, worst_title="",
-    ))
+    )
 
 
 def load_rows(results: GateResults) -> tuple[LoadRow, ...]:

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_longctx.backends.served.load import LoadRefused, prompt_form, require_loopback, run_level
 from pytest_longctx.gate import limits
-from pytest_longctx.gate.load import LoadSpec, RequestOutcome, Slo, met_slo, summarise
+from pytest_longctx.gate.load import LoadSpec, RequestOutcome, Slo, summarise
 from pytest_longctx.gate.spec import VariantSpec
 
 
@@ -155,7 +155,7 @@ def test_the_arithmetic_of_a_level():
     assert level.ttft_p50_s == pytest.approx(0.5) and level.ttft_p95_s == pytest.approx(1.775)  # numpy's linear percentile
     assert level.tpot_p50_s == pytest.approx(0.05) and level.tpot_p95_s == pytest.approx(0.185)
     assert level.error_samples == ("HTTP 503: busy",)
-    assert not met_slo(outcomes[4], slo)
+    assert not slo.met(outcomes[4])
 
 
 def test_an_engine_error_is_that_requests_outcome_not_the_levels(serve):
