@@ -18,15 +18,13 @@ request was logged), or the growth of vLLM's `prefix_cache_hits` counter while t
 
 from __future__ import annotations
 
-import json
-import urllib.parse
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .engine_log import LogCursor, prefill_from_log
 from .metrics import EngineMetrics
-from .transport import ServedBackendError, connection, excerpt, post
+from .transport import ServedBackendError, excerpt, post_completion
 
 # How a cell's timings stand: "engine" (every timed request verified cold by the engine's counters), "assumed"
 # (the side opted out with cold_timing: assume), "unverified" (the engine reports no counter), "n/a" (untimed,
@@ -143,15 +141,9 @@ def _flush_text(tokenizer: Any, ids: list[int]) -> tuple[str, int]:
 
 def _flush(url: str, text: str, timeout_s: float, model: str | None) -> None:
     """A one-token request: llama-cpp-python replaces its one cached sequence with it, so the next prompt starts cold."""
-    parts = urllib.parse.urlsplit(url)
-    conn = connection(parts, timeout_s)
     body: dict[str, Any] = {"prompt": text, "max_tokens": 1, "temperature": 0.0, "stream": False}
     if model is not None:
         body["model"] = model
-    try:
-        response = post(conn, parts.path.rstrip("/") + "/v1/completions", json.dumps(body).encode(), url, None)
-        raw = response.read()
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise ServedBackendError(f"{url}/v1/completions answered the cache flush with HTTP {response.status}: {excerpt(raw)}")
+    status, raw = post_completion(url, body, timeout_s)
+    if status != 200:
+        raise ServedBackendError(f"{url}/v1/completions answered the cache flush with HTTP {status}: {excerpt(raw)}")

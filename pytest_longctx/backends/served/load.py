@@ -13,7 +13,7 @@ from typing import Any, Literal
 from ...gate import limits
 from ...gate.load import RequestOutcome
 from .client import GREEDY
-from .transport import ServedBackendError, connection, excerpt, json_events, post
+from .transport import ServedBackendError, connection, excerpt, json_events, post, post_completion
 
 PromptForm = Literal["ids", "text"]
 
@@ -40,10 +40,10 @@ def prompt_form(base_url: str, ids: Sequence[int], decode: Callable[[list[int]],
                 model: str | None = None) -> PromptForm:
     """Whether the engine takes a prompt as token ids ("ids") or needs its text; asked once, untimed, with a
     one-token request (llama-cpp-python's server takes text only; llama.cpp's and vLLM's take ids)."""
-    status, _ = _post_json(base_url, _body(list(ids), "ids", 1, model, decode, stream=False), timeout_s)
+    status, _ = post_completion(base_url, _body(list(ids), "ids", 1, model, decode, stream=False), timeout_s)
     if status == 200:
         return "ids"
-    status, raw = _post_json(base_url, _body(list(ids), "text", 1, model, decode, stream=False), timeout_s)
+    status, raw = post_completion(base_url, _body(list(ids), "text", 1, model, decode, stream=False), timeout_s)
     if status != 200:
         raise ServedBackendError(f"{base_url}/v1/completions took the prompt neither as ids nor as text: HTTP {status}: {excerpt(raw)}")
     return "text"
@@ -93,16 +93,6 @@ def _body(ids: list[int], form: PromptForm, max_new_tokens: int, model: str | No
         body["model"] = model
     body["prompt"] = ids if form == "ids" else decode(ids)  # type: ignore[misc]
     return body
-
-
-def _post_json(base_url: str, body: dict[str, Any], timeout_s: float) -> tuple[int, bytes]:
-    parts = urllib.parse.urlsplit(base_url)
-    conn = connection(parts, timeout_s)
-    try:
-        response = post(conn, parts.path.rstrip("/") + "/v1/completions", json.dumps(body).encode(), base_url, None)
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def _request(base_url: str, body: dict[str, Any], timeout_s: float, deadline: float) -> RequestOutcome:

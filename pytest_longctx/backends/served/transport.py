@@ -31,6 +31,17 @@ def post(conn: http.client.HTTPConnection, path: str, payload: bytes, url: str, 
         return conn.getresponse()
 
 
+def post_completion(url: str, body: dict[str, Any], timeout_s: float) -> tuple[int, bytes]:
+    """One non-streamed /v1/completions request, read whole: its HTTP status and body."""
+    parts = urllib.parse.urlsplit(url)
+    conn = connection(parts, timeout_s)
+    try:
+        response = post(conn, parts.path.rstrip("/") + "/v1/completions", json.dumps(body).encode(), url, None)
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
 @contextmanager
 def _network_errors(timeout_s: float | None, when: str, *, stalled: str, broke: str) -> Iterator[None]:
     """A socket timeout as the cell's CellTimeout (when the cell has a timeout) or the backend's own (`stalled`); any
